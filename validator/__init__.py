@@ -1,0 +1,37 @@
+"""Per-token API access restrictions: allowed domains for browsers, allowed IPs for servers.
+
+async with Validator.from_url("redis://localhost:6379/0", secret="...") as validator:
+    decision = await validator.check(token, origin=origin, client_ip=client_ip)
+    if not decision.allowed:
+        ...  # 403
+"""
+
+from __future__ import annotations
+
+from validator.admin import Admin, Change
+from validator.core import Validator
+from validator.errors import (
+    ConfigurationError,
+    InvalidEntry,
+    LimitExceeded,
+    StoreUnavailable,
+    ValidatorError,
+)
+from validator.model import Decision, Reason, Restrictions, Source
+from validator.store import Store
+
+__all__ = [
+    "Admin",
+    "Change",
+    "ConfigurationError",
+    "Decision",
+    "InvalidEntry",
+    "LimitExceeded",
+    "Reason",
+    "Restrictions",
+    "Source",
+    "Store",
+    "StoreUnavailable",
+    "Validator",
+    "ValidatorError",
+]

@@ -1,0 +1,166 @@
+"""The local cache on the hot path: LRU with expiry, single-flight loads, invalidation.
+
+Knows neither Redis nor ASGI. Entries are keyed by the raw token, so a hit needs no hashing;
+each entry remembers its token hash so that an invalidation (which names Redis keys, hence
+hashes) can find it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from validator.errors import ConfigurationError
+
+__all__ = ["Cache", "Entry"]
+
+V = TypeVar("V")
+
+
+class Entry(Generic[V]):
+    """A cached value; fresh until `fresh_until`, usable on store errors until `usable_until`."""
+
+    __slots__ = ("fresh_until", "token_hash", "usable_until", "value")
+
+    def __init__(self, value: V, token_hash: str, fresh_until: float, usable_until: float) -> None:
+        self.value = value
+        self.token_hash = token_hash
+        self.fresh_until = fresh_until
+        self.usable_until = usable_until
+
+
+class _Load(Generic[V]):
+    __slots__ = ("invalidated", "task", "token_hash")
+
+    def __init__(self, token_hash: str, task: asyncio.Task[tuple[V, bool]]) -> None:
+        self.token_hash = token_hash
+        self.task = task
+        self.invalidated = False
+
+
+def _consume_exception(task: asyncio.Task[object]) -> None:
+    # Every awaiter may have been cancelled; don't let asyncio log "never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
+class Cache(Generic[V]):
+    """Bounded LRU maps for known and unknown tokens (kept apart so a flood of random tokens
+    evicts only other unknown tokens), with single-flight loading."""
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 100_000,
+        max_unknown: int = 10_000,
+        ttl: float = 60.0,
+        unknown_ttl: float = 10.0,
+        max_stale: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 1 or max_unknown < 1:
+            raise ConfigurationError("cache sizes must be at least 1")
+        if ttl <= 0 or unknown_ttl <= 0 or max_stale < 0:
+            raise ConfigurationError("cache ttl must be positive and max_stale not negative")
+        self.max_entries = max_entries
+        self.max_unknown = max_unknown
+        self.ttl = ttl
+        self.unknown_ttl = unknown_ttl
+        self.max_stale = max_stale
+        self._clock = clock
+        self._known: OrderedDict[str, Entry[V]] = OrderedDict()
+        self._unknown: OrderedDict[str, Entry[V]] = OrderedDict()
+        self._token_of: dict[str, str] = {}
+        self._loads: dict[str, _Load[V]] = {}
+        self._loads_by_hash: dict[str, _Load[V]] = {}
+        self.loads_started = 0
+
+    def __len__(self) -> int:
+        return len(self._known) + len(self._unknown)
+
+    def fresh(self, token: str) -> Entry[V] | None:
+        """The entry for `token` if it is fresh (the hot path); marks it recently used."""
+        lru = self._known
+        entry = lru.get(token)
+        if entry is None:
+            lru = self._unknown
+            entry = lru.get(token)
+            if entry is None:
+                return None
+        if entry.fresh_until < self._clock():
+            return None
+        lru.move_to_end(token)
+        return entry
+
+    def usable(self, token: str) -> Entry[V] | None:
+        """The entry for `token` if it may still serve while the store is failing."""
+        entry = self._known.get(token) or self._unknown.get(token)
+        if entry is None or entry.usable_until < self._clock():
+            return None
+        return entry
+
+    async def load(
+        self,
+        token: str,
+        token_hash: str,
+        read: Callable[[], Awaitable[tuple[V, bool]]],
+    ) -> V:
+        """Load through `read` (returning the value and whether the token is known), sharing
+        one read among concurrent callers for the same token. An invalidation of the token
+        while the read is in flight keeps its result out of the cache."""
+        load = self._loads.get(token)
+        if load is None:
+            task = asyncio.ensure_future(read())
+            task.add_done_callback(_consume_exception)
+            load = _Load(token_hash, task)
+            self._loads[token] = load
+            self._loads_by_hash[token_hash] = load
+            self.loads_started += 1
+            task.add_done_callback(lambda done: self._finish(token, load, done))
+        value, _ = await asyncio.shield(load.task)
+        return value
+
+    def _finish(self, token: str, load: _Load[V], task: asyncio.Task[tuple[V, bool]]) -> None:
+        del self._loads[token]
+        del self._loads_by_hash[load.token_hash]
+        if task.cancelled() or task.exception() is not None or load.invalidated:
+            return
+        value, known = task.result()
+        self._put(token, load.token_hash, value, known)
+
+    def _put(self, token: str, token_hash: str, value: V, known: bool) -> None:
+        now = self._clock()
+        ttl = self.ttl if known else self.unknown_ttl
+        entry = Entry(value, token_hash, now + ttl, now + ttl + self.max_stale)
+        lru, limit = (self._known, self.max_entries) if known else (self._unknown, self.max_unknown)
+        self._drop(token)
+        lru[token] = entry
+        self._token_of[token_hash] = token
+        while len(lru) > limit:
+            _, evicted = lru.popitem(last=False)
+            self._token_of.pop(evicted.token_hash, None)
+
+    def _drop(self, token: str) -> None:
+        entry = self._known.pop(token, None) or self._unknown.pop(token, None)
+        if entry is not None:
+            self._token_of.pop(entry.token_hash, None)
+
+    def invalidate(self, token_hash: str) -> None:
+        """Forget one token (named by its hash), including a read of it now in flight."""
+        token = self._token_of.get(token_hash)
+        if token is not None:
+            self._drop(token)
+        load = self._loads_by_hash.get(token_hash)
+        if load is not None:
+            load.invalidated = True
+
+    def clear(self) -> None:
+        """Forget everything, including reads now in flight."""
+        self._known.clear()
+        self._unknown.clear()
+        self._token_of.clear()
+        for load in self._loads.values():
+            load.invalidated = True

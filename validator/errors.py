@@ -1,0 +1,36 @@
+"""The exceptions raised across the public API: one root, a few meaningful subclasses."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "InvalidEntry",
+    "LimitExceeded",
+    "StoreUnavailable",
+    "ValidatorError",
+]
+
+
+class ValidatorError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class ConfigurationError(ValidatorError):
+    """A setting, URL or option is wrong; raised when the object is built, not later."""
+
+
+class InvalidEntry(ValidatorError):
+    """Admin input refused: not a hostname, not a public IP, unknown switch, ..."""
+
+
+class LimitExceeded(ValidatorError):
+    """A write would leave more entries in a list than the configured limit allows."""
+
+    def __init__(self, message: str, *, limit: int, stored: list[str]) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.stored = stored
+
+
+class StoreUnavailable(ValidatorError):
+    """The restriction store could not be reached or answered with an error."""

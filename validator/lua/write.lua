@@ -1,0 +1,126 @@
+-- Apply one admin change to one token atomically; the entry limit is enforced here, inside
+-- Redis, so concurrent writers can never leave more than `limit` entries in a list.
+--
+-- KEYS: meta (hash: d, i = switches "0"/"1"; v = version), domains (set), ips (set)
+-- ARGV[1] = op, ARGV[2] = limit, then per op:
+--   add | remove | set   ARGV[3] = "d" or "i", ARGV[4..] = normalised entries
+--   switch               ARGV[3] = "d" or "i", ARGV[4] = "0" or "1"
+--   put                  ARGV[3] = d switch, ARGV[4] = i switch, ARGV[5] = number of domains,
+--                        then the domains, then the ips (a whole record, as import writes it)
+--   delete
+-- Returns {"ok", changed (0/1), meta, domains, ips} after the change,
+-- or {"limit", "d" or "i", members now stored} when the limit would be exceeded (nothing written).
+
+local op, limit = ARGV[1], tonumber(ARGV[2])
+local meta_key = KEYS[1]
+local set_key = {d = KEYS[2], i = KEYS[3]}
+
+local function state(changed)
+  return {'ok', changed, redis.call('HGETALL', meta_key),
+          redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3])}
+end
+
+local function same_members(key, wanted)
+  if redis.call('SCARD', key) ~= #wanted then
+    return false
+  end
+  for _, member in ipairs(wanted) do
+    if redis.call('SISMEMBER', key, member) == 0 then
+      return false
+    end
+  end
+  return true
+end
+
+local function replace(key, entries)
+  redis.call('DEL', key)
+  if #entries > 0 then
+    redis.call('SADD', key, unpack(entries))
+  end
+end
+
+local function slice(from, to)
+  local out = {}
+  for n = from, to do
+    out[#out + 1] = ARGV[n]
+  end
+  return out
+end
+
+if op == 'delete' then
+  local removed = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return {'ok', removed > 0 and 1 or 0, {}, {}, {}}
+end
+
+local changed = false
+if redis.call('EXISTS', meta_key) == 0 then
+  redis.call('HSET', meta_key, 'd', '0', 'i', '0', 'v', '0')
+  changed = true
+end
+
+if op == 'add' or op == 'remove' or op == 'set' then
+  local list = ARGV[3]
+  local key = set_key[list]
+  local entries = slice(4, #ARGV)
+  if op == 'add' then
+    local new = 0
+    for _, entry in ipairs(entries) do
+      if redis.call('SISMEMBER', key, entry) == 0 then
+        new = new + 1
+      end
+    end
+    if new > 0 then
+      if redis.call('SCARD', key) + new > limit then
+        return {'limit', list, redis.call('SMEMBERS', key)}
+      end
+      redis.call('SADD', key, unpack(entries))
+      changed = true
+    end
+  elseif op == 'remove' then
+    if #entries > 0 and redis.call('SREM', key, unpack(entries)) > 0 then
+      changed = true
+    end
+  else
+    if #entries > limit then
+      return {'limit', list, redis.call('SMEMBERS', key)}
+    end
+    if not same_members(key, entries) then
+      replace(key, entries)
+      changed = true
+    end
+  end
+elseif op == 'switch' then
+  if redis.call('HGET', meta_key, ARGV[3]) ~= ARGV[4] then
+    redis.call('HSET', meta_key, ARGV[3], ARGV[4])
+    changed = true
+  end
+elseif op == 'put' then
+  local n = tonumber(ARGV[5])
+  local domains = slice(6, 5 + n)
+  local ips = slice(6 + n, #ARGV)
+  if #domains > limit then
+    return {'limit', 'd', redis.call('SMEMBERS', KEYS[2])}
+  end
+  if #ips > limit then
+    return {'limit', 'i', redis.call('SMEMBERS', KEYS[3])}
+  end
+  for list, value in pairs({d = ARGV[3], i = ARGV[4]}) do
+    if redis.call('HGET', meta_key, list) ~= value then
+      redis.call('HSET', meta_key, list, value)
+      changed = true
+    end
+  end
+  for list, entries in pairs({d = domains, i = ips}) do
+    if not same_members(set_key[list], entries) then
+      replace(set_key[list], entries)
+      changed = true
+    end
+  end
+else
+  return redis.error_reply('unknown op ' .. tostring(op))
+end
+
+if changed then
+  redis.call('HINCRBY', meta_key, 'v', 1)
+end
+return state(changed and 1 or 0)

@@ -1,0 +1,356 @@
+"""Pure matching rules of SPEC.md: hosts of `Origin`/`Referer`, domain and IP entries, the sets.
+
+Two sides meet here. The request side (`host_of`, `DomainSet`, `IPSet`) runs on every request
+and must be cheap and never raise. The admin side (`normalize_domain`, `normalize_ip`) runs
+when restrictions are written and must be strict and explain every refusal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+import idna
+
+from validator.errors import InvalidEntry
+
+__all__ = [
+    "DomainSet",
+    "IPSet",
+    "Normalized",
+    "host_of",
+    "is_hostname",
+    "normalize_domain",
+    "normalize_ip",
+    "parse_ip",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Longer `Origin`/`Referer` values are not parsed at all (they match nothing). Browsers cap
+# the Referer at 4 KiB since 2020; hostnames are at most 253 characters.
+MAX_URL_LENGTH = 4096
+MAX_HOST_LENGTH = 253
+
+# Letters, digits and hyphens per label (RFC 1123), plus `_`, which browsers accept in hosts.
+_HOSTNAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
+_PORT_DIGITS = frozenset("0123456789")
+
+
+def is_hostname(host: str) -> bool:
+    """Whether `host` is a lower-case ASCII hostname without a trailing dot."""
+    return len(host) <= MAX_HOST_LENGTH and _HOSTNAME.fullmatch(host) is not None
+
+
+def host_of(url: str) -> str | None:
+    """The normalised host of an `Origin` or `Referer` value, or None if it has none.
+
+    Scheme, userinfo, port, path, query and fragment are dropped: the host is what follows the
+    last `@` of the authority (`https://example.com@evil.test/` has host `evil.test`). The
+    result is lower case, without a trailing dot, IDNA-encoded; it is not checked to be a valid
+    hostname (an exact match against validated entries needs no check; `DomainSet` checks
+    before a wildcard match). Never raises.
+    """
+    if len(url) > MAX_URL_LENGTH:
+        return None
+    sep = url.find("://")
+    if sep <= 0:
+        return None
+    start = sep + 3
+    end = len(url)
+    # WHATWG URL parsing ends the authority at any of these; `\` counts as `/` for http(s).
+    for delimiter in "/?#\\":
+        i = url.find(delimiter, start, end)
+        if i != -1:
+            end = i
+    at = url.rfind("@", start, end)
+    if at != -1:
+        start = at + 1
+    if url.startswith("[", start):
+        # An IPv6 literal: it can never equal a hostname entry, so it has no domain.
+        return None
+    colon = url.find(":", start, end)
+    if colon != -1:
+        if not _PORT_DIGITS.issuperset(url[colon + 1 : end]):
+            return None
+        end = colon
+    host = url[start:end]
+    if host.endswith("."):
+        host = host[:-1]
+    if not host:
+        return None
+    if host.isascii():
+        return host.lower()
+    # Browsers send `Origin` already punycoded; anything else is a hand-made header.
+    try:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return None
+
+
+class DomainSet:
+    """A token's domain list, shaped for O(labels) membership of a request host."""
+
+    __slots__ = ("_exact", "_parents")
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        exact: set[str] = set()
+        parents: set[str] = set()
+        for entry in entries:
+            if entry.startswith("*."):
+                parents.add(entry[2:])
+            else:
+                exact.add(entry)
+        self._exact = frozenset(exact)
+        self._parents = frozenset(parents)
+
+    def __contains__(self, host: object) -> bool:
+        if host in self._exact:
+            return True
+        if not self._parents or not isinstance(host, str):
+            return False
+        # `*.example.com` matches `a.example.com` and `a.b.example.com`, never `example.com`.
+        dot = host.find(".")
+        while dot != -1:
+            if host[dot + 1 :] in self._parents:
+                return is_hostname(host)
+            dot = host.find(".", dot + 1)
+        return False
+
+    def __len__(self) -> int:
+        return len(self._exact) + len(self._parents)
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """An address for comparison: IPv4-mapped IPv6 becomes IPv4, a zone is dropped. Never raises."""
+    if len(text) > 64:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            return mapped
+        if address.scope_id is not None:
+            return ipaddress.IPv6Address(int(address))
+    return address
+
+
+_V4_ONLY_CHARS = frozenset("0123456789.")
+
+
+class IPSet:
+    """A token's IP list: addresses and CIDR networks, one hash look-up per prefix length."""
+
+    __slots__ = ("_canonical", "_v4", "_v6")
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        canonical: set[str] = set()
+        v4: dict[int, set[int]] = {}
+        v6: dict[int, set[int]] = {}
+        for entry in entries:
+            network = ipaddress.ip_network(entry)
+            table = v4 if network.version == 4 else v6
+            shift = network.max_prefixlen - network.prefixlen
+            table.setdefault(shift, set()).add(int(network.network_address) >> shift)
+            if shift == 0:
+                canonical.add(str(network.network_address))
+        self._canonical = frozenset(canonical)
+        self._v4 = tuple((shift, frozenset(nets)) for shift, nets in v4.items())
+        self._v6 = tuple((shift, frozenset(nets)) for shift, nets in v6.items())
+
+    def __contains__(self, client_ip: object) -> bool:
+        if client_ip in self._canonical:
+            return True
+        if not isinstance(client_ip, str):
+            return False
+        # Cheap path: a dotted-decimal string that ipaddress accepts is already canonical, so
+        # with no IPv4 networks listed it cannot match by another spelling.
+        if not self._v4 and _V4_ONLY_CHARS.issuperset(client_ip):
+            return False
+        address = parse_ip(client_ip)
+        if address is None:
+            return False
+        value = int(address)
+        for shift, networks in self._v4 if address.version == 4 else self._v6:
+            if value >> shift in networks:
+                return True
+        return False
+
+    def __len__(self) -> int:
+        return sum(len(nets) for _, nets in self._v4) + sum(len(nets) for _, nets in self._v6)
+
+
+# ----------------------------------------------------------------------------- admin side
+
+
+class Normalized:
+    """An admin entry as it will be stored, with what was changed to get there."""
+
+    __slots__ = ("entry", "note", "stored")
+
+    def __init__(self, entry: str, stored: str, note: str | None) -> None:
+        self.entry = entry
+        self.stored = stored
+        self.note = note
+
+    def __repr__(self) -> str:
+        return f"Normalized({self.entry!r} -> {self.stored!r})"
+
+
+def _encode_hostname(host: str, entry: str) -> str:
+    host = host.rstrip(".") if host.endswith(".") and not host.endswith("..") else host
+    if not host:
+        raise InvalidEntry(f"{entry!r} is not a hostname: it is empty")
+    if host.isascii():
+        host = host.lower()
+        labels = host.split(".")
+        for label in labels:
+            if label.startswith("xn--"):
+                try:
+                    idna.decode(label)
+                except (idna.IDNAError, UnicodeError) as error:
+                    raise InvalidEntry(f"{entry!r} is not a hostname: bad punycode ({error})") from None
+    else:
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as error:
+            raise InvalidEntry(f"{entry!r} is not a valid internationalised hostname: {error}") from None
+    if not is_hostname(host):
+        raise InvalidEntry(
+            f"{entry!r} is not a hostname: use letters, digits, hyphens and dots "
+            f"(labels of 1-63 characters, at most {MAX_HOST_LENGTH} in all)"
+        )
+    if parse_ip(host) is not None or host.replace(".", "").isdigit():
+        raise InvalidEntry(f"{entry!r} is an IP address, not a domain: add it to the IP list instead")
+    return host
+
+
+def normalize_domain(entry: str) -> Normalized:
+    """Normalise an admin's domain entry (`example.com`, `*.example.com`, or a URL).
+
+    Raises `InvalidEntry` with a reason a person understands.
+    """
+    text = entry.strip()
+    if not text:
+        raise InvalidEntry("an empty string is not a domain")
+    if len(text) > MAX_URL_LENGTH:
+        raise InvalidEntry(f"domain entry too long ({len(text)} characters)")
+    dropped: list[str] = []
+    if "://" in text or "/" in text or "?" in text or "#" in text or "@" in text:
+        try:
+            parts = urlsplit(text if "://" in text else "//" + text)
+            host = parts.hostname
+            port = parts.port
+        except ValueError as error:
+            raise InvalidEntry(f"{entry!r} is not a URL or hostname: {error}") from None
+        if host is None:
+            raise InvalidEntry(f"{entry!r} has no hostname")
+        if parts.scheme:
+            dropped.append(f"scheme {parts.scheme}")
+        if parts.username is not None:
+            dropped.append("user information")
+        if port is not None:
+            dropped.append(f"port {port}")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            dropped.append("path")
+        # urlsplit lower-cases ASCII but keeps the wildcard label.
+        text = host
+    elif ":" in text:
+        host, _, port_text = text.rpartition(":")
+        if not port_text.isdigit():
+            raise InvalidEntry(f"{entry!r} is not a hostname: ':' must be followed by a port number")
+        dropped.append(f"port {port_text}")
+        text = host
+    wildcard = text.startswith("*.")
+    host = text[2:] if wildcard else text
+    if "*" in host:
+        raise InvalidEntry(
+            f"{entry!r}: a wildcard is only allowed as a whole first label, as in *.example.com"
+        )
+    stored = ("*." if wildcard else "") + _encode_hostname(host, entry)
+    note = None
+    if dropped:
+        note = f"stored {stored!r} (domains match on the host alone; dropped {', '.join(dropped)})"
+    elif stored != text:
+        note = f"stored {stored!r}"
+    return Normalized(entry, stored, note)
+
+
+# Ranges that are not a "static public address" (SPEC.md). Documentation ranges (RFC 5737,
+# RFC 3849) are accepted: SPEC.md itself uses 203.0.113.7 and 2001:db8::/48 as examples, and
+# they are never routed, so listing one opens nothing. `ipaddress.is_private` would refuse them.
+_REFUSED: tuple[tuple[str, str], ...] = (
+    ("0.0.0.0/8", "unspecified ('this network')"),
+    ("10.0.0.0/8", "private (RFC 1918)"),
+    ("100.64.0.0/10", "shared carrier-grade NAT space (RFC 6598), not a static public address"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private (RFC 1918)"),
+    ("192.0.0.0/24", "reserved for IETF protocol assignments"),
+    ("192.168.0.0/16", "private (RFC 1918)"),
+    ("198.18.0.0/15", "reserved for benchmarking (RFC 2544)"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved (including broadcast)"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("64:ff9b:1::/48", "reserved for local NAT64"),
+    ("100::/64", "a discard prefix"),
+    ("fc00::/7", "private (unique local, RFC 4193)"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "reserved (deprecated site-local)"),
+    ("ff00::/8", "multicast"),
+)
+_REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(net), why) for net, why in _REFUSED
+)
+
+
+def _refusal(network: IPNetwork) -> str | None:
+    for refused, why in _REFUSED_NETWORKS:
+        if refused.version == network.version and refused.overlaps(network):
+            return f"{refused} is {why}"
+    if network.version == 6 and not network.subnet_of(ipaddress.IPv6Network("2000::/3")):
+        return "only global unicast IPv6 (2000::/3) is public"
+    return None
+
+
+def normalize_ip(entry: str, *, allow_private: bool = False) -> Normalized:
+    """Normalise an admin's IP entry: an address or a CIDR network, IPv4 or IPv6.
+
+    Private, loopback, link-local, multicast, reserved and unspecified ranges are refused
+    (with the reason) unless `allow_private`. Raises `InvalidEntry`.
+    """
+    text = entry.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text or len(text) > 100:
+        raise InvalidEntry(f"{entry!r} is not an IP address or network")
+    try:
+        network: IPNetwork = ipaddress.ip_network(text, strict=True)
+    except ValueError as error:
+        message = str(error)
+        if "has host bits set" in message:
+            loose = ipaddress.ip_network(text, strict=False)
+            raise InvalidEntry(f"{entry!r} has host bits set: did you mean the network {loose}?") from None
+        raise InvalidEntry(f"{entry!r} is not an IP address or CIDR network") from None
+    if isinstance(network, ipaddress.IPv6Network) and "/" not in text:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            network = ipaddress.IPv4Network(mapped)
+    if not allow_private:
+        why = _refusal(network)
+        if why is not None:
+            raise InvalidEntry(
+                f"{entry!r} is not a static public address: {why} "
+                "(use allow_private / --allow-private to store it anyway)"
+            )
+    stored = str(network.network_address) if network.num_addresses == 1 else str(network)
+    note = f"stored {stored!r}" if stored != entry.strip() else None
+    return Normalized(entry, stored, note)

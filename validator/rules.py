@@ -1,0 +1,81 @@
+"""Pure decision logic of SPEC.md: classify a request, then apply the decision table."""
+
+from __future__ import annotations
+
+from validator.matching import DomainSet, IPSet, host_of
+from validator.model import Decision, Reason, Restrictions, Source, decision
+
+__all__ = ["TokenRules", "classify", "request_domain"]
+
+_FRONT = Source.FRONT_END
+_BACK = Source.BACK_END
+
+_UNRESTRICTED = {s: decision(True, Reason.UNRESTRICTED, s) for s in Source}
+_DOMAIN_LISTED = decision(True, Reason.DOMAIN_LISTED, _FRONT)
+_DOMAIN_NOT_LISTED = decision(False, Reason.DOMAIN_NOT_LISTED, _FRONT)
+_NO_DOMAIN = decision(False, Reason.NO_DOMAIN, _FRONT)
+_FRONT_END_NOT_ALLOWED = decision(False, Reason.FRONT_END_NOT_ALLOWED, _FRONT)
+_IP_LISTED = decision(True, Reason.IP_LISTED, _BACK)
+_IP_NOT_LISTED = decision(False, Reason.IP_NOT_LISTED, _BACK)
+_NO_IP = decision(False, Reason.NO_IP, _BACK)
+_BACK_END_NOT_ALLOWED = decision(False, Reason.BACK_END_NOT_ALLOWED, _BACK)
+
+
+def classify(origin: str | None, referer: str | None, sec_fetch: bool) -> Source:
+    """Front end if the request carries a browser signal: a non-empty `Origin`, a `Referer`
+    (even an empty one), or any `Sec-Fetch-*` header; back end otherwise."""
+    return _FRONT if origin or referer is not None or sec_fetch else _BACK
+
+
+def request_domain(origin: str | None, referer: str | None) -> str | None:
+    """The host of `Origin` if present, else of `Referer`; None when it cannot be determined."""
+    if origin:
+        return host_of(origin)
+    if referer:
+        return host_of(referer)
+    return None
+
+
+class TokenRules:
+    """One token's restrictions compiled for the hot path; `decide()` is the decision table."""
+
+    __slots__ = ("_unknown", "domain_enabled", "domains", "ip_enabled", "ips", "known")
+
+    def __init__(
+        self,
+        restrictions: Restrictions | None,
+        *,
+        unknown_allowed: bool = True,
+    ) -> None:
+        self.known = restrictions is not None
+        self._unknown = {s: decision(unknown_allowed, Reason.UNKNOWN_TOKEN, s) for s in Source}
+        r = restrictions if restrictions is not None else Restrictions()
+        self.domain_enabled = r.domain_enabled
+        self.ip_enabled = r.ip_enabled
+        self.domains = DomainSet(r.domains)
+        self.ips = IPSet(r.ips)
+
+    def decide(
+        self,
+        origin: str | None,
+        referer: str | None,
+        sec_fetch: bool,
+        client_ip: str | None,
+    ) -> Decision:
+        """Apply SPEC.md's decision table to one request. Never raises."""
+        source = classify(origin, referer, sec_fetch)
+        if not self.known:
+            return self._unknown[source]
+        if source is _FRONT:
+            if not self.domain_enabled:
+                # D off: allowed only when nothing is enabled; "only IP enabled" denies browsers.
+                return _FRONT_END_NOT_ALLOWED if self.ip_enabled else _UNRESTRICTED[_FRONT]
+            host = request_domain(origin, referer)
+            if host is None:
+                return _NO_DOMAIN
+            return _DOMAIN_LISTED if host in self.domains else _DOMAIN_NOT_LISTED
+        if not self.ip_enabled:
+            return _BACK_END_NOT_ALLOWED if self.domain_enabled else _UNRESTRICTED[_BACK]
+        if not client_ip:
+            return _NO_IP
+        return _IP_LISTED if client_ip in self.ips else _IP_NOT_LISTED

@@ -1,0 +1,220 @@
+"""The Redis layout of SPEC.md and the commands on it.
+
+Per token, under one hash tag (so one Redis Cluster slot, one round trip):
+
+    {prefix}{<h>}:m   HASH  d, i = switches ("0"/"1"), v = version (grows with every change)
+    {prefix}{<h>}:d   SET   normalised domain entries
+    {prefix}{<h>}:i   SET   normalised IP entries
+
+`<h>` is a keyed hash (HMAC-SHA256, truncated to 128 bits, base64url) of the token, so neither
+keys nor values hold a token in clear. Reads and writes are Lua scripts shipped in `lua/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
+from validator.model import Restrictions
+
+__all__ = ["DEFAULT_KEY_PREFIX", "List", "Store", "fingerprint"]
+
+log = logging.getLogger("validator")
+
+DEFAULT_KEY_PREFIX = "tav:"
+# Used only when no secret is configured: keys are then still hashes, but anyone who knows this
+# constant can test a guessed token against them. Configure `secret` (or VALIDATOR_SECRET).
+_DEFAULT_SECRET = b"token-access-validator/unset-secret"
+_MEMORY_SERVERS: dict[str, Any] = {}
+_MEMORY_LOCK = threading.Lock()
+
+List = Literal["d", "i"]
+_LIST_NAMES: dict[str, str] = {"d": "domain", "i": "IP"}
+
+
+def _script(name: str) -> str:
+    return resources.files("validator").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def _secret_bytes(secret: str | bytes | None, url_scheme: str) -> bytes:
+    if secret is None:
+        secret = os.environ.get("VALIDATOR_SECRET")
+    if secret is None or secret == "":
+        if url_scheme != "memory":
+            log.warning(
+                "no token secret configured (secret= or VALIDATOR_SECRET): Redis keys are "
+                "hashes under a public default key; set a secret for production"
+            )
+        return _DEFAULT_SECRET
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+def fingerprint(token_hash: str) -> str:
+    """A short, non-reversible name of a token for logs and CLI output."""
+    return token_hash[:10]
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as error:
+        raise StoreUnavailable(f"restriction store unavailable: {error}") from error
+
+
+def _restrictions(meta: Sequence[str], domains: Sequence[str], ips: Sequence[str]) -> Restrictions:
+    fields = dict(zip(meta[::2], meta[1::2], strict=True))
+    return Restrictions(
+        domain_enabled=fields.get("d") == "1",
+        ip_enabled=fields.get("i") == "1",
+        domains=sorted(domains),
+        ips=sorted(ips),
+        version=int(fields.get("v", 0)),
+    )
+
+
+class Store:
+    """Restrictions in Redis (or the in-process `memory://` store), chosen by URL."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        secret: bytes,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        limit: int = 5,
+        url: str = "",
+    ) -> None:
+        if limit < 1:
+            raise ConfigurationError(f"limit must be at least 1, not {limit}")
+        if "{" in key_prefix or "}" in key_prefix:
+            raise ConfigurationError("key_prefix must not contain '{' or '}' (they form the hash tag)")
+        self.client = client
+        self.key_prefix = key_prefix
+        self.limit = limit
+        self.url = url
+        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
+        self._read = client.register_script(_script("read.lua"))
+        self._write = client.register_script(_script("write.lua"))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = "memory://",
+        *,
+        secret: str | bytes | None = None,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        limit: int = 5,
+        timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+    ) -> Store:
+        """Build a store from a URL: `memory://[name]`, `redis://`, `rediss://` or `unix://`.
+
+        `memory://name` stores with the same name share data within one process.
+        """
+        scheme = urlsplit(url).scheme
+        key = _secret_bytes(secret, scheme)
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ConfigurationError("timeouts must be positive")
+        client: aioredis.Redis
+        if scheme == "memory":
+            import fakeredis  # in-process store only: not imported for real Redis
+
+            name = url[len("memory://") :]
+            with _MEMORY_LOCK:
+                server = _MEMORY_SERVERS.setdefault(name, fakeredis.FakeServer())
+            client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
+        elif scheme in ("redis", "rediss", "unix"):
+            try:
+                client = aioredis.Redis.from_url(
+                    url,
+                    decode_responses=True,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=connect_timeout,
+                    # One quick retry covers a pooled connection that died with a restart;
+                    # anything longer belongs to the caller's circuit breaker, not to a request.
+                    retry=Retry(NoBackoff(), 1),
+                )
+            except ValueError as error:
+                raise ConfigurationError(f"bad store URL {url!r}: {error}") from None
+        else:
+            raise ConfigurationError(
+                f"unsupported store URL {url!r}: use memory://, redis://, rediss:// or unix://"
+            )
+        return cls(client, secret=key, key_prefix=key_prefix, limit=limit, url=url)
+
+    # -------------------------------------------------------------------------- keys
+
+    def token_hash(self, token: str) -> str:
+        """The keyed hash that names a token's keys."""
+        mac = self._hmac.copy()
+        mac.update(token.encode("utf-8", "surrogatepass"))
+        return base64.urlsafe_b64encode(mac.digest()[:16]).rstrip(b"=").decode("ascii")
+
+    def keys(self, token_hash: str) -> tuple[str, str, str]:
+        """The meta, domain and IP keys of one token, sharing the hash tag `{token_hash}`."""
+        base = f"{self.key_prefix}{{{token_hash}}}:"
+        return base + "m", base + "d", base + "i"
+
+    def hash_of_key(self, key: str) -> str | None:
+        """The token hash inside one of our keys (as named by an invalidation message)."""
+        if not key.startswith(self.key_prefix):
+            return None
+        start = len(self.key_prefix)
+        end = key.find("}", start)
+        if key[start : start + 1] != "{" or end == -1:
+            return None
+        return key[start + 1 : end]
+
+    # -------------------------------------------------------------------------- commands
+
+    async def read(self, token_hash: str) -> Restrictions | None:
+        """One token's restrictions (one round trip), or None if the token is unknown."""
+        with _store_errors():
+            reply = await self._read(keys=self.keys(token_hash))
+        if reply is None:
+            return None
+        meta, domains, ips = reply
+        return _restrictions(meta, domains, ips)
+
+    async def write(self, token_hash: str, op: str, *args: str) -> tuple[Restrictions, bool]:
+        """Run one atomic change (see `lua/write.lua`); returns the stored state and whether it changed.
+
+        Raises `LimitExceeded` (nothing written) or `StoreUnavailable`.
+        """
+        with _store_errors():
+            reply = await self._write(keys=self.keys(token_hash), args=[op, self.limit, *args])
+        if reply[0] == "limit":
+            list_name = _LIST_NAMES[reply[1]]
+            stored = sorted(reply[2])
+            raise LimitExceeded(
+                f"the {list_name} list allows at most {self.limit} entries; "
+                f"it holds {len(stored)}: {', '.join(stored) or '(none)'}",
+                limit=self.limit,
+                stored=stored,
+            )
+        _, changed, meta, domains, ips = reply
+        return _restrictions(meta, domains, ips), bool(changed)
+
+    async def ping(self) -> None:
+        with _store_errors():
+            await self.client.ping()
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.aclose()
