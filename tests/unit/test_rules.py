@@ -30,13 +30,19 @@ TABLE = [
     pytest.param(False, False, "front", OTHER_ORIGIN, True, Reason.UNRESTRICTED, id="off-off front allowed"),
     pytest.param(False, False, "back", OTHER_IP, True, Reason.UNRESTRICTED, id="off-off back allowed"),
     pytest.param(True, False, "front", LISTED_ORIGIN, True, Reason.DOMAIN_LISTED, id="D front listed"),
-    pytest.param(True, False, "front", OTHER_ORIGIN, False, Reason.DOMAIN_NOT_LISTED, id="D front not listed"),
+    pytest.param(
+        True, False, "front", OTHER_ORIGIN, False, Reason.DOMAIN_NOT_LISTED, id="D front not listed"
+    ),
     pytest.param(True, False, "back", LISTED_IP, False, Reason.BACK_END_NOT_ALLOWED, id="D back denied"),
-    pytest.param(False, True, "front", LISTED_ORIGIN, False, Reason.FRONT_END_NOT_ALLOWED, id="I front denied"),
+    pytest.param(
+        False, True, "front", LISTED_ORIGIN, False, Reason.FRONT_END_NOT_ALLOWED, id="I front denied"
+    ),
     pytest.param(False, True, "back", LISTED_IP, True, Reason.IP_LISTED, id="I back listed"),
     pytest.param(False, True, "back", OTHER_IP, False, Reason.IP_NOT_LISTED, id="I back not listed"),
     pytest.param(True, True, "front", LISTED_ORIGIN, True, Reason.DOMAIN_LISTED, id="DI front listed"),
-    pytest.param(True, True, "front", OTHER_ORIGIN, False, Reason.DOMAIN_NOT_LISTED, id="DI front not listed"),
+    pytest.param(
+        True, True, "front", OTHER_ORIGIN, False, Reason.DOMAIN_NOT_LISTED, id="DI front not listed"
+    ),
     pytest.param(True, True, "back", LISTED_IP, True, Reason.IP_LISTED, id="DI back listed"),
     pytest.param(True, True, "back", OTHER_IP, False, Reason.IP_NOT_LISTED, id="DI back not listed"),
 ]
@@ -91,14 +97,18 @@ def test_classify(origin: str | None, referer: str | None, sec_fetch: bool, sour
     ("origin", "referer", "sec_fetch"),
     [
         pytest.param("null", None, False, id="origin null"),
-        pytest.param("null", "https://app.example.com/page", False, id="origin null wins over a good referer"),
+        pytest.param(
+            "null", "https://app.example.com/page", False, id="origin null wins over a good referer"
+        ),
         pytest.param(None, None, True, id="sec-fetch only"),
         pytest.param("https://", None, False, id="origin without host"),
         pytest.param("garbage", None, False, id="malformed origin"),
         pytest.param(None, "", False, id="empty referer"),
     ],
 )
-def test_front_end_without_domain_matches_nothing(origin: str | None, referer: str | None, sec_fetch: bool) -> None:
+def test_front_end_without_domain_matches_nothing(
+    origin: str | None, referer: str | None, sec_fetch: bool
+) -> None:
     for r in (rules(True, False), rules(True, True)):
         decision = r.decide(origin, referer, sec_fetch, LISTED_IP)
         assert not decision.allowed
