@@ -1,0 +1,551 @@
+"""The ASGI middleware: every request's token checked against where the request comes from.
+
+    app = TokenAccessMiddleware(app, validator=Validator.from_url(url, secret=...))
+
+The token comes from `Authorization: Bearer ...`, an `X-API-Key` header or an `api_key` query
+parameter; the source signals from `Origin`, `Referer` and `Sec-Fetch-*`; the client address
+from the connection, or from `X-Forwarded-For` / `Forwarded` when (and only when) the
+connection comes from a configured trusted proxy. Denied requests get SPEC.md's 403 body.
+
+Run uvicorn with `--no-proxy-headers` when `trusted_proxies` is set here, or leave
+`trusted_proxies` empty and let uvicorn's `--proxy-headers --forwarded-allow-ips` rewrite the
+client address: never both, or the forwarded chain is walked twice (see README, "ASGI middleware").
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from typing import Any, Literal
+
+from validator.core import Validator
+from validator.errors import ConfigurationError, StoreUnavailable
+from validator.matching import IPAddress, IPNetwork, parse_ip
+from validator.model import Decision, Source
+from validator.rules import classify
+from validator.store import fingerprint
+
+__all__ = ["TokenAccessMiddleware", "TokenSource"]
+
+log = logging.getLogger("validator")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+TokenSource = Literal["bearer", "header", "query"]
+_TOKEN_SOURCES: tuple[TokenSource, ...] = ("bearer", "header", "query")
+
+
+class _Reply:
+    """A fixed JSON error response, serialised once at import."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, message: str, *extra: tuple[bytes, bytes]) -> None:
+        self.status = status
+        # json.dumps' default separators give SPEC.md's exact bytes: {"error": "..."}.
+        self.body = json.dumps({"error": message}).encode()
+        self.headers = (
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+            *extra,
+        )
+
+
+FORBIDDEN = _Reply(403, "Access denied. You don't have permission to access this.")
+UNAUTHORIZED = _Reply(401, "API token required.", (b"www-authenticate", b"Bearer"))
+UNAVAILABLE = _Reply(503, "Access check unavailable. Try again later.")
+
+# Header kinds the one pass over the request headers looks for.
+_ORIGIN, _REFERER, _AUTHORIZATION, _TOKEN_HEADER, _PROXY, _PREFLIGHT = range(6)
+_SEC_FETCH = b"sec-fetch-"
+# A token longer than this is no token anyone issued; refusing it keeps such keys out of the cache.
+DEFAULT_MAX_TOKEN_LENGTH = 512
+# Only an Origin made of visible ASCII is echoed back in Access-Control-Allow-Origin.
+_ECHOABLE = re.compile(rb"[!-~]+")
+# RFC 9110 `token`: what a header field name or a method may be made of.
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_QUOTED_PAIR = re.compile(r"\\(.)")
+_IP_CHARS = frozenset("0123456789abcdefABCDEF.:")
+_DOTTED = frozenset("0123456789.")
+
+
+class _TrustedHosts:
+    """Proxy addresses and networks, parsed once; `host in trusted` is the call site."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.literals: set[str] = set()
+        self.addresses: set[IPAddress] = set()
+        self.networks: list[IPNetwork] = []
+        for raw in entries:
+            entry = raw.strip()
+            try:
+                if "/" in entry:
+                    self.networks.append(ipaddress.ip_network(entry))
+                else:
+                    address = parse_ip(entry)
+                    if address is None:
+                        raise ValueError(entry)
+                    self.addresses.add(address)
+                    self.literals.add(str(address))
+            except ValueError:
+                raise ConfigurationError(
+                    f"trusted proxy {raw!r} is not an IP address or CIDR network (host bits unset)"
+                ) from None
+        self._v4_networks = any(n.version == 4 for n in self.networks)
+        self._trusts = functools.lru_cache(maxsize=1024)(self._compute)
+
+    def __bool__(self) -> bool:
+        return bool(self.literals or self.networks)
+
+    def __contains__(self, host: object) -> bool:
+        if host in self.literals:
+            return True
+        if not isinstance(host, str) or not host or len(host) > 64:
+            return False
+        # A dotted quad that ipaddress accepts is its own canonical form, so without IPv4
+        # networks the literal miss already decided; anything else may be another spelling.
+        if not self._v4_networks and _DOTTED.issuperset(host):
+            return False
+        return self._trusts(host)
+
+    def _compute(self, host: str) -> bool:
+        address = parse_ip(host)
+        if address is None:
+            return False
+        return address in self.addresses or any(address in net for net in self.networks)
+
+    def client(self, hops: Sequence[str | None]) -> str | None:
+        """The client a chain of proxies reports: the rightmost hop we do not trust.
+
+        Each proxy appends the address it saw, so only the hops right of the first untrusted one
+        are ours; anything to its left was written by the client. A hop without an address
+        (`unknown`, an obfuscated name, garbage) ends the walk with no address. If every hop is
+        trusted, the client was one of our proxies: the leftmost hop.
+        """
+        for host in reversed(hops):
+            if host is None or host not in self:
+                return host
+        return hops[0] if hops else None
+
+
+def _host_of_node(node: str) -> str | None:
+    """The address of one X-Forwarded-For entry or Forwarded `for=` node, without a port."""
+    node = node.strip()
+    if node.startswith("["):
+        end = node.find("]")
+        if end == -1:
+            return None
+        node = node[1:end]
+    elif node.count(":") == 1:
+        node = node[: node.find(":")]
+    if not node or not _IP_CHARS.issuperset(node):
+        return None
+    return node
+
+
+def _split_unquoted(text: str, separator: str) -> list[str]:
+    """Split at `separator` outside RFC 7230 quoted-strings (which may hide `,` and `;`)."""
+    if '"' not in text:
+        return text.split(separator)
+    parts: list[str] = []
+    start = 0
+    quoted = escaped = False
+    for i, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == separator:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _forwarded_for(element: str) -> str | None:
+    """The address in one RFC 7239 `Forwarded` element's `for=` parameter, or None."""
+    found: str | None = None
+    for pair in _split_unquoted(element, ";"):
+        name, eq, value = pair.partition("=")
+        if not eq or name.strip().lower() != "for":
+            continue
+        if found is not None:
+            return None  # RFC 7239 section 4: a parameter occurs at most once per element.
+        value = value.strip()
+        if value.startswith('"'):
+            if len(value) < 2 or not value.endswith('"'):
+                return None
+            value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
+        found = value
+    return None if found is None else _host_of_node(found)
+
+
+def _x_forwarded_for_hops(value: str) -> list[str | None]:
+    return [_host_of_node(node) for node in value.split(",")]
+
+
+def _forwarded_hops(value: str) -> list[str | None]:
+    return [_forwarded_for(element) for element in _split_unquoted(value, ",")]
+
+
+class _Request:
+    """What the middleware read from one request: raw headers, then the token, the source
+    signals as text and (for back-end requests) the client address."""
+
+    __slots__ = (
+        "authorization",
+        "client_ip",
+        "malformed",
+        "origin",
+        "origin_text",
+        "preflight",
+        "proxy",
+        "referer",
+        "referer_text",
+        "sec_fetch",
+        "token",
+        "token_header",
+    )
+
+    def __init__(self) -> None:
+        self.origin: bytes | None = None
+        self.referer: bytes | None = None
+        self.sec_fetch = False
+        self.authorization: bytes | None = None
+        self.token_header: bytes | None = None
+        self.proxy: list[bytes] | None = None
+        self.preflight = False
+        self.malformed = False
+        self.token: str | None = None
+        self.origin_text: str | None = None
+        self.referer_text: str | None = None
+        self.client_ip: str | None = None
+
+
+class TokenAccessMiddleware:
+    """Checks the API token of every HTTP request and WebSocket handshake (SPEC.md).
+
+    - `token_sources`: where to look for the token, first match wins: `"bearer"`
+      (`Authorization: Bearer ...`), `"header"` (`token_header`), `"query"` (`token_query`).
+    - `require_token`: without a token, answer 401; if False, pass the request to the app
+      (for public routes) with `scope["state"]["token_access"] = None`.
+    - `trusted_proxies`: addresses or CIDR networks of proxies whose `proxy_header`
+      (`"x-forwarded-for"` or `"forwarded"`) names the client. None by default.
+    - `preflight`: a CORS preflight carries no token: `"pass"` it to the app, or `"answer"` it
+      here with `cors_allow_methods`, `cors_allow_headers` and `cors_max_age`.
+    - `cors`: token-aware CORS: responses to a front-end request with an `Origin`, allowed or
+      denied, get `Access-Control-Allow-Origin: <that origin>` and `Vary: Origin`.
+
+    The decision goes to `scope["state"]["token_access"]` and the token to
+    `scope["state"]["api_token"]`: the app should read the token from there, not re-parse it.
+    The store being unreachable answers 503; build the validator with `fail_open=True` to
+    allow instead.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        validator: Validator,
+        token_sources: Sequence[TokenSource] = _TOKEN_SOURCES,
+        token_header: str = "X-API-Key",
+        token_query: str = "api_key",
+        require_token: bool = True,
+        max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH,
+        trusted_proxies: Iterable[str] | str = (),
+        proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for",
+        preflight: Literal["pass", "answer"] = "pass",
+        cors: bool = False,
+        cors_allow_methods: Sequence[str] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"),
+        cors_allow_headers: Sequence[str] | None = None,
+        cors_max_age: int = 600,
+    ) -> None:
+        sources = tuple(token_sources)
+        if not sources or len(set(sources)) != len(sources) or not set(sources) <= set(_TOKEN_SOURCES):
+            raise ConfigurationError(
+                f"token_sources must name each of {', '.join(_TOKEN_SOURCES)} at most once, "
+                f"not {token_sources!r}"
+            )
+        if not token_query:
+            raise ConfigurationError("token_query must not be empty")
+        if cors_allow_headers is None:
+            cors_allow_headers = ("Authorization", token_header, "Content-Type")
+        for name in (token_header, *cors_allow_methods, *cors_allow_headers):
+            if not _HTTP_TOKEN.fullmatch(name):
+                raise ConfigurationError(f"{name!r} is not an HTTP header or method name")
+        if max_token_length < 1:
+            raise ConfigurationError("max_token_length must be at least 1")
+        if proxy_header not in ("x-forwarded-for", "forwarded"):
+            raise ConfigurationError(
+                f"proxy_header must be 'x-forwarded-for' or 'forwarded', not {proxy_header!r}"
+            )
+        if preflight not in ("pass", "answer"):
+            raise ConfigurationError(f"preflight must be 'pass' or 'answer', not {preflight!r}")
+        if cors_max_age < 0:
+            raise ConfigurationError("cors_max_age must not be negative")
+        if isinstance(trusted_proxies, str):
+            trusted_proxies = [p for p in trusted_proxies.split(",") if p.strip()]
+        self.app = app
+        self.validator = validator
+        self.token_sources = sources
+        self.require_token = require_token
+        self.max_token_length = max_token_length
+        self.trusted_proxies = _TrustedHosts(trusted_proxies)
+        self.proxy_header = proxy_header
+        self.answer_preflight = preflight == "answer"
+        self.cors = cors
+        self._query_name = token_query.encode("utf-8")
+        kinds = {b"origin": _ORIGIN, b"referer": _REFERER, b"access-control-request-method": _PREFLIGHT}
+        if "bearer" in sources:
+            kinds[b"authorization"] = _AUTHORIZATION
+        if "header" in sources:
+            kinds[token_header.lower().encode("ascii")] = _TOKEN_HEADER
+        if self.trusted_proxies:
+            kinds[proxy_header.encode("ascii")] = _PROXY
+        self._header_kinds = kinds
+        self._preflight_headers = (
+            (b"access-control-allow-methods", ", ".join(cors_allow_methods).encode("ascii")),
+            (b"access-control-allow-headers", ", ".join(cors_allow_headers).encode("ascii")),
+            (b"access-control-max-age", str(cors_max_age).encode()),
+            (b"vary", b"Origin"),
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            request = self._read(scope)
+        except Exception:
+            # Input no server should hand us; whatever it was, it is not let through.
+            log.warning("request could not be read; denied", exc_info=True)
+            await self._reply(scope, send, FORBIDDEN, None)
+            return
+        origin = request.origin
+        if request.malformed:
+            await self._reply(scope, send, FORBIDDEN, origin)
+            return
+        if request.preflight and origin and scope_type == "http" and scope.get("method") == "OPTIONS":
+            # A preflight never carries the token: the browser checks the real request's reply.
+            if self.answer_preflight:
+                await self._answer_preflight(send, origin)
+            else:
+                await self.app(scope, receive, send)
+            return
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        token = request.token
+        if token is None:
+            state["token_access"] = state["api_token"] = None
+            if self.require_token:
+                await self._reply(scope, send, UNAUTHORIZED, origin)
+            else:
+                await self.app(scope, receive, send)
+            return
+        decision = self.validator.check_cached(
+            token, request.origin_text, request.referer_text, request.sec_fetch, request.client_ip
+        )
+        if decision is None:
+            try:
+                decision = await self.validator.check(
+                    token,
+                    origin=request.origin_text,
+                    referer=request.referer_text,
+                    sec_fetch=request.sec_fetch,
+                    client_ip=request.client_ip,
+                )
+            except StoreUnavailable:
+                log.warning("restriction store unavailable and nothing cached: 503")
+                await self._reply(scope, send, UNAVAILABLE, origin)
+                return
+        state["token_access"] = decision
+        state["api_token"] = token
+        if not decision.allowed:
+            if log.isEnabledFor(logging.DEBUG):
+                self._log_denial(token, decision)
+            await self._reply(scope, send, FORBIDDEN, origin)
+            return
+        if self.cors and origin and scope_type == "http" and _ECHOABLE.fullmatch(origin):
+            send = _with_cors(send, origin)
+        await self.app(scope, receive, send)
+
+    # -------------------------------------------------------------------------- reading
+
+    def _read(self, scope: Scope) -> _Request:
+        request = _Request()
+        kinds = self._header_kinds
+        for name, value in scope["headers"]:
+            kind = kinds.get(name)
+            if kind is None:
+                if not request.sec_fetch and name.startswith(_SEC_FETCH):
+                    request.sec_fetch = True
+            elif kind == _ORIGIN:
+                # Browsers send one serialised origin; a list (RFC 6454's `a b`, or `a, b` after a
+                # proxy merged two headers) or a repeat means someone is playing games.
+                origin = value.strip()
+                if request.origin is not None or b"," in origin or b" " in origin:
+                    request.malformed = True
+                request.origin = origin
+            elif kind == _REFERER:
+                if request.referer is not None:
+                    request.malformed = True
+                request.referer = value
+            elif kind == _AUTHORIZATION:
+                if request.authorization is not None and request.authorization != value:
+                    request.malformed = True
+                request.authorization = value
+            elif kind == _TOKEN_HEADER:
+                if request.token_header is not None and request.token_header != value:
+                    request.malformed = True
+                request.token_header = value
+            elif kind == _PROXY:
+                if request.proxy is None:
+                    request.proxy = [value]
+                else:
+                    request.proxy.append(value)
+            else:
+                request.preflight = True
+        if request.malformed:
+            return request
+        request.token = self._token(scope, request)
+        if request.token is None:
+            return request
+        if request.origin is not None:
+            request.origin_text = request.origin.decode("latin-1")
+        if request.referer is not None:
+            request.referer_text = request.referer.decode("latin-1")
+        # The address only matters to back-end requests; front-end ones skip the proxy walk.
+        if classify(request.origin_text, request.referer_text, request.sec_fetch) is Source.BACK_END:
+            request.client_ip = self._client_ip(scope, request)
+        return request
+
+    def _token(self, scope: Scope, request: _Request) -> str | None:
+        """The first token found in `token_sources` order; marks the request malformed when a
+        source repeats with different values or the token is implausibly long."""
+        for source in self.token_sources:
+            raw: bytes | None
+            if source == "bearer":
+                value = request.authorization
+                raw = value[7:] if value is not None and value[:7].lower() == b"bearer " else None
+            elif source == "header":
+                raw = request.token_header
+            else:
+                raw = self._query_token(scope.get("query_string", b""), request)
+            if raw is None:
+                continue
+            raw = raw.strip()
+            if not raw:
+                continue
+            if len(raw) > self.max_token_length:
+                request.malformed = True
+                return None
+            return raw.decode("latin-1")
+        return None
+
+    def _query_token(self, query: bytes, request: _Request) -> bytes | None:
+        name = self._query_name
+        if not query or (name not in query and b"%" not in query):
+            return None
+        found: bytes | None = None
+        for pair in query.split(b"&"):
+            key, _, value = pair.partition(b"=")
+            if key != name and (b"%" not in key or _unquote(key) != name):
+                continue
+            if b"%" in value or b"+" in value:
+                value = _unquote(value)
+            if found is not None and found != value:
+                request.malformed = True
+            found = value
+        return found
+
+    def _client_ip(self, scope: Scope, request: _Request) -> str | None:
+        client = scope.get("client")
+        peer: str | None = client[0] if client else None
+        if request.proxy is None or peer not in self.trusted_proxies:
+            return peer
+        merged = ",".join(value.decode("latin-1") for value in request.proxy)
+        if self.proxy_header == "forwarded":
+            return self.trusted_proxies.client(_forwarded_hops(merged))
+        return self.trusted_proxies.client(_x_forwarded_for_hops(merged))
+
+    # -------------------------------------------------------------------------- answering
+
+    async def _reply(self, scope: Scope, send: Send, reply: _Reply, origin: bytes | None) -> None:
+        headers = list(reply.headers)
+        if scope["type"] == "websocket":
+            if "websocket.http.response" in (scope.get("extensions") or {}):
+                await send(
+                    {"type": "websocket.http.response.start", "status": reply.status, "headers": headers}
+                )
+                await send({"type": "websocket.http.response.body", "body": reply.body})
+            else:
+                # Closing before accepting makes the server refuse the handshake with a 403.
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        if self.cors and origin and _ECHOABLE.fullmatch(origin):
+            headers.append((b"access-control-allow-origin", origin))
+            headers.append((b"vary", b"Origin"))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    async def _answer_preflight(self, send: Send, origin: bytes) -> None:
+        headers = list(self._preflight_headers)
+        if _ECHOABLE.fullmatch(origin):
+            headers.append((b"access-control-allow-origin", origin))
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _log_denial(self, token: str, decision: Decision) -> None:
+        source = decision.source.value if decision.source else "-"
+        log.debug(
+            "denied token %s: %s (%s)",
+            fingerprint(self.validator.store.token_hash(token)),
+            decision.reason.value,
+            source,
+        )
+
+
+def _unquote(value: bytes) -> bytes:
+    from urllib.parse import unquote_to_bytes  # only for percent-encoded parameters
+
+    return unquote_to_bytes(value.replace(b"+", b" "))
+
+
+def _with_cors(send: Send, origin: bytes) -> Send:
+    """`send`, with the response start carrying `Access-Control-Allow-Origin: origin` and
+    `Origin` in `Vary` (replacing an allow-origin the app set itself)."""
+
+    async def send_with_cors(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers: list[tuple[bytes, bytes]] = []
+            vary: list[bytes] = []
+            for name, value in message.get("headers", ()):
+                lower = name.lower()
+                if lower == b"vary":
+                    vary.append(value)
+                elif lower != b"access-control-allow-origin":
+                    headers.append((name, value))
+            varies = b", ".join(vary)
+            if not {v.strip().lower() for v in varies.split(b",")} & {b"origin", b"*"}:
+                varies = varies + b", Origin" if varies else b"Origin"
+            headers.append((b"vary", varies))
+            headers.append((b"access-control-allow-origin", origin))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_cors
