@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
-from urllib.parse import urlsplit
+from collections.abc import Collection, Iterable
 
 import idna
 
 from validator.errors import InvalidEntry
 
 __all__ = [
+    "DEFAULT_PORTS",
     "DomainSet",
     "IPSet",
     "Normalized",
@@ -24,6 +24,7 @@ __all__ = [
     "is_hostname",
     "normalize_domain",
     "normalize_ip",
+    "origin_of",
     "parse_ip",
 ]
 
@@ -38,6 +39,10 @@ MAX_HOST_LENGTH = 253
 # Letters, digits and hyphens per label (RFC 1123), plus `_`, which browsers accept in hosts.
 _HOSTNAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
 _PORT_DIGITS = frozenset("0123456789")
+
+# The schemes a domain entry may be qualified with, and the port an entry or request without
+# an explicit port has under each (a web origin's default port).
+DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
 
 
 def is_hostname(host: str) -> bool:
@@ -91,37 +96,135 @@ def host_of(url: str) -> str | None:
         return None
 
 
-class DomainSet:
-    """A token's domain list, shaped for O(labels) membership of a request host."""
+def origin_of(url: str) -> tuple[str, str, int | None] | None:
+    """The scheme (lower case), host (as `host_of` gives it) and effective port of an `Origin`
+    or `Referer` value, or None if it has no host or its port is not a port number.
 
-    __slots__ = ("_exact", "_parents")
+    The effective port is the explicit one, else the default of the scheme (80 for http, 443
+    for https), else None. Only qualified domain entries need this; never raises.
+    """
+    host = host_of(url)
+    if host is None:
+        return None
+    sep = url.find("://")
+    start = sep + 3
+    end = len(url)
+    # The same authority as `host_of` finds (a property test holds the two together).
+    for delimiter in "/?#\\":
+        i = url.find(delimiter, start, end)
+        if i != -1:
+            end = i
+    at = url.rfind("@", start, end)
+    if at != -1:
+        start = at + 1
+    scheme = url[:sep].lower()
+    colon = url.find(":", start, end)
+    port_text = url[colon + 1 : end] if colon != -1 else ""
+    if not port_text:
+        return scheme, host, DEFAULT_PORTS.get(scheme)
+    if len(port_text) > 5 or not 0 < int(port_text) < 65536:
+        return None
+    return scheme, host, int(port_text)
+
+
+# A qualified entry's condition on the request: (scheme or None for any, port or None for any).
+_Qualifier = tuple[str | None, int | None]
+
+
+def _split_entry(entry: str) -> tuple[str, _Qualifier | None]:
+    """A stored entry as (host pattern, qualifier), the qualifier None for a bare host."""
+    scheme, sep, rest = entry.rpartition("://")
+    pattern, colon, port_text = rest.partition(":")
+    if not sep and not colon:
+        return pattern, None
+    if port_text == "*":
+        port = None
+    elif port_text:
+        port = int(port_text)
+    else:
+        # `https://app.example.com` names one web origin: its port is https's default.
+        port = DEFAULT_PORTS.get(scheme)
+    return pattern, (scheme or None, port)
+
+
+class DomainSet:
+    """A token's domain list, shaped for O(labels) membership of a request host.
+
+    A bare entry (`example.com`, `*.example.com`) matches on the host alone, any scheme and
+    port; `host in domain_set` answers for those. An entry qualified by a scheme and/or a port
+    (`https://app.example.com`, `localhost:3000`, `http://localhost:*`) also needs the
+    request's scheme and effective port: `matches(host, url)` answers for every entry.
+    """
+
+    __slots__ = ("_exact", "_parents", "_qualified_exact", "_qualified_parents", "qualified")
 
     def __init__(self, entries: Iterable[str]) -> None:
         exact: set[str] = set()
         parents: set[str] = set()
+        qualified_exact: dict[str, list[_Qualifier]] = {}
+        qualified_parents: dict[str, list[_Qualifier]] = {}
         for entry in entries:
-            if entry.startswith("*."):
-                parents.add(entry[2:])
+            pattern, qualifier = _split_entry(entry)
+            wildcard = pattern.startswith("*.")
+            if qualifier is None:
+                (parents if wildcard else exact).add(pattern[2:] if wildcard else pattern)
+            elif wildcard:
+                qualified_parents.setdefault(pattern[2:], []).append(qualifier)
             else:
-                exact.add(entry)
+                qualified_exact.setdefault(pattern, []).append(qualifier)
         self._exact = frozenset(exact)
         self._parents = frozenset(parents)
+        self._qualified_exact = {host: tuple(q) for host, q in qualified_exact.items()}
+        self._qualified_parents = {host: tuple(q) for host, q in qualified_parents.items()}
+        self.qualified = bool(qualified_exact or qualified_parents)
+        """Whether any entry is qualified by a scheme or port (so `matches` needs the URL)."""
 
     def __contains__(self, host: object) -> bool:
+        """Whether `host` matches a bare entry (one without scheme or port)."""
         if host in self._exact:
             return True
         if not self._parents or not isinstance(host, str):
             return False
-        # `*.example.com` matches `a.example.com` and `a.b.example.com`, never `example.com`.
-        dot = host.find(".")
-        while dot != -1:
-            if host[dot + 1 :] in self._parents:
-                return is_hostname(host)
-            dot = host.find(".", dot + 1)
-        return False
+        return _under(host, self._parents) is not None
+
+    def matches(self, host: str, url: str) -> bool:
+        """Whether a request whose `Origin`/`Referer` is `url`, with host `host_of(url)`, is listed."""
+        if host in self:
+            return True
+        if not self.qualified:
+            return False
+        qualifiers = self._qualified_exact.get(host, ())
+        if self._qualified_parents:
+            parent = _under(host, self._qualified_parents)
+            if parent is not None:
+                qualifiers = (*qualifiers, *self._qualified_parents[parent])
+        if not qualifiers:
+            return False
+        origin = origin_of(url)
+        if origin is None:
+            return False
+        scheme, _, port = origin
+        return any((s is None or s == scheme) and (p is None or p == port) for s, p in qualifiers)
 
     def __len__(self) -> int:
-        return len(self._exact) + len(self._parents)
+        return (
+            len(self._exact)
+            + len(self._parents)
+            + sum(map(len, self._qualified_exact.values()))
+            + sum(map(len, self._qualified_parents.values()))
+        )
+
+
+def _under(host: str, parents: Collection[str]) -> str | None:
+    """The listed parent domain `host` is a subdomain of, if `host` is a real hostname."""
+    # `*.example.com` matches `a.example.com` and `a.b.example.com`, never `example.com`.
+    dot = host.find(".")
+    while dot != -1:
+        parent = host[dot + 1 :]
+        if parent in parents:
+            return parent if is_hostname(host) else None
+        dot = host.find(".", dot + 1)
+    return None
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -231,9 +334,25 @@ def _encode_hostname(host: str, entry: str) -> str:
     return host
 
 
-def normalize_domain(entry: str) -> Normalized:
-    """Normalise an admin's domain entry (`example.com`, `*.example.com`, or a URL).
+_PORT = re.compile(r"[0-9]{1,5}")
 
+
+def _port(text: str, entry: str) -> str:
+    if text == "*":
+        return text
+    if _PORT.fullmatch(text) is None or not 0 < int(text) < 65536:
+        raise InvalidEntry(f"{entry!r}: ':' must be followed by a port number (1-65535) or '*' for any port")
+    return str(int(text))
+
+
+def normalize_domain(entry: str) -> Normalized:
+    """Normalise an admin's domain entry to its stored form.
+
+    Accepted: `example.com`, `*.example.com`, either optionally qualified by a scheme
+    (`https://app.example.com`: http or https only) and/or a port (`localhost:3000`,
+    `localhost:*` for any port). A scheme without a port means that scheme's default port, as
+    in a web origin; a bare host matches any scheme and port. Anything else typed as a URL
+    loses its path, query, fragment and user information, and the note says so.
     Raises `InvalidEntry` with a reason a person understands.
     """
     text = entry.strip()
@@ -242,41 +361,57 @@ def normalize_domain(entry: str) -> Normalized:
     if len(text) > MAX_URL_LENGTH:
         raise InvalidEntry(f"domain entry too long ({len(text)} characters)")
     dropped: list[str] = []
-    if "://" in text or "/" in text or "?" in text or "#" in text or "@" in text:
-        try:
-            parts = urlsplit(text if "://" in text else "//" + text)
-            host = parts.hostname
-            port = parts.port
-        except ValueError as error:
-            raise InvalidEntry(f"{entry!r} is not a URL or hostname: {error}") from None
-        if host is None:
-            raise InvalidEntry(f"{entry!r} has no hostname")
-        if parts.scheme:
-            dropped.append(f"scheme {parts.scheme}")
-        if parts.username is not None:
-            dropped.append("user information")
-        if port is not None:
-            dropped.append(f"port {port}")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            dropped.append("path")
-        # urlsplit lower-cases ASCII but keeps the wildcard label.
-        text = host
-    elif ":" in text:
-        host, _, port_text = text.rpartition(":")
-        if not port_text.isdigit():
-            raise InvalidEntry(f"{entry!r} is not a hostname: ':' must be followed by a port number")
-        dropped.append(f"port {port_text}")
-        text = host
-    wildcard = text.startswith("*.")
-    host = text[2:] if wildcard else text
+    scheme = ""
+    rest = text
+    sep = text.find("://")
+    if sep != -1:
+        scheme = text[:sep].lower()
+        if scheme not in DEFAULT_PORTS:
+            raise InvalidEntry(
+                f"{entry!r}: only http:// or https:// may qualify a domain (or give the host alone)"
+            )
+        rest = text[sep + 3 :]
+    elif text.startswith("//"):
+        rest = text[2:]
+    end = len(rest)
+    for delimiter in "/?#\\":
+        i = rest.find(delimiter, 0, end)
+        if i != -1:
+            end = i
+    if rest[end:] not in ("", "/"):
+        dropped.append("path")
+    authority = rest[:end]
+    at = authority.rfind("@")
+    if at != -1:
+        dropped.append("user information")
+        authority = authority[at + 1 :]
+    if authority.startswith("["):
+        raise InvalidEntry(f"{entry!r} is an IP address, not a domain: add it to the IP list instead")
+    host, colon, port_text = authority.partition(":")
+    port = _port(port_text, entry) if colon else ""
+    if port and port == str(DEFAULT_PORTS.get(scheme)):
+        dropped.append(f"port {port}, the default of {scheme}")
+        port = ""
+    if not host:
+        raise InvalidEntry(f"{entry!r} has no hostname")
+    wildcard = host.startswith("*.")
+    if wildcard:
+        host = host[2:]
     if "*" in host:
         raise InvalidEntry(
             f"{entry!r}: a wildcard is only allowed as a whole first label, as in *.example.com"
         )
-    stored = ("*." if wildcard else "") + _encode_hostname(host, entry)
+    stored = "".join(
+        (
+            f"{scheme}://" if scheme else "",
+            "*." if wildcard else "",
+            _encode_hostname(host, entry),
+            f":{port}" if port else "",
+        )
+    )
     note = None
     if dropped:
-        note = f"stored {stored!r} (domains match on the host alone; dropped {', '.join(dropped)})"
+        note = f"stored {stored!r} (dropped {', '.join(dropped)})"
     elif stored != text:
         note = f"stored {stored!r}"
     return Normalized(entry, stored, note)

@@ -70,10 +70,15 @@ class TokenRules:
             if not self.domain_enabled:
                 # D off: allowed only when nothing is enabled; "only IP enabled" denies browsers.
                 return _FRONT_END_NOT_ALLOWED if self.ip_enabled else _UNRESTRICTED[_FRONT]
-            host = request_domain(origin, referer)
-            if host is None:
+            url = origin or referer  # as request_domain(): Origin if present, else Referer
+            if not url or (host := host_of(url)) is None:
                 return _NO_DOMAIN
-            return _DOMAIN_LISTED if host in self.domains else _DOMAIN_NOT_LISTED
+            domains = self.domains
+            # Bare entries answer with one set look-up; only a list holding a scheme- or
+            # port-qualified entry pays for parsing the request's scheme and port.
+            if host in domains or (domains.qualified and domains.matches(host, url)):
+                return _DOMAIN_LISTED
+            return _DOMAIN_NOT_LISTED
         if not self.ip_enabled:
             return _BACK_END_NOT_ALLOWED if self.domain_enabled else _UNRESTRICTED[_BACK]
         if not client_ip:
