@@ -198,7 +198,27 @@ class Store:
         Raises `LimitExceeded` (nothing written) or `StoreUnavailable`.
         """
         with _store_errors():
-            reply = await self._write(keys=self.keys(token_hash), args=[op, self.limit, *args])
+            reply = await self._write(keys=self._write_keys(token_hash), args=[op, self.limit, *args])
+        return self._write_result(reply)
+
+    async def ping(self) -> None:
+        with _store_errors():
+            await self.client.ping()
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.aclose()
+
+    # -------------------------------------------------------------------------- admin: history, bulk
+
+    def history_key(self, token_hash: str) -> str:
+        """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
+        return f"{self.key_prefix}{{{token_hash}}}:h"
+
+    def _write_keys(self, token_hash: str) -> tuple[str, str, str, str]:
+        return (*self.keys(token_hash), self.history_key(token_hash))
+
+    def _write_result(self, reply: list[Any]) -> tuple[Restrictions, bool]:
         if reply[0] == "limit":
             list_name = _LIST_NAMES[reply[1]]
             stored = sorted(reply[2])
@@ -211,10 +231,51 @@ class Store:
         _, changed, meta, domains, ips = reply
         return _restrictions(meta, domains, ips), bool(changed)
 
-    async def ping(self) -> None:
+    async def history(self, token_hash: str, count: int = 50) -> list[str]:
+        """The token's `count` most recent history entries (JSON text), newest first."""
         with _store_errors():
-            await self.client.ping()
+            entries = await self.client.lrange(self.history_key(token_hash), 0, count - 1)
+        return [entry if isinstance(entry, str) else entry.decode() for entry in entries]
 
-    async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self.client.aclose()
+    async def write_many(
+        self, changes: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[tuple[Restrictions, bool] | LimitExceeded]:
+        """Run many `write` changes, each `(token_hash, (op, *args))`, pipelined in one round trip.
+
+        Each change is atomic on its own, the batch is not. A change refused for the limit comes
+        back as its `LimitExceeded` (nothing of it written); raises `StoreUnavailable`.
+        """
+        results: list[tuple[Restrictions, bool] | LimitExceeded] = []
+        with _store_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for token_hash, (op, *args) in changes:
+                keys = self._write_keys(token_hash)
+                await self._write(keys=keys, args=[op, self.limit, *args], client=pipe)
+            replies = await pipe.execute()
+        for reply in replies:
+            try:
+                results.append(self._write_result(reply))
+            except LimitExceeded as refused:
+                results.append(refused)
+        return results
+
+    async def read_many(self, token_hashes: Sequence[str]) -> list[Restrictions | None]:
+        """Many tokens' restrictions, pipelined in one round trip; None for an unknown token."""
+        with _store_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for token_hash in token_hashes:
+                await self._read(keys=self.keys(token_hash), client=pipe)
+            replies = await pipe.execute()
+        return [None if reply is None else _restrictions(*reply) for reply in replies]
+
+    async def scan_hashes(self, count: int = 1000) -> list[str]:
+        """The hash of every stored token, sorted, found with SCAN (never KEYS, which blocks Redis)."""
+        prefix = "".join("\\" + c if c in "*?[]\\" else c for c in self.key_prefix)
+        found: set[str] = set()
+        with _store_errors():
+            async for key in self.client.scan_iter(match=prefix + "{*}:m", count=count):
+                token_hash = self.hash_of_key(key)
+                # SCAN may return a key twice, and the pattern's `*` could span a `}`.
+                if token_hash is not None and self.keys(token_hash)[0] == key:
+                    found.add(token_hash)
+        return sorted(found)

@@ -75,14 +75,15 @@ async def test_keys_share_one_hash_tag_and_never_hold_the_token(admin: Admin, ra
         await admin.add_domains(token, ["app.example.com"])
         await admin.add_ips(token, ["203.0.113.7"])
     keys = [key async for key in raw.scan_iter(match="*", count=1000)]
-    assert len(keys) == 3 * len(tokens)
+    assert len(keys) == 4 * len(tokens)  # meta, domains, ips, history
     dump = " ".join(keys)
     for token in tokens:
         assert token not in dump
         assert "secretpart" not in dump
         meta, domains, ips = admin.store.keys(admin.store.token_hash(token))
-        assert {meta, domains, ips} <= set(keys)
-        tags = {key[key.index("{") : key.index("}") + 1] for key in (meta, domains, ips)}
+        history = admin.store.history_key(admin.store.token_hash(token))
+        assert {meta, domains, ips, history} <= set(keys)
+        tags = {key[key.index("{") : key.index("}") + 1] for key in (meta, domains, ips, history)}
         assert len(tags) == 1
     for key in keys:
         if key.endswith(":m"):
