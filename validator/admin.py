@@ -6,17 +6,37 @@ Every entry is validated and normalised before anything is written; every refusa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Literal
 
 import msgspec
 
-from validator.errors import InvalidEntry
-from validator.matching import Normalized, normalize_domain, normalize_ip
-from validator.model import Restrictions
+from validator.errors import InvalidEntry, LimitExceeded
+from validator.matching import (
+    DomainSet,
+    IPSet,
+    Normalized,
+    host_of,
+    normalize_domain,
+    normalize_ip,
+    origin_of,
+    parse_ip,
+)
+from validator.model import Reason, Restrictions, Source
+from validator.rules import TokenRules
 from validator.store import DEFAULT_KEY_PREFIX, List, Store, fingerprint
 
-__all__ = ["Admin", "Change", "Restriction"]
+__all__ = [
+    "Admin",
+    "Change",
+    "Explanation",
+    "HistoryEntry",
+    "ImportLine",
+    "PreparedPut",
+    "Record",
+    "Restriction",
+]
 
 Restriction = Literal["domain", "ip"]
 _LIST: dict[str, List] = {"domain": "d", "ip": "i"}
@@ -28,6 +48,92 @@ class Change(msgspec.Struct, kw_only=True):
     restrictions: Restrictions
     changed: bool
     notes: list[str] = msgspec.field(default_factory=list)
+
+
+class HistoryEntry(msgspec.Struct, kw_only=True):
+    """One recorded change to a token (see `lua/write.lua`): when, what, and the version it made.
+
+    `at` is milliseconds since the epoch on the Redis server's clock; `op` is add, remove, set,
+    enable, disable or put; `restriction` ("domain"/"ip") and `entries` belong to list and
+    switch changes, `domain_enabled` ... `ips` to a put (a whole record, as import writes it).
+    """
+
+    at: int
+    op: str
+    version: int
+    restriction: str | None = None
+    entries: list[str] = msgspec.field(default_factory=list)
+    domain_enabled: bool | None = None
+    ip_enabled: bool | None = None
+    domains: list[str] = msgspec.field(default_factory=list)
+    ips: list[str] = msgspec.field(default_factory=list)
+
+
+class Record(msgspec.Struct, kw_only=True):
+    """One token's restrictions as a line of an export file, named by the token's keyed hash
+    (tokens are never stored in clear, so an export cannot name them)."""
+
+    hash: str
+    domain_enabled: bool
+    ip_enabled: bool
+    domains: list[str]
+    ips: list[str]
+
+
+class ImportLine(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One line of an import file: exactly one of `token` (hashed on import) or `hash` (as an
+    export wrote it, valid under the same secret), and the token's whole record."""
+
+    token: str | None = None
+    hash: str | None = None
+    domain_enabled: bool = False
+    ip_enabled: bool = False
+    domains: list[str] = msgspec.field(default_factory=list)
+    ips: list[str] = msgspec.field(default_factory=list)
+
+
+class PreparedPut(msgspec.Struct, frozen=True):
+    """A validated, normalised whole record, ready for `Admin.put_many`."""
+
+    token_hash: str
+    restrictions: Restrictions
+    notes: tuple[str, ...] = ()
+
+    def same_as(self, stored: Restrictions | None) -> bool:
+        """Whether writing this would change nothing in `stored`."""
+        r = self.restrictions
+        return stored is not None and (
+            stored.domain_enabled,
+            stored.ip_enabled,
+            stored.domains,
+            stored.ips,
+        ) == (r.domain_enabled, r.ip_enabled, r.domains, r.ips)
+
+
+class Explanation(msgspec.Struct, kw_only=True):
+    """Why a request made with a token gets its decision, for a person (`validator-admin check`).
+
+    `signal` is the header that made it a front-end request (origin, referer, sec-fetch), None
+    for a back-end one; `domain`/`scheme`/`port` or `ip` is what the rule looked at; `matched`
+    the list entries that match the request. `classification` and `rule` say it in words.
+    """
+
+    allowed: bool
+    reason: Reason
+    source: Source
+    signal: str | None
+    domain: str | None
+    scheme: str | None
+    port: int | None
+    ip: str | None
+    matched: list[str]
+    restrictions: Restrictions | None
+    classification: str
+    rule: str
+
+
+# The keyed hash as `Store.token_hash` writes it: 128 bits, base64url without padding.
+_TOKEN_HASH = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
 def _normalize_all(entries: Iterable[str], normalize: Callable[[str], Normalized]) -> list[Normalized]:
@@ -166,12 +272,7 @@ class Admin:
         ips = _normalize_all(restrictions.ips, lambda e: normalize_ip(e, allow_private=allow_private))
         stored, changed = await self.store.write(
             token_hash,
-            "put",
-            "1" if restrictions.domain_enabled else "0",
-            "1" if restrictions.ip_enabled else "0",
-            str(len(domains)),
-            *(n.stored for n in domains),
-            *(n.stored for n in ips),
+            *_put_args(restrictions, [n.stored for n in domains], [n.stored for n in ips]),
         )
         notes = [f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note]
         return Change(restrictions=stored, changed=changed, notes=notes)
@@ -180,3 +281,215 @@ class Admin:
         """Remove everything stored for the token; True if anything was there."""
         _, changed = await self.store.write(self._hash(token), "delete")
         return changed
+
+    # -------------------------------------------------------------------------- history, import, export
+
+    def token_hash(self, token: str) -> str:
+        """The keyed hash that names the token in the store and in export files."""
+        return self._hash(token)
+
+    async def history(self, token: str, count: int = 50) -> list[HistoryEntry]:
+        """The token's most recent changes, newest first (the store keeps the last 50)."""
+        entries = await self.store.history(self._hash(token), count)
+        return [msgspec.json.decode(entry, type=HistoryEntry) for entry in entries]
+
+    def prepare(self, line: ImportLine, *, allow_private: bool = False) -> PreparedPut:
+        """Validate and normalise one import line; nothing is written. Raises `InvalidEntry`."""
+        if (line.token is None) == (line.hash is None):
+            raise InvalidEntry("give exactly one of 'token' or 'hash'")
+        if line.hash is not None:
+            if _TOKEN_HASH.fullmatch(line.hash) is None:
+                raise InvalidEntry("'hash' is not a token hash as export writes it (22 base64url characters)")
+            token_hash = line.hash
+        else:
+            token_hash = self._hash(line.token or "")
+        domains = _normalize_all(line.domains, normalize_domain)
+        ips = _normalize_all(line.ips, lambda e: normalize_ip(e, allow_private=allow_private))
+        for name, entries in (("domain", domains), ("IP", ips)):
+            if len(entries) > self.store.limit:
+                raise InvalidEntry(
+                    f"the {name} list allows at most {self.store.limit} entries; "
+                    f"the line gives {len(entries)}"
+                )
+        restrictions = Restrictions(
+            domain_enabled=line.domain_enabled,
+            ip_enabled=line.ip_enabled,
+            domains=sorted(n.stored for n in domains),
+            ips=sorted(n.stored for n in ips),
+        )
+        notes = tuple(f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note)
+        return PreparedPut(token_hash, restrictions, notes)
+
+    async def put_many(self, batch: Sequence[PreparedPut]) -> list[Change]:
+        """Write prepared records in one pipelined round trip; each record is atomic, the batch is
+        not. A record already stored as it is is left alone (no new version, no history)."""
+        replies = await self.store.write_many(
+            [
+                (p.token_hash, _put_args(p.restrictions, p.restrictions.domains, p.restrictions.ips))
+                for p in batch
+            ]
+        )
+        changes: list[Change] = []
+        for prepared, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, LimitExceeded):
+                raise reply
+            stored, changed = reply
+            changes.append(Change(restrictions=stored, changed=changed, notes=list(prepared.notes)))
+        return changes
+
+    async def read_many(self, token_hashes: Sequence[str]) -> list[Restrictions | None]:
+        """Many tokens' restrictions by hash, in one pipelined round trip."""
+        return await self.store.read_many(token_hashes)
+
+    async def export(self, batch_size: int = 500) -> AsyncIterator[Record]:
+        """Every stored token's record, in hash order, read in pipelined batches.
+
+        Each record is one consistent read; the whole is not a snapshot of the store.
+        """
+        hashes = await self.store.scan_hashes()
+        for start in range(0, len(hashes), batch_size):
+            batch = hashes[start : start + batch_size]
+            for token_hash, stored in zip(batch, await self.store.read_many(batch), strict=True):
+                if stored is not None:  # deleted since the scan
+                    yield Record(
+                        hash=token_hash,
+                        domain_enabled=stored.domain_enabled,
+                        ip_enabled=stored.ip_enabled,
+                        domains=stored.domains,
+                        ips=stored.ips,
+                    )
+
+    async def explain(
+        self,
+        token: str,
+        *,
+        origin: str | None = None,
+        referer: str | None = None,
+        sec_fetch: bool = False,
+        client_ip: str | None = None,
+        unknown_allowed: bool = True,
+    ) -> Explanation:
+        """The decision for such a request, read straight from the store (no cache), with why."""
+        return explain(
+            await self.get(token),
+            origin=origin,
+            referer=referer,
+            sec_fetch=sec_fetch,
+            client_ip=client_ip,
+            unknown_allowed=unknown_allowed,
+        )
+
+
+def _put_args(restrictions: Restrictions, domains: Sequence[str], ips: Sequence[str]) -> tuple[str, ...]:
+    return (
+        "put",
+        "1" if restrictions.domain_enabled else "0",
+        "1" if restrictions.ip_enabled else "0",
+        str(len(domains)),
+        *domains,
+        *ips,
+    )
+
+
+_SIGNALS = {
+    "origin": "an Origin header",
+    "referer": "a Referer header",
+    "sec-fetch": "a Sec-Fetch-* header (and no Origin or Referer)",
+}
+
+
+def explain(
+    restrictions: Restrictions | None,
+    *,
+    origin: str | None = None,
+    referer: str | None = None,
+    sec_fetch: bool = False,
+    client_ip: str | None = None,
+    unknown_allowed: bool = True,
+) -> Explanation:
+    """Decide a request against `restrictions` with `TokenRules`, and say why in words."""
+    decision = TokenRules(restrictions, unknown_allowed=unknown_allowed).decide(
+        origin, referer, sec_fetch, client_ip
+    )
+    r = restrictions or Restrictions()
+    signal = domain = scheme = ip = None
+    port = None
+    matched: list[str] = []
+    if decision.source is Source.FRONT_END:
+        signal = "origin" if origin else "referer" if referer is not None else "sec-fetch"
+        classification = f"front end (browser): the request carries {_SIGNALS[signal]}"
+        url = origin or referer
+        domain = host_of(url) if url else None
+        if url and domain is not None:
+            parts = origin_of(url)
+            if parts is not None:
+                scheme, _, port = parts
+            matched = [entry for entry in r.domains if DomainSet([entry]).matches(domain, url)]
+    else:
+        classification = "back end (server): no Origin, Referer or Sec-Fetch-* header"
+        if origin == "":
+            classification += " (an empty Origin is no browser signal)"
+        if client_ip:
+            address = parse_ip(client_ip)
+            ip = None if address is None else str(address)
+            matched = [entry for entry in r.ips if client_ip in IPSet([entry])]
+    header = "Origin" if origin else "Referer"
+    return Explanation(
+        allowed=decision.allowed,
+        reason=decision.reason,
+        source=decision.source or Source.BACK_END,
+        signal=signal,
+        domain=domain,
+        scheme=scheme,
+        port=port,
+        ip=ip,
+        matched=matched,
+        restrictions=restrictions,
+        classification=classification,
+        rule=_rule(
+            decision.reason,
+            allowed=decision.allowed,
+            r=r,
+            domain=f"{domain} (from the {header} header"
+            + ("" if scheme is None else f"; {scheme}, port {port}")
+            + ")",
+            ip=ip or repr(client_ip),
+            matched=matched,
+        ),
+    )
+
+
+def _rule(reason: Reason, *, allowed: bool, r: Restrictions, domain: str, ip: str, matched: list[str]) -> str:
+    def listing(entries: Sequence[str]) -> str:
+        return ", ".join(entries) if entries else "empty"
+
+    match reason:
+        case Reason.UNKNOWN_TOKEN if allowed:
+            return "no restrictions are stored for this token: unknown tokens are allowed"
+        case Reason.UNKNOWN_TOKEN:
+            return (
+                "no restrictions are stored for this token: validators set to deny unknown tokens refuse it"
+            )
+        case Reason.UNRESTRICTED:
+            return "neither restriction is on: every request is allowed"
+        case Reason.DOMAIN_LISTED:
+            return f"the domain restriction is on and {domain} matches {listing(matched)}"
+        case Reason.DOMAIN_NOT_LISTED:
+            return f"the domain restriction is on and {domain} matches nothing in [{listing(r.domains)}]"
+        case Reason.NO_DOMAIN:
+            return (
+                "the domain restriction is on and the request has no domain (no Origin or Referer "
+                "with a host), which matches nothing"
+            )
+        case Reason.FRONT_END_NOT_ALLOWED:
+            return "only the IP restriction is on: front-end (browser) requests are denied"
+        case Reason.IP_LISTED:
+            return f"the IP restriction is on and {ip} matches {listing(matched)}"
+        case Reason.IP_NOT_LISTED:
+            return f"the IP restriction is on and {ip} matches nothing in [{listing(r.ips)}]"
+        case Reason.NO_IP:
+            return "the IP restriction is on and the request has no client IP"
+        case Reason.BACK_END_NOT_ALLOWED:
+            return "only the domain restriction is on: back-end (server) requests are denied"
+        case _:
+            return str(reason.value)

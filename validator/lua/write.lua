@@ -14,11 +14,11 @@
 --
 -- Every call that changes something pushes one history entry in the same atomic step, so the
 -- history never misses or invents a change: {"at": ms since the epoch (server clock), "op",
--- "version" (after the change), and per op "list" ("domain"/"ip"), "entries" (those actually
--- added or removed; the whole new list for set), "domain_enabled", "ip_enabled", "domains",
--- "ips" (put: the new record)}. Empty lists are left out, because Lua cannot tell cjson an
--- empty array from an empty object. A call that changes nothing leaves the history alone, so
--- re-running an import adds nothing. Delete removes the history with everything else.
+-- "version" (after the change), and per op "restriction" ("domain"/"ip"), "entries" (those
+-- actually added or removed; the whole new list for set), "domain_enabled", "ip_enabled",
+-- "domains", "ips" (put: the new record)}. Empty lists are left out, because Lua cannot tell
+-- cjson an empty array from an empty object. A call that changes nothing leaves the history
+-- alone, so re-running an import adds nothing. Delete removes the history with everything else.
 
 local HISTORY_LENGTH = 50
 
@@ -83,7 +83,7 @@ if op == 'add' or op == 'remove' or op == 'set' then
   local list = ARGV[3]
   local key = set_key[list]
   local entries = slice(4, #ARGV)
-  entry.list = list_name[list]
+  entry.restriction = list_name[list]
   if op == 'add' then
     local new = {}
     for _, member in ipairs(entries) do
@@ -124,7 +124,7 @@ if op == 'add' or op == 'remove' or op == 'set' then
   end
 elseif op == 'switch' then
   entry.op = ARGV[4] == '1' and 'enable' or 'disable'
-  entry.list = list_name[ARGV[3]]
+  entry.restriction = list_name[ARGV[3]]
   if redis.call('HGET', meta_key, ARGV[3]) ~= ARGV[4] then
     redis.call('HSET', meta_key, ARGV[3], ARGV[4])
     changed = true
