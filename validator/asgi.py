@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from validator.model import Decision, Source
 from validator.rules import classify
 from validator.store import fingerprint
 
-__all__ = ["TokenAccessMiddleware", "TokenSource"]
+__all__ = ["DEFAULT_MAX_TOKEN_LENGTH", "TokenAccessMiddleware", "TokenSource"]
 
 log = logging.getLogger("validator")
 
@@ -59,9 +60,9 @@ class _Reply:
         )
 
 
-FORBIDDEN = _Reply(403, "Access denied. You don't have permission to access this.")
-UNAUTHORIZED = _Reply(401, "API token required.", (b"www-authenticate", b"Bearer"))
-UNAVAILABLE = _Reply(503, "Access check unavailable. Try again later.")
+_FORBIDDEN = _Reply(403, "Access denied. You don't have permission to access this.")
+_UNAUTHORIZED = _Reply(401, "API token required.", (b"www-authenticate", b"Bearer"))
+_UNAVAILABLE = _Reply(503, "Access check unavailable. Try again later.")
 
 # Header kinds the one pass over the request headers looks for.
 _ORIGIN, _REFERER, _AUTHORIZATION, _TOKEN_HEADER, _PROXY, _PREFLIGHT = range(6)
@@ -242,17 +243,20 @@ class TokenAccessMiddleware:
       (`Authorization: Bearer ...`), `"header"` (`token_header`), `"query"` (`token_query`).
     - `require_token`: without a token, answer 401; if False, pass the request to the app
       (for public routes) with `scope["state"]["token_access"] = None`.
+    - `max_token_length`: a longer token is refused (403) without a look-up.
     - `trusted_proxies`: addresses or CIDR networks of proxies whose `proxy_header`
       (`"x-forwarded-for"` or `"forwarded"`) names the client. None by default.
     - `preflight`: a CORS preflight carries no token: `"pass"` it to the app, or `"answer"` it
-      here with `cors_allow_methods`, `cors_allow_headers` and `cors_max_age`.
+      here with `cors_allow_methods`, `cors_allow_headers` (default: `Authorization`, the
+      token header, `Content-Type`) and `cors_max_age`.
     - `cors`: token-aware CORS: responses to a front-end request with an `Origin`, allowed or
       denied, get `Access-Control-Allow-Origin: <that origin>` and `Vary: Origin`.
 
-    The decision goes to `scope["state"]["token_access"]` and the token to
+    Repeated or conflicting `Origin`, `Referer` or token values are refused with 403. The
+    decision goes to `scope["state"]["token_access"]` and the token to
     `scope["state"]["api_token"]`: the app should read the token from there, not re-parse it.
-    The store being unreachable answers 503; build the validator with `fail_open=True` to
-    allow instead.
+    The store being unreachable with nothing cached answers 503; build the validator with
+    `fail_open=True` to allow instead.
     """
 
     def __init__(
@@ -316,6 +320,7 @@ class TokenAccessMiddleware:
         if self.trusted_proxies:
             kinds[proxy_header.encode("ascii")] = _PROXY
         self._header_kinds = kinds
+        self._unavailable_logged = -1e9
         self._preflight_headers = (
             (b"access-control-allow-methods", ", ".join(cors_allow_methods).encode("ascii")),
             (b"access-control-allow-headers", ", ".join(cors_allow_headers).encode("ascii")),
@@ -333,11 +338,12 @@ class TokenAccessMiddleware:
         except Exception:
             # Input no server should hand us; whatever it was, it is not let through.
             log.warning("request could not be read; denied", exc_info=True)
-            await self._reply(scope, send, FORBIDDEN, None)
+            await self._reply(scope, send, _FORBIDDEN, None)
             return
         origin = request.origin
         if request.malformed:
-            await self._reply(scope, send, FORBIDDEN, origin)
+            log.debug("ambiguous or oversized origin, referer or token: denied")
+            await self._reply(scope, send, _FORBIDDEN, origin)
             return
         if request.preflight and origin and scope_type == "http" and scope.get("method") == "OPTIONS":
             # A preflight never carries the token: the browser checks the real request's reply.
@@ -353,7 +359,7 @@ class TokenAccessMiddleware:
         if token is None:
             state["token_access"] = state["api_token"] = None
             if self.require_token:
-                await self._reply(scope, send, UNAUTHORIZED, origin)
+                await self._reply(scope, send, _UNAUTHORIZED, origin)
             else:
                 await self.app(scope, receive, send)
             return
@@ -370,15 +376,19 @@ class TokenAccessMiddleware:
                     client_ip=request.client_ip,
                 )
             except StoreUnavailable:
-                log.warning("restriction store unavailable and nothing cached: 503")
-                await self._reply(scope, send, UNAVAILABLE, origin)
+                now = time.monotonic()
+                # One line per interval, not one per request of an outage.
+                if now - self._unavailable_logged > 10.0:
+                    self._unavailable_logged = now
+                    log.warning("restriction store unavailable and nothing cached: answering 503")
+                await self._reply(scope, send, _UNAVAILABLE, origin)
                 return
         state["token_access"] = decision
         state["api_token"] = token
         if not decision.allowed:
             if log.isEnabledFor(logging.DEBUG):
                 self._log_denial(token, decision)
-            await self._reply(scope, send, FORBIDDEN, origin)
+            await self._reply(scope, send, _FORBIDDEN, origin)
             return
         if self.cors and origin and scope_type == "http" and _ECHOABLE.fullmatch(origin):
             send = _with_cors(send, origin)
