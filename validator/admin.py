@@ -277,6 +277,11 @@ class Admin:
         notes = [f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note]
         return Change(restrictions=stored, changed=changed, notes=notes)
 
+    async def init(self) -> bool:
+        """Mark the store as initialised (validators fail closed on a store without the marker,
+        taking it for wiped). True if it was not marked before; any write also marks it."""
+        return await self.store.write_marker()
+
     async def delete(self, token: str) -> bool:
         """Remove everything stored for the token; True if anything was there."""
         _, changed = await self.store.write(self._hash(token), "delete")

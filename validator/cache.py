@@ -59,6 +59,7 @@ class Cache(Generic[V]):
         ttl: float = 60.0,
         unknown_ttl: float = 10.0,
         max_stale: float = 300.0,
+        incoherent_ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_entries < 1 or max_unknown < 1:
@@ -70,6 +71,10 @@ class Cache(Generic[V]):
         self.ttl = ttl
         self.unknown_ttl = unknown_ttl
         self.max_stale = max_stale
+        self.incoherent_ttl = incoherent_ttl
+        # False while invalidations may be missed (no live invalidation connection): entries
+        # stored then are fresh for at most `incoherent_ttl`.
+        self.coherent = True
         self._clock = clock
         self._known: OrderedDict[str, Entry[V]] = OrderedDict()
         self._unknown: OrderedDict[str, Entry[V]] = OrderedDict()
@@ -134,6 +139,8 @@ class Cache(Generic[V]):
     def _put(self, token: str, token_hash: str, value: V, known: bool) -> None:
         now = self._clock()
         ttl = self.ttl if known else self.unknown_ttl
+        if not self.coherent:
+            ttl = min(ttl, self.incoherent_ttl)
         entry = Entry(value, token_hash, now + ttl, now + ttl + self.max_stale)
         lru, limit = (self._known, self.max_entries) if known else (self._unknown, self.max_unknown)
         self._drop(token)

@@ -1,60 +1,130 @@
-"""The Validator: `check()` = local cache -> store -> rules."""
+"""The Validator: `check()` = local cache -> store -> rules, kept coherent and fail-closed."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+import uuid
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
+from validator.breaker import CircuitBreaker
 from validator.cache import Cache
 from validator.errors import ConfigurationError, StoreUnavailable
+from validator.invalidation import InvalidationListener
 from validator.model import Decision, Reason, decision
 from validator.rules import TokenRules, classify
 from validator.store import DEFAULT_KEY_PREFIX, Store, fingerprint
 
-__all__ = ["Validator"]
+__all__ = ["Settings", "Validator"]
 
 log = logging.getLogger("validator")
+
+
+class _StoreNotSound(StoreUnavailable):
+    """The store answers but carries no (or another secret's) marker: not a connection failure."""
+
+
+class Settings(TypedDict, total=False):
+    """Validator settings (all optional; defaults in `DEFAULTS`)."""
+
+    unknown_token: Literal["allow", "deny"]
+    fail_open: bool
+    cache_size: int
+    unknown_cache_size: int
+    ttl: float
+    unknown_ttl: float
+    max_stale: float
+    max_concurrent_loads: int
+    invalidation: bool
+    incoherent_ttl: float
+    ping_interval: float
+    ping_timeout: float
+    require_marker: bool
+    marker_interval: float
+    breaker_threshold: int
+    breaker_reset: float
+
+
+DEFAULTS: Settings = {
+    "unknown_token": "allow",
+    "fail_open": False,
+    "cache_size": 100_000,
+    "unknown_cache_size": 10_000,
+    # With invalidation on, `ttl` is only the safety net: changes arrive in milliseconds.
+    "ttl": 300.0,
+    "unknown_ttl": 60.0,
+    "max_stale": 300.0,
+    "max_concurrent_loads": 64,
+    "invalidation": True,
+    # While the invalidation connection is down, changes may be missed: cache only briefly.
+    "incoherent_ttl": 1.0,
+    "ping_interval": 1.0,
+    "ping_timeout": 1.0,
+    "require_marker": True,
+    # How often the marker is re-read when no invalidation connection reports its deletion.
+    "marker_interval": 5.0,
+    "breaker_threshold": 3,
+    "breaker_reset": 1.0,
+}
 
 
 class Validator:
     """Decides, per request, whether a token may be used from where the request comes from.
 
-    Build it with `Validator.from_url(...)`, use it as `async with`, and call `check()`.
+    Build it with `Validator.from_url(...)`, use it as `async with` (or `connect()`/`close()`),
+    and call `check()`.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        unknown_token: Literal["allow", "deny"] = "allow",
-        fail_open: bool = False,
-        cache_size: int = 100_000,
-        unknown_cache_size: int = 10_000,
-        ttl: float = 60.0,
-        unknown_ttl: float = 10.0,
-        max_stale: float = 300.0,
-        max_concurrent_loads: int = 64,
-    ) -> None:
-        if unknown_token not in ("allow", "deny"):
-            raise ConfigurationError(f"unknown_token must be 'allow' or 'deny', not {unknown_token!r}")
-        if max_concurrent_loads < 1:
-            raise ConfigurationError("max_concurrent_loads must be at least 1")
+    def __init__(self, store: Store, **settings: Unpack[Settings]) -> None:
+        unknown = set(settings) - set(Settings.__annotations__)
+        if unknown:
+            raise ConfigurationError(f"unknown validator settings: {', '.join(sorted(unknown))}")
+        s: Settings = {**DEFAULTS, **settings}
+        if s["unknown_token"] not in ("allow", "deny"):
+            raise ConfigurationError(f"unknown_token must be 'allow' or 'deny', not {s['unknown_token']!r}")
+        if s["max_concurrent_loads"] < 1 or s["marker_interval"] <= 0 or s["incoherent_ttl"] <= 0:
+            raise ConfigurationError(
+                "max_concurrent_loads, marker_interval and incoherent_ttl must be positive"
+            )
+        self.settings = s
         self.store = store
-        self.unknown_token = unknown_token
-        self.fail_open = fail_open
+        self.fail_open = s["fail_open"]
+        self.require_marker = s["require_marker"]
         self.cache: Cache[TokenRules] = Cache(
-            max_entries=cache_size,
-            max_unknown=unknown_cache_size,
-            ttl=ttl,
-            unknown_ttl=unknown_ttl,
-            max_stale=max_stale,
+            max_entries=s["cache_size"],
+            max_unknown=s["unknown_cache_size"],
+            ttl=s["ttl"],
+            unknown_ttl=s["unknown_ttl"],
+            max_stale=s["max_stale"],
+            incoherent_ttl=s["incoherent_ttl"],
         )
-        self._unknown_rules = TokenRules(None, unknown_allowed=unknown_token == "allow")
+        self.breaker = CircuitBreaker(
+            failure_threshold=s["breaker_threshold"], reset_timeout=s["breaker_reset"]
+        )
+        self._unknown_rules = TokenRules(None, unknown_allowed=s["unknown_token"] == "allow")
         # Distinct cold tokens each need a read; this bounds how many run at once, so a flood
         # of random tokens queues here instead of piling onto Redis.
-        self._load_slots = asyncio.Semaphore(max_concurrent_loads)
+        self._load_slots = asyncio.Semaphore(s["max_concurrent_loads"])
+        self.listener: InvalidationListener | None = None
+        if s["invalidation"] and store.listener_client is not None:
+            self.listener = InvalidationListener(
+                store.listener_client,
+                store.key_prefix,
+                on_keys=self._on_keys,
+                on_reset=self._on_reset,
+                on_connected=self._on_connected,
+                ping_interval=s["ping_interval"],
+                ping_timeout=s["ping_timeout"],
+            )
+            self.cache.coherent = False
+        # None: not known (check before the next read); True: marker present; False: missing.
+        self._store_sound: bool | None = None if self.require_marker else True
+        self._store_checked_at = 0.0
+        self._verifying: asyncio.Task[bool] | None = None
+        self._barriers: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     def from_url(
@@ -66,16 +136,9 @@ class Validator:
         limit: int = 5,
         timeout: float = 0.5,
         connect_timeout: float = 0.5,
-        unknown_token: Literal["allow", "deny"] = "allow",
-        fail_open: bool = False,
-        cache_size: int = 100_000,
-        unknown_cache_size: int = 10_000,
-        ttl: float = 60.0,
-        unknown_ttl: float = 10.0,
-        max_stale: float = 300.0,
-        max_concurrent_loads: int = 64,
+        **settings: Unpack[Settings],
     ) -> Validator:
-        """A validator on the store at `url` (see `Store.from_url`); settings as in `__init__`.
+        """A validator on the store at `url` (see `Store.from_url`), with `Settings`.
 
         `secret` keys the token hash (default: the VALIDATOR_SECRET environment variable) and
         must be the same for the validator and the admin tools.
@@ -88,17 +151,7 @@ class Validator:
             timeout=timeout,
             connect_timeout=connect_timeout,
         )
-        return cls(
-            store,
-            unknown_token=unknown_token,
-            fail_open=fail_open,
-            cache_size=cache_size,
-            unknown_cache_size=unknown_cache_size,
-            ttl=ttl,
-            unknown_ttl=unknown_ttl,
-            max_stale=max_stale,
-            max_concurrent_loads=max_concurrent_loads,
-        )
+        return cls(store, **settings)
 
     async def __aenter__(self) -> Validator:
         await self.connect()
@@ -112,12 +165,113 @@ class Validator:
     ) -> None:
         await self.close()
 
-    async def connect(self) -> None:
-        """Prepare for checks. An unreachable store is not an error here: checks fail closed."""
+    async def connect(self, *, wait: float | None = 1.0) -> None:
+        """Start listening for invalidations, waiting up to `wait` seconds for the listener.
+
+        An unreachable store is not an error here: checks fail closed until it answers.
+        """
+        self.store.local_listeners.append(self.cache.invalidate)
+        if self.listener is None:
+            if self.store.url.startswith("memory:") and self.require_marker:
+                # An in-process store cannot be wiped behind our back: it is sound by construction.
+                await self.store.write_marker()
+            return
+        self.listener.start()
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.listener.connected.wait(), wait)
 
     async def close(self) -> None:
-        """Release connections."""
+        """Stop listening and release connections."""
+        with contextlib.suppress(ValueError):
+            self.store.local_listeners.remove(self.cache.invalidate)
+        if self.listener is not None:
+            await self.listener.stop()
         await self.store.close()
+
+    # ------------------------------------------------------------------ invalidation events
+
+    def _on_keys(self, keys: list[str]) -> None:
+        for key in keys:
+            token_hash = self.store.hash_of_key(key)
+            if token_hash is not None:
+                self.cache.invalidate(token_hash)
+            elif key in self._barriers:
+                barrier = self._barriers.pop(key)
+                if not barrier.done():
+                    barrier.set_result(None)
+            elif key == self.store.marker_key and self.require_marker:
+                self._store_sound = None
+                self._schedule_verify()
+
+    def _on_reset(self) -> None:
+        self.cache.clear()
+        self.cache.coherent = self.listener is not None and self.listener.connected.is_set()
+        if self.require_marker:
+            self._store_sound = None
+
+    async def _on_connected(self) -> None:
+        self.cache.coherent = True
+        if self.require_marker:
+            self._schedule_verify()
+
+    async def sync(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Wait until every change stored before this call has reached this process's cache.
+
+        Invalidations arrive in the order Redis executed the changes, so writing a key of our
+        own and waiting for its invalidation is a barrier. Raises `StoreUnavailable` when the
+        invalidation connection is down or the barrier does not come back within `timeout`.
+        """
+        if self.listener is None:
+            return
+        if not self.listener.connected.is_set():
+            raise StoreUnavailable("no invalidation connection: the cache cannot be synchronised")
+        key = f"{self.store.key_prefix}sync:{uuid.uuid4().hex}"
+        barrier = asyncio.get_running_loop().create_future()
+        self._barriers[key] = barrier
+        try:
+            await self.store.touch(key)
+            await asyncio.wait_for(barrier, timeout)
+        except TimeoutError:
+            raise StoreUnavailable(f"invalidations did not arrive within {timeout}s") from None
+        finally:
+            self._barriers.pop(key, None)
+
+    # ------------------------------------------------------------------ wiped-store marker
+
+    def _schedule_verify(self) -> asyncio.Task[bool]:
+        if self._verifying is None or self._verifying.done():
+            self._verifying = asyncio.ensure_future(self._verify_store())
+            self._verifying.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return self._verifying
+
+    async def _verify_store(self) -> bool:
+        state = await self.store.marker_state()
+        self._store_checked_at = time.monotonic()
+        sound = state == "ok"
+        if not sound and self._store_sound is not False:
+            log.error(
+                "restriction store marker %s (%r): treating the store as unavailable, every "
+                "uncached check fails closed until `validator-admin init` or a restore",
+                "belongs to another secret"
+                if state == "mismatch"
+                else "is MISSING: store wiped or never initialised",
+                self.store.marker_key,
+            )
+        self._store_sound = sound
+        return sound
+
+    async def _ensure_store_sound(self) -> None:
+        if self._store_sound is True:
+            # Invalidations report the marker's deletion; without them, re-read it now and then.
+            live = self.listener is not None and self.listener.connected.is_set()
+            if live or time.monotonic() - self._store_checked_at < self.settings["marker_interval"]:
+                return
+        # Unknown or missing: ask again (one shared read), so an `init` or restore heals at once.
+        if not await asyncio.shield(self._schedule_verify()):
+            raise _StoreNotSound("restriction store has no marker (wiped or not initialised): failing closed")
+
+    # ------------------------------------------------------------------ checks
 
     def check_cached(
         self,
@@ -170,7 +324,17 @@ class Validator:
 
     async def _read(self, token_hash: str) -> tuple[TokenRules, bool]:
         async with self._load_slots:
-            restrictions = await self.store.read(token_hash)
+            if not self.breaker.allow():
+                raise StoreUnavailable("restriction store failing: circuit open, not waiting for it")
+            try:
+                await self._ensure_store_sound()
+                restrictions = await self.store.read(token_hash)
+            except _StoreNotSound:
+                raise
+            except StoreUnavailable:
+                self.breaker.failure()
+                raise
+            self.breaker.success()
         if restrictions is None:
             return self._unknown_rules, False
         return TokenRules(restrictions), True

@@ -19,6 +19,9 @@ _IP_LISTED = decision(True, Reason.IP_LISTED, _BACK)
 _IP_NOT_LISTED = decision(False, Reason.IP_NOT_LISTED, _BACK)
 _NO_IP = decision(False, Reason.NO_IP, _BACK)
 _BACK_END_NOT_ALLOWED = decision(False, Reason.BACK_END_NOT_ALLOWED, _BACK)
+_UNKNOWN = {
+    allowed: {s: decision(allowed, Reason.UNKNOWN_TOKEN, s) for s in Source} for allowed in (True, False)
+}
 
 
 def classify(origin: str | None, referer: str | None, sec_fetch: bool) -> Source:
@@ -48,7 +51,7 @@ class TokenRules:
         unknown_allowed: bool = True,
     ) -> None:
         self.known = restrictions is not None
-        self._unknown = {s: decision(unknown_allowed, Reason.UNKNOWN_TOKEN, s) for s in Source}
+        self._unknown = _UNKNOWN[unknown_allowed]
         r = restrictions if restrictions is not None else Restrictions()
         self.domain_enabled = r.domain_enabled
         self.ip_enabled = r.ip_enabled

@@ -19,7 +19,7 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
@@ -41,6 +42,9 @@ DEFAULT_KEY_PREFIX = "tav:"
 # constant can test a guessed token against them. Configure `secret` (or VALIDATOR_SECRET).
 _DEFAULT_SECRET = b"token-access-validator/unset-secret"
 _MEMORY_SERVERS: dict[str, Any] = {}
+# Listeners of in-process changes, per memory server: a `memory://` store has no Redis to send
+# invalidations, so its writes notify the validators of the same process directly.
+_MEMORY_LISTENERS: dict[str, list[Callable[[str], None]]] = {}
 _MEMORY_LOCK = threading.Lock()
 
 List = Literal["d", "i"]
@@ -99,6 +103,8 @@ class Store:
         key_prefix: str = DEFAULT_KEY_PREFIX,
         limit: int = 5,
         url: str = "",
+        listener_client: Callable[[], aioredis.Redis] | None = None,
+        local_listeners: list[Callable[[str], None]] | None = None,
     ) -> None:
         if limit < 1:
             raise ConfigurationError(f"limit must be at least 1, not {limit}")
@@ -109,6 +115,15 @@ class Store:
         self.limit = limit
         self.url = url
         self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
+        self.listener_client = listener_client
+        self.local_listeners = [] if local_listeners is None else local_listeners
+        self.marker_key = f"{key_prefix}marker"
+        self._marked = False
+        # The marker's value proves the secret too: a validator configured with another secret
+        # would see every token as unknown (unrestricted), so it must not take the store as sound.
+        self.marker_value = hmac.new(secret, b"token-access-validator marker", hashlib.sha256).hexdigest()[
+            :16
+        ]
         self._read = client.register_script(_script("read.lua"))
         self._write = client.register_script(_script("write.lua"))
 
@@ -138,25 +153,42 @@ class Store:
             name = url[len("memory://") :]
             with _MEMORY_LOCK:
                 server = _MEMORY_SERVERS.setdefault(name, fakeredis.FakeServer())
+                listeners = _MEMORY_LISTENERS.setdefault(name, [])
             client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-        elif scheme in ("redis", "rediss", "unix"):
-            try:
-                client = aioredis.Redis.from_url(
-                    url,
-                    decode_responses=True,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=connect_timeout,
-                    # One quick retry covers a pooled connection that died with a restart;
-                    # anything longer belongs to the caller's circuit breaker, not to a request.
-                    retry=Retry(NoBackoff(), 1),
-                )
-            except ValueError as error:
-                raise ConfigurationError(f"bad store URL {url!r}: {error}") from None
-        else:
+            return cls(
+                client, secret=key, key_prefix=key_prefix, limit=limit, url=url, local_listeners=listeners
+            )
+        if scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(
                 f"unsupported store URL {url!r}: use memory://, redis://, rediss:// or unix://"
             )
-        return cls(client, secret=key, key_prefix=key_prefix, limit=limit, url=url)
+        try:
+            client = aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=timeout,
+                socket_connect_timeout=connect_timeout,
+                # One immediate retry covers a pooled connection that died with a restart. A
+                # timeout is not retried: waiting again belongs to the circuit breaker.
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            )
+        except ValueError as error:
+            raise ConfigurationError(f"bad store URL {url!r}: {error}") from None
+
+        def listener_client() -> aioredis.Redis:
+            # redis-py's asyncio pub/sub sees invalidation messages only on RESP2. No retry: a
+            # silent reconnect would resubscribe without CLIENT TRACKING and miss every change.
+            return aioredis.Redis.from_url(
+                url,
+                decode_responses=True,
+                protocol=2,
+                socket_connect_timeout=connect_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+
+        return cls(
+            client, secret=key, key_prefix=key_prefix, limit=limit, url=url, listener_client=listener_client
+        )
 
     # -------------------------------------------------------------------------- keys
 
@@ -197,9 +229,56 @@ class Store:
 
         Raises `LimitExceeded` (nothing written) or `StoreUnavailable`.
         """
+        await self._mark_once()
         with _store_errors():
             reply = await self._write(keys=self._write_keys(token_hash), args=[op, self.limit, *args])
-        return self._write_result(reply)
+        result = self._write_result(reply)
+        if result[1]:
+            self._notify(token_hash)
+        return result
+
+    def _notify(self, token_hash: str) -> None:
+        for listener in self.local_listeners:
+            listener(token_hash)
+
+    async def touch(self, key: str) -> None:
+        """Write and remove a throwaway key (its invalidations serve as a barrier)."""
+        with _store_errors():
+            await self.client.set(key, "1", px=10_000)
+            await self.client.delete(key)
+
+    async def _mark_once(self) -> None:
+        # Any admin write initialises the store implicitly (and refuses a store that was
+        # initialised with another secret).
+        if not self._marked:
+            await self.write_marker()
+            self._marked = True
+
+    async def marker_state(self) -> Literal["ok", "missing", "mismatch"]:
+        """Whether the store carries this deployment's marker (see `write_marker`)."""
+        with _store_errors():
+            value = await self.client.get(self.marker_key)
+        if value is None:
+            return "missing"
+        return "ok" if value == self.marker_value else "mismatch"
+
+    async def write_marker(self) -> bool:
+        """Mark the store as initialised for this secret; True if it was not marked before.
+
+        Validators treat a store without the marker as wiped (fail closed). Raises
+        `ConfigurationError` if the store is marked for another secret.
+        """
+        with _store_errors():
+            created = await self.client.set(self.marker_key, self.marker_value, nx=True)
+            if created:
+                return True
+            value = await self.client.get(self.marker_key)
+        if value != self.marker_value:
+            raise ConfigurationError(
+                f"the store at {self.url or 'this URL'} was initialised with another secret "
+                f"(marker {self.marker_key!r} does not match): check VALIDATOR_SECRET"
+            )
+        return False
 
     async def ping(self) -> None:
         with _store_errors():
@@ -246,17 +325,22 @@ class Store:
         back as its `LimitExceeded` (nothing of it written); raises `StoreUnavailable`.
         """
         results: list[tuple[Restrictions, bool] | LimitExceeded] = []
+        await self._mark_once()
         with _store_errors():
             pipe = self.client.pipeline(transaction=False)
             for token_hash, (op, *args) in changes:
                 keys = self._write_keys(token_hash)
                 await self._write(keys=keys, args=[op, self.limit, *args], client=pipe)
             replies = await pipe.execute()
-        for reply in replies:
+        for (token_hash, _), reply in zip(changes, replies, strict=True):
             try:
-                results.append(self._write_result(reply))
+                result = self._write_result(reply)
             except LimitExceeded as refused:
                 results.append(refused)
+                continue
+            results.append(result)
+            if result[1]:
+                self._notify(token_hash)
         return results
 
     async def read_many(self, token_hashes: Sequence[str]) -> list[Restrictions | None]:

@@ -29,6 +29,7 @@ async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 async def validator(redis_url: str) -> AsyncIterator[Validator]:
     async with Validator.from_url(redis_url, secret="test-secret") as validator:
+        await Admin(validator.store).init()
         yield validator
 
 
@@ -53,6 +54,7 @@ async def test_single_flight_1000_concurrent_checks_one_read(
 ) -> None:
     await admin.set_ips(TOKEN, ["203.0.113.7"])
     await admin.enable(TOKEN, "ip")
+    await validator.sync()
     await validator.check("some other token", client_ip="203.0.113.7")  # connect, load the script
     await raw.config_resetstat()
     decisions = await asyncio.wait_for(
@@ -65,6 +67,7 @@ async def test_single_flight_1000_concurrent_checks_one_read(
 async def test_cached_token_needs_no_redis(admin: Admin, validator: Validator, raw: aioredis.Redis) -> None:
     await admin.set_domains(TOKEN, ["app.example.com"])
     await admin.enable(TOKEN, "domain")
+    await validator.sync()  # the writes' own invalidations must not evict what is warmed next
     await validator.check(TOKEN, origin="https://app.example.com")
     await raw.config_resetstat()
     for _ in range(100):
@@ -75,6 +78,7 @@ async def test_cached_token_needs_no_redis(admin: Admin, validator: Validator, r
 
 async def test_unknown_tokens_are_cached_negatively_and_bounded(redis_url: str, raw: aioredis.Redis) -> None:
     async with Validator.from_url(redis_url, secret="s", unknown_cache_size=100, cache_size=10) as validator:
+        await Admin(validator.store).init()
         await validator.check("warm-up")
         await raw.config_resetstat()
         for _ in range(5):
@@ -100,6 +104,7 @@ async def test_flood_of_unknown_tokens_does_not_evict_known_ones(
 
 async def test_unknown_token_policy_deny(redis_url: str) -> None:
     async with Validator.from_url(redis_url, secret="s", unknown_token="deny") as validator:
+        await Admin(validator.store).init()
         decision = await validator.check("never-stored", origin="https://app.example.com")
         assert (decision.allowed, decision.reason) == (False, Reason.UNKNOWN_TOKEN)
 

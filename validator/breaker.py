@@ -1,0 +1,63 @@
+"""A circuit breaker for store reads: while the store is failing, fail fast instead of waiting."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+
+from validator.errors import ConfigurationError
+
+__all__ = ["BreakerState", "CircuitBreaker"]
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"  # calls go through
+    OPEN = "open"  # calls fail at once until `reset_timeout` has passed
+    HALF_OPEN = "half_open"  # one trial call is under way; the others fail at once
+
+
+class CircuitBreaker:
+    """Opens after `failure_threshold` consecutive failures; after `reset_timeout` lets one
+    trial call through, and closes again when it succeeds."""
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 3,
+        reset_timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1 or reset_timeout <= 0:
+            raise ConfigurationError("failure_threshold must be >= 1 and reset_timeout positive")
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self._clock = clock
+        self._failures = 0
+        self._opened_at = 0.0
+        self.state = BreakerState.CLOSED
+
+    def allow(self) -> bool:
+        """Whether a call may go to the store now (False: fail fast)."""
+        if self.state is BreakerState.CLOSED:
+            return True
+        if self.state is BreakerState.OPEN and self._clock() - self._opened_at >= self.reset_timeout:
+            self.state = BreakerState.HALF_OPEN
+            return True
+        return False
+
+    def success(self) -> None:
+        self._failures = 0
+        self.state = BreakerState.CLOSED
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self.state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold:
+            self.state = BreakerState.OPEN
+            self._opened_at = self._clock()
+
+    def trip(self) -> None:
+        """Open now (e.g. the invalidation connection found the store gone)."""
+        self._failures = self.failure_threshold
+        self.state = BreakerState.OPEN
+        self._opened_at = self._clock()
