@@ -290,6 +290,11 @@ class TokenAccessMiddleware:
         for name in (token_header, *cors_allow_methods, *cors_allow_headers):
             if not _HTTP_TOKEN.fullmatch(name):
                 raise ConfigurationError(f"{name!r} is not an HTTP header or method name")
+        reserved = ("origin", "referer", "authorization", "x-forwarded-for", "forwarded")
+        if token_header.lower() in reserved or token_header.lower().startswith(
+            ("sec-fetch-", "access-control-")
+        ):
+            raise ConfigurationError(f"token_header {token_header!r} already has a meaning here")
         if max_token_length < 1:
             raise ConfigurationError("max_token_length must be at least 1")
         if proxy_header not in ("x-forwarded-for", "forwarded"):
