@@ -164,6 +164,16 @@ class Cache(Generic[V]):
         if load is not None:
             load.invalidated = True
 
+    def expire_all(self) -> None:
+        """Trust nothing cached any more: every entry must be read again before it is served
+        fresh, and reads now in flight are not cached. Entries stay only as the stale-if-error
+        fallback, so an outage that started this still finds the last known decisions."""
+        for lru in (self._known, self._unknown):
+            for entry in lru.values():
+                entry.fresh_until = 0.0
+        for load in self._loads.values():
+            load.invalidated = True
+
     def clear(self) -> None:
         """Forget everything, including reads now in flight."""
         self._known.clear()

@@ -205,7 +205,7 @@ class Validator:
                 self._schedule_verify()
 
     def _on_reset(self) -> None:
-        self.cache.clear()
+        self.cache.expire_all()
         self.cache.coherent = self.listener is not None and self.listener.connected.is_set()
         if self.require_marker:
             self._store_sound = None

@@ -29,6 +29,7 @@ __all__ = ["InvalidationListener"]
 log = logging.getLogger("validator")
 
 CHANNEL = "__redis__:invalidate"
+CLIENT_NAME = "validator-invalidation"
 
 
 class _Silent(Exception):
@@ -64,6 +65,7 @@ class InvalidationListener:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.connected = asyncio.Event()
+        self.lost = asyncio.Event()  # set while the connection is down after having been up
         self.connections = 0
         self.resets = 0
         self._task: asyncio.Task[None] | None = None
@@ -93,6 +95,7 @@ class InvalidationListener:
                 # Anything may have changed while nobody was listening.
                 self._reset()
                 self.connections += 1
+                self.lost.clear()
                 self.connected.set()
                 delay = self.backoff_min
                 log.info("invalidation: tracking keys under %r", self._prefix)
@@ -105,6 +108,7 @@ class InvalidationListener:
             finally:
                 if self.connected.is_set():
                     self.connected.clear()
+                    self.lost.set()
                     self._reset()
                 with contextlib.suppress(RedisError, OSError, RuntimeError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -114,6 +118,9 @@ class InvalidationListener:
             delay = min(delay * 2, self.backoff_max)
 
     async def _subscribe(self, pubsub: PubSub) -> None:
+        # Named, so that operators can find it in CLIENT LIST (and tests can CLIENT KILL it).
+        await pubsub.execute_command("CLIENT", "SETNAME", CLIENT_NAME)
+        await pubsub.parse_response(block=True)
         await pubsub.execute_command("CLIENT", "ID")
         client_id = await pubsub.parse_response(block=True)
         await pubsub.execute_command(
