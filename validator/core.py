@@ -215,7 +215,7 @@ class Validator:
         if self.require_marker:
             self._schedule_verify()
 
-    async def sync(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def sync(self, timeout: float = 5.0) -> None:
         """Wait until every change stored before this call has reached this process's cache.
 
         Invalidations arrive in the order Redis executed the changes, so writing a key of our

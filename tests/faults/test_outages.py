@@ -125,7 +125,7 @@ async def warm(validator: Validator, tokens: Tokens) -> None:
         assert (await validator.check(token, client_ip=CLIENT_IP)).allowed is expected
 
 
-async def wait_until_recovered(validator: Validator, tokens: Tokens, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+async def wait_until_recovered(validator: Validator, tokens: Tokens, timeout: float = 10.0) -> None:
     assert validator.listener is not None
     await asyncio.wait_for(validator.listener.connected.wait(), timeout)
     deadline = time.monotonic() + timeout
