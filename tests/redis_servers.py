@@ -75,7 +75,9 @@ class RedisProcess:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
+                reply = s.recv(64)
+                # A server with a password answers -NOAUTH: up all the same.
+                return reply.startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from validator._wire import Multiplexer, WireError
 from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
 from validator.model import Restrictions
 
@@ -105,6 +106,7 @@ class Store:
         url: str = "",
         listener_client: Callable[[], aioredis.Redis] | None = None,
         local_listeners: list[Callable[[str], None]] | None = None,
+        wire: Multiplexer | None = None,
     ) -> None:
         if limit < 1:
             raise ConfigurationError(f"limit must be at least 1, not {limit}")
@@ -116,6 +118,8 @@ class Store:
         self.url = url
         self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
         self.listener_client = listener_client
+        # Cache-miss reads go through `wire` (one multiplexed connection) when there is one.
+        self._wire = wire
         self.local_listeners = [] if local_listeners is None else local_listeners
         self.marker_key = f"{key_prefix}marker"
         self._marked = False
@@ -187,7 +191,13 @@ class Store:
             )
 
         return cls(
-            client, secret=key, key_prefix=key_prefix, limit=limit, url=url, listener_client=listener_client
+            client,
+            secret=key,
+            key_prefix=key_prefix,
+            limit=limit,
+            url=url,
+            listener_client=listener_client,
+            wire=Multiplexer(url, timeout=timeout, connect_timeout=connect_timeout),
         )
 
     # -------------------------------------------------------------------------- keys
@@ -217,12 +227,28 @@ class Store:
 
     async def read(self, token_hash: str) -> Restrictions | None:
         """One token's restrictions (one round trip), or None if the token is unknown."""
-        with _store_errors():
-            reply = await self._read(keys=self.keys(token_hash))
+        if self._wire is not None:
+            reply = await self._wire_read(self._wire, token_hash)
+        else:
+            with _store_errors():
+                reply = await self._read(keys=self.keys(token_hash))
         if reply is None:
             return None
         meta, domains, ips = reply
         return _restrictions(meta, domains, ips)
+
+    async def _wire_read(self, wire: Multiplexer, token_hash: str) -> Any:
+        try:
+            try:
+                return await wire.execute("EVALSHA", self._read.sha, 3, *self.keys(token_hash))
+            except WireError as error:
+                if not str(error).startswith("NOSCRIPT"):
+                    raise
+                # A restarted (or flushed-scripts) Redis: load the script once, then read again.
+                await wire.execute("SCRIPT", "LOAD", self._read.script)  # type: ignore[arg-type]
+                return await wire.execute("EVALSHA", self._read.sha, 3, *self.keys(token_hash))
+        except WireError as error:
+            raise StoreUnavailable(f"restriction store unavailable: {error}") from error
 
     async def write(self, token_hash: str, op: str, *args: str) -> tuple[Restrictions, bool]:
         """Run one atomic change (see `lua/write.lua`); returns the stored state and whether it changed.
@@ -285,6 +311,8 @@ class Store:
             await self.client.ping()
 
     async def close(self) -> None:
+        if self._wire is not None:
+            self._wire.close()
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
 

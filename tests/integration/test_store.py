@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
 from validator import Admin, InvalidEntry, LimitExceeded, Restrictions, Store
+from validator._wire import Multiplexer
 
 TOKEN = "tok_live_5f3c9a1e2b"
 
@@ -54,19 +56,33 @@ async def test_a_read_is_one_round_trip(
     await admin.set_domains(TOKEN, ["app.example.com"])
     store = Store.from_url(redis_url, secret="test-secret")
     await store.read(store.token_hash("warm up: connect and load the script"))
-    sent: list[object] = []
-    original = Connection.send_packed_command
+    commands: list[bytes] = []
+    writes: list[int] = []
+    redis_py_commands: list[object] = []
+    send, flush = Multiplexer._send, Multiplexer._flush
 
-    async def counting(self: Connection, command: object, check_health: bool = True) -> None:
-        sent.append(command)
-        await original(self, command, check_health)  # type: ignore[arg-type]
+    def counting_send(self: Multiplexer, protocol: Any, packed: bytes) -> Any:
+        commands.append(packed)
+        return send(self, protocol, packed)
 
-    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    def counting_flush(self: Multiplexer, protocol: Any) -> None:
+        writes.append(1)
+        flush(self, protocol)
+
+    async def redis_py(self: Connection, command: object, check_health: bool = True) -> None:
+        redis_py_commands.append(command)
+
+    monkeypatch.setattr(Multiplexer, "_send", counting_send)
+    monkeypatch.setattr(Multiplexer, "_flush", counting_flush)
+    monkeypatch.setattr(Connection, "send_packed_command", redis_py)
     restrictions = await store.read(store.token_hash(TOKEN))
+    monkeypatch.undo()
     await store.close()
     assert restrictions is not None and restrictions.domains == ["app.example.com"]
-    assert len(sent) == 1
-    assert "EVALSHA" in repr(sent[0])
+    assert len(commands) == 1
+    assert commands[0].startswith(b"*6\r\n$7\r\nEVALSHA")  # EVALSHA sha 3 meta domains ips
+    assert len(writes) == 1
+    assert redis_py_commands == []
 
 
 async def test_keys_share_one_hash_tag_and_never_hold_the_token(admin: Admin, raw: aioredis.Redis) -> None:

@@ -1,0 +1,112 @@
+"""The multiplexed read connection against real redis-servers: auth, db, unix socket, scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.redis_servers import RedisProcess
+from validator import Admin, Store, StoreUnavailable
+from validator._wire import Multiplexer, WireError
+
+TOKEN = "tok_wire"
+
+
+@pytest.fixture
+def private_server() -> Iterator[RedisProcess]:
+    process = RedisProcess("--requirepass", "s3cret", "--unixsocket", "redis.sock", "--unixsocketperm", "700")
+    process.start()
+    yield process
+    process.cleanup()
+
+
+async def stored_and_read(url: str) -> list[str]:
+    admin = Admin.from_url(url, secret="w")
+    await admin.set_domains(TOKEN, ["app.example.com"])
+    await admin.close()
+    store = Store.from_url(url, secret="w")
+    restrictions = await store.read(store.token_hash(TOKEN))
+    await store.close()
+    assert restrictions is not None
+    return restrictions.domains
+
+
+@pytest.mark.parametrize("db", [0, 3])
+async def test_password_and_database(private_server: RedisProcess, db: int) -> None:
+    url = f"redis://:s3cret@127.0.0.1:{private_server.port}/{db}"
+    assert await stored_and_read(url) == ["app.example.com"]
+    raw = aioredis.Redis.from_url(url)
+    assert await raw.dbsize() > 0
+    await raw.aclose()
+
+
+async def test_unix_socket(private_server: RedisProcess) -> None:
+    url = f"unix://:s3cret@{private_server.dir / 'redis.sock'}?db=2"
+    assert await stored_and_read(url) == ["app.example.com"]
+
+
+async def test_wrong_password_is_store_unavailable(private_server: RedisProcess) -> None:
+    store = Store.from_url(f"redis://:wrong@127.0.0.1:{private_server.port}/0", secret="w")
+    with pytest.raises(StoreUnavailable):
+        await store.read(store.token_hash(TOKEN))
+    await store.close()
+
+
+async def test_scripts_flushed_are_loaded_again(redis_url: str) -> None:
+    assert await stored_and_read(redis_url) == ["app.example.com"]
+    store = Store.from_url(redis_url, secret="w")
+    await store.read(store.token_hash(TOKEN))
+    await store.client.script_flush()
+    restrictions = await store.read(store.token_hash(TOKEN))
+    assert restrictions is not None and restrictions.domains == ["app.example.com"]
+    await store.close()
+
+
+async def test_many_concurrent_reads_share_one_connection(redis_url: str) -> None:
+    raw = aioredis.Redis.from_url(redis_url)
+    before = len(await raw.client_list())
+    wire = Multiplexer(redis_url, timeout=2, connect_timeout=2)
+    try:
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(wire.execute("ECHO", str(n)) for n in range(2000))), 10
+        )
+        assert replies == [str(n) for n in range(2000)]
+        assert len(await raw.client_list()) == before + 1
+    finally:
+        wire.close()
+        await raw.aclose()
+
+
+async def test_error_replies_reach_only_their_request(redis_url: str) -> None:
+    wire = Multiplexer(redis_url, timeout=2, connect_timeout=2)
+    good, bad, after = await asyncio.gather(
+        wire.execute("ECHO", "a"),
+        wire.execute("NOSUCHCOMMAND"),
+        wire.execute("ECHO", "b"),
+        return_exceptions=True,
+    )
+    assert (good, after) == ("a", "b")
+    assert isinstance(bad, WireError)
+    wire.close()
+
+
+async def test_a_stuck_server_fails_every_queued_request_after_the_timeout() -> None:
+    server = RedisProcess()
+    server.start()
+    wire = Multiplexer(server.url, timeout=0.2, connect_timeout=0.2)
+    try:
+        assert await wire.execute("PING") == "PONG"
+        server.signal(signal.SIGSTOP)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(wire.execute("PING") for _ in range(50)), return_exceptions=True), 5
+        )
+        assert all(isinstance(r, WireError) for r in results)
+        server.signal(signal.SIGCONT)
+        assert await asyncio.wait_for(wire.execute("PING"), 5) == "PONG"
+    finally:
+        wire.close()
+        server.cleanup()
