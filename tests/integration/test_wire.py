@@ -83,12 +83,13 @@ async def test_many_concurrent_reads_share_one_connection(redis_url: str) -> Non
 
 async def test_error_replies_reach_only_their_request(redis_url: str) -> None:
     wire = Multiplexer(redis_url, timeout=2, connect_timeout=2)
-    good, bad, after = await asyncio.gather(
+    results: list[object] = await asyncio.gather(
         wire.execute("ECHO", "a"),
         wire.execute("NOSUCHCOMMAND"),
         wire.execute("ECHO", "b"),
         return_exceptions=True,
     )
+    good, bad, after = results
     assert (good, after) == ("a", "b")
     assert isinstance(bad, WireError)
     wire.close()
