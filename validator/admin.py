@@ -6,6 +6,7 @@ Every entry is validated and normalised before anything is written; every refusa
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Literal
@@ -134,6 +135,18 @@ class Explanation(msgspec.Struct, kw_only=True):
 
 # The keyed hash as `Store.token_hash` writes it: 128 bits, base64url without padding.
 _TOKEN_HASH = re.compile(r"[A-Za-z0-9_-]{22}")
+
+
+# An import file repeats entries (one company's domains and networks on many of its tokens);
+# normalising each distinct entry once makes prepare() about twice as fast on such files.
+@functools.lru_cache(maxsize=65536)
+def _cached_domain(entry: str) -> Normalized:
+    return normalize_domain(entry)
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_ip(entry: str, allow_private: bool) -> Normalized:
+    return normalize_ip(entry, allow_private=allow_private)
 
 
 def _normalize_all(entries: Iterable[str], normalize: Callable[[str], Normalized]) -> list[Normalized]:
@@ -308,8 +321,8 @@ class Admin:
             token_hash = line.hash
         else:
             token_hash = self._hash(line.token or "")
-        domains = _normalize_all(line.domains, normalize_domain)
-        ips = _normalize_all(line.ips, lambda e: normalize_ip(e, allow_private=allow_private))
+        domains = _normalize_all(line.domains, _cached_domain)
+        ips = _normalize_all(line.ips, lambda e: _cached_ip(e, allow_private))
         for name, entries in (("domain", domains), ("IP", ips)):
             if len(entries) > self.store.limit:
                 raise InvalidEntry(

@@ -442,16 +442,28 @@ _REFUSED: tuple[tuple[str, str], ...] = (
     ("fec0::/10", "reserved (deprecated site-local)"),
     ("ff00::/8", "multicast"),
 )
-_REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
-    (ipaddress.ip_network(net), why) for net, why in _REFUSED
+
+
+def _span(network: IPNetwork) -> tuple[int, int, int]:
+    """(version, first, last address as integers): overlap tests on these are integer compares,
+    ~20x faster than `IPv4Network.overlaps`, which an import of 100,000 tokens calls millions of times."""
+    first = int(network.network_address)
+    return network.version, first, first | ((1 << (network.max_prefixlen - network.prefixlen)) - 1)
+
+
+_REFUSED_SPANS: tuple[tuple[tuple[int, int, int], str], ...] = tuple(
+    (_span(ipaddress.ip_network(net)), f"{net} is {why}") for net, why in _REFUSED
 )
+_GLOBAL_UNICAST_V6 = _span(ipaddress.IPv6Network("2000::/3"))
 
 
 def _refusal(network: IPNetwork) -> str | None:
-    for refused, why in _REFUSED_NETWORKS:
-        if refused.version == network.version and refused.overlaps(network):
-            return f"{refused} is {why}"
-    if network.version == 6 and not network.subnet_of(ipaddress.IPv6Network("2000::/3")):
+    version, first, last = _span(network)
+    for (refused_version, low, high), why in _REFUSED_SPANS:
+        if refused_version == version and first <= high and low <= last:
+            return why
+    _, low, high = _GLOBAL_UNICAST_V6
+    if version == 6 and not low <= first <= last <= high:
         return "only global unicast IPv6 (2000::/3) is public"
     return None
 
