@@ -1,0 +1,7 @@
+"""`python -m validator`: the admin command line, `validator-admin`."""
+
+from __future__ import annotations
+
+from validator.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,702 @@
+"""`validator-admin`: populate, inspect, explain, import and export token restrictions.
+
+A thin face over `validator.admin.Admin`. Output is a `rich` table on a terminal, plain text when
+piped, JSON with `--json`; errors go to stderr with the exit codes of `EXIT_CODES`. A token is
+never printed whole: output names it by its fingerprint (see `validator.store.fingerprint`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import msgspec
+
+from validator.admin import Admin, Change, HistoryEntry, ImportLine, PreparedPut
+from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreUnavailable
+from validator.model import Restrictions
+from validator.store import DEFAULT_KEY_PREFIX
+
+__all__ = ["EXIT_CODES", "main"]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_CODES = {
+    EXIT_OK: "done; for check: the request would be allowed",
+    EXIT_REFUSED: "refused input (domain, IP, limit, import line), or check: the request would be denied",
+    EXIT_USAGE: "usage: bad arguments or settings, no store given",
+    EXIT_UNREACHABLE: "the store is unreachable or answered with an error",
+}
+
+PROG = "validator-admin"
+_BATCH_SIZE = 500
+_NOTES_SHOWN = 20
+
+EPILOG = f"""\
+environment:
+  VALIDATOR_STORE_URL   the store, when --store is not given (redis://, rediss://, unix://)
+  VALIDATOR_SECRET      key of the token hash; the same as the validators use. Prefer it to
+                        --secret, which lands in shell history and process lists.
+
+A TOKEN argument of - reads the token from standard input (one line), so that it stays out of
+shell history. Output names a token only by its fingerprint.
+
+exit codes:
+{chr(10).join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())}
+"""
+
+
+class CliError(Exception):
+    """An error the command line reports as one line on stderr, with its exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse repeats what it could not parse; on this command line that may be a token.
+        if message.startswith("unrecognized arguments"):
+            message = "unrecognized arguments (not repeated here: they may hold a token)"
+        message = re.sub(r"invalid choice: .*? \(choose", "invalid choice (choose", message)
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# ------------------------------------------------------------------------------ output
+
+
+class Output:
+    """Where results go: JSON, a rich table on a terminal, or plain text for pipes."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        self.json = as_json
+        self.rich = not as_json and sys.stdout.isatty()
+
+    def data(self, value: Any) -> None:
+        sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+    def line(self, text: str = "") -> None:
+        print(text)
+
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[str]], title: str = "") -> None:
+        if self.rich:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table(*headers, title=title or None, title_justify="left", show_header=bool(headers))
+            for row in rows:
+                table.add_row(*row)
+            Console().print(table)
+            return
+        if title:
+            print(title)
+        shown = [list(headers), *map(list, rows)] if headers else [list(row) for row in rows]
+        widths = [max(len(row[n]) for row in shown) for n in range(len(shown[0]))] if shown else []
+        for row in shown:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+    def warn(self, text: str) -> None:
+        print(f"{PROG}: warning: {text}", file=sys.stderr)
+
+    def error(self, code: int, text: str) -> None:
+        if self.json:
+            sys.stderr.write(msgspec.json.encode({"error": text, "exit": code}).decode() + "\n")
+        else:
+            print(f"{PROG}: error: {text}", file=sys.stderr)
+
+
+class _LogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
+
+
+# ------------------------------------------------------------------------------ words
+
+
+def _switch(on: bool) -> str:
+    return "on" if on else "off"
+
+
+def _entries(entries: Sequence[str]) -> str:
+    return ", ".join(entries) if entries else "-"
+
+
+def _mode(r: Restrictions | None) -> tuple[str, str]:
+    """(id, words) of what the token's switches mean, per SPEC.md's decision table."""
+    if r is None:
+        return (
+            "unrestricted",
+            "unrestricted: nothing stored (validators set to deny unknown tokens refuse it)",
+        )
+    if r.domain_enabled and r.ip_enabled:
+        return "front_and_back_end", "browsers on the listed domains and servers at the listed IPs"
+    if r.domain_enabled:
+        return "front_end_only", "front end only: browsers on the listed domains; back-end requests denied"
+    if r.ip_enabled:
+        return "back_end_only", "back end only: servers at the listed IPs; browser requests denied"
+    return "unrestricted", "unrestricted: neither restriction is on"
+
+
+def _warnings(r: Restrictions | None) -> list[str]:
+    if r is None:
+        return []
+    warnings = []
+    if r.domain_enabled and not r.domains:
+        warnings.append("the domain restriction is on with an empty list: every browser request is denied")
+    if r.ip_enabled and not r.ips:
+        warnings.append("the IP restriction is on with an empty list: every back-end request is denied")
+    return warnings
+
+
+def _restrictions_json(r: Restrictions | None) -> dict[str, Any]:
+    r = r or Restrictions()
+    return {
+        "domain_enabled": r.domain_enabled,
+        "ip_enabled": r.ip_enabled,
+        "domains": r.domains,
+        "ips": r.ips,
+        "version": r.version,
+    }
+
+
+def _when(at_ms: int) -> str:
+    return datetime.fromtimestamp(at_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _what(entry: HistoryEntry) -> str:
+    if entry.op in ("enable", "disable"):
+        return f"{entry.op} {entry.restriction}"
+    if entry.op == "put":
+        return (
+            f"put: domain {_switch(bool(entry.domain_enabled))} [{_entries(entry.domains)}], "
+            f"ip {_switch(bool(entry.ip_enabled))} [{_entries(entry.ips)}]"
+        )
+    return f"{entry.op} {entry.restriction}: {_entries(entry.entries)}"
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def _token(argument: str) -> str:
+    if argument != "-":
+        return argument
+    if sys.stdin.isatty():
+        return getpass.getpass("token: ")
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+async def cmd_show(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    token = _token(args.token)
+    stored = await admin.get(token)
+    mode, words = _mode(stored)
+    name = admin.fingerprint(token)
+    if out.json:
+        out.data(
+            {"token": name, "stored": stored is not None, "mode": mode, **_restrictions_json(stored)}
+            | {"warnings": _warnings(stored)}
+        )
+        return EXIT_OK
+    r = stored or Restrictions()
+    version = f"version {r.version}" if stored is not None else "nothing stored"
+    out.table(
+        ("restriction", "switch", "entries"),
+        [
+            ("domain", _switch(r.domain_enabled), _entries(r.domains)),
+            ("ip", _switch(r.ip_enabled), _entries(r.ips)),
+        ],
+        title=f"token {name} ({version}): {words}",
+    )
+    for warning in _warnings(stored):
+        out.warn(warning)
+    return EXIT_OK
+
+
+def _report_change(admin: Admin, token: str, change: Change, restriction: str, out: Output) -> int:
+    r = change.restrictions
+    name = admin.fingerprint(token)
+    if out.json:
+        out.data(
+            {"token": name, "changed": change.changed, "notes": change.notes}
+            | {"restrictions": _restrictions_json(r)}
+        )
+        return EXIT_OK
+    for note in change.notes:
+        out.line(note)
+    enabled, entries = (r.domain_enabled, r.domains) if restriction == "domain" else (r.ip_enabled, r.ips)
+    limit = admin.store.limit
+    state = f"version {r.version}" if change.changed else f"unchanged, version {r.version}"
+    out.line(
+        f"token {name} ({state}): {restriction} restriction {_switch(enabled)}, "
+        f"{len(entries)} of {limit}: {_entries(entries)}"
+    )
+    if not enabled and entries:
+        out.warn(
+            f"the {restriction} restriction is off: the list has no effect until `enable TOKEN {restriction}`"
+        )
+    for warning in _warnings(r):
+        out.warn(warning)
+    return EXIT_OK
+
+
+async def cmd_list(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    token = _token(args.token)
+    entries: list[str] = getattr(args, "entries", [])
+    private = getattr(args, "allow_private", False)
+    if args.restriction == "domain":
+        match args.action:
+            case "add":
+                change = await admin.add_domains(token, entries)
+            case "remove":
+                change = await admin.remove_domains(token, entries)
+            case "set":
+                change = await admin.set_domains(token, entries)
+            case _:
+                change = await admin.clear_domains(token)
+    else:
+        match args.action:
+            case "add":
+                change = await admin.add_ips(token, entries, allow_private=private)
+            case "remove":
+                change = await admin.remove_ips(token, entries)
+            case "set":
+                change = await admin.set_ips(token, entries, allow_private=private)
+            case _:
+                change = await admin.clear_ips(token)
+    return _report_change(admin, token, change, args.restriction, out)
+
+
+async def cmd_switch(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    token = _token(args.token)
+    on = args.command == "enable"
+    change = await (admin.enable(token, args.which) if on else admin.disable(token, args.which))
+    return _report_change(admin, token, change, args.which, out)
+
+
+async def cmd_delete(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    token = _token(args.token)
+    deleted = await admin.delete(token)
+    name = admin.fingerprint(token)
+    if out.json:
+        out.data({"token": name, "deleted": deleted})
+    elif deleted:
+        out.line(f"token {name}: deleted its restrictions and history")
+    else:
+        out.line(f"token {name}: nothing was stored")
+    return EXIT_OK
+
+
+async def cmd_check(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    token = _token(args.token)
+    e = await admin.explain(
+        token,
+        origin=args.origin,
+        referer=args.referer,
+        sec_fetch=args.sec_fetch,
+        client_ip=args.ip,
+        unknown_allowed=not args.deny_unknown,
+    )
+    name = admin.fingerprint(token)
+    if out.json:
+        out.data(
+            {"token": name} | msgspec.to_builtins(e) | {"restrictions": _restrictions_json(e.restrictions)}
+        )
+        return EXIT_OK if e.allowed else EXIT_REFUSED
+    r = e.restrictions or Restrictions()
+    seen = "-"
+    if e.domain is not None:
+        seen = f"domain {e.domain}" + ("" if e.scheme is None else f" ({e.scheme}, port {e.port})")
+    elif e.ip is not None:
+        seen = f"IP {e.ip}"
+    elif args.ip and e.source.value == "back_end":
+        seen = f"{args.ip!r} is not an IP address"
+    rows = [
+        ("token", f"{name} ({'version ' + str(r.version) if e.restrictions else 'nothing stored'})"),
+        ("request", e.classification),
+        ("seen", seen),
+        ("switches", f"domain {_switch(r.domain_enabled)} [{_entries(r.domains)}], "
+         f"ip {_switch(r.ip_enabled)} [{_entries(r.ips)}]"),
+        ("rule", f"{e.reason.value}: {e.rule}"),
+        ("decision", "allowed" if e.allowed else "denied (403)"),
+    ]  # fmt: skip
+    out.table((), rows)
+    if args.ip and e.source.value == "front_end":
+        out.warn("--ip is not used: a front-end request is decided by its domain")
+    return EXIT_OK if e.allowed else EXIT_REFUSED
+
+
+async def cmd_history(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    token = _token(args.token)
+    entries = await admin.history(token, args.count)
+    name = admin.fingerprint(token)
+    if out.json:
+        out.data(
+            {"token": name, "history": [msgspec.to_builtins(e) | {"time": _when(e.at)} for e in entries]}
+        )
+        return EXIT_OK
+    if not entries:
+        out.line(f"token {name}: no history (nothing changed, or the token was deleted)")
+        return EXIT_OK
+    out.table(
+        ("time (UTC)", "version", "change"),
+        [(_when(e.at), str(e.version), _what(e)) for e in entries],
+        title=f"token {name}: {len(entries)} most recent changes, newest first",
+    )
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ import / export
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        file = Path(path).open("rb")  # noqa: SIM115 - closed below, after the yield
+    except OSError as error:
+        raise CliError(EXIT_REFUSED, f"cannot read {path}: {error.strerror}") from None
+    with file:
+        yield file
+
+
+def _read_import(
+    admin: Admin, path: str, allow_private: bool
+) -> tuple[list[PreparedPut], list[str], list[str]]:
+    """Every valid record of the file, the problems (one per bad line), and normalisation notes."""
+    prepared: list[PreparedPut] = []
+    problems: list[str] = []
+    notes: list[str] = []
+    first_line: dict[str, int] = {}
+    decoder = msgspec.json.Decoder(ImportLine)
+    with _opened(path) as file:
+        for number, raw in enumerate(file, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = admin.prepare(decoder.decode(raw), allow_private=allow_private)
+            except (msgspec.ValidationError, InvalidEntry) as error:
+                problems.append(f"line {number}: {error}")
+                continue
+            except msgspec.DecodeError as error:
+                problems.append(f"line {number}: not valid JSON ({error})")
+                continue
+            seen = first_line.setdefault(record.token_hash, number)
+            if seen != number:
+                problems.append(f"line {number}: the same token as line {seen}")
+                continue
+            prepared.append(record)
+            notes.extend(f"line {number}: {note}" for note in record.notes)
+    return prepared, problems, notes
+
+
+@contextlib.contextmanager
+def _progress(total: int, show: bool) -> Iterator[Any]:
+    if not show:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("import", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+async def cmd_import(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    started = time.perf_counter()
+    prepared, problems, notes = _read_import(admin, args.file, args.allow_private)
+    source = "standard input" if args.file == "-" else args.file
+    if problems:
+        for problem in problems:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+        raise CliError(
+            EXIT_REFUSED,
+            f"{len(problems)} bad line(s) in {source}: nothing was imported (fix them and run it again)",
+        )
+    for note in notes[:_NOTES_SHOWN]:
+        print(f"{PROG}: {note}", file=sys.stderr)
+    if len(notes) > _NOTES_SHOWN:
+        print(f"{PROG}: ... and {len(notes) - _NOTES_SHOWN} more entries normalised", file=sys.stderr)
+    counts = {"created": 0, "changed": 0, "unchanged": 0}
+    batch_size = args.batch_size
+    show_progress = sys.stderr.isatty() and not out.json and len(prepared) > batch_size
+    with _progress(len(prepared), show_progress) as advance:
+        for start in range(0, len(prepared), batch_size):
+            batch = prepared[start : start + batch_size]
+            if args.dry_run:
+                stored = await admin.read_many([p.token_hash for p in batch])
+                for p, current in zip(batch, stored, strict=True):
+                    kind = "created" if current is None else "unchanged" if p.same_as(current) else "changed"
+                    counts[kind] += 1
+            else:
+                for change in await admin.put_many(batch):
+                    r = change.restrictions
+                    kind = "unchanged" if not change.changed else "created" if r.version == 1 else "changed"
+                    counts[kind] += 1
+            if advance is not None:
+                advance(len(batch))
+    seconds = time.perf_counter() - started
+    if out.json:
+        out.data({"records": len(prepared), **counts, "dry_run": args.dry_run, "seconds": round(seconds, 3)})
+    elif args.dry_run:
+        out.line(
+            f"dry run: {len(prepared)} valid records in {source}; would create {counts['created']}, "
+            f"change {counts['changed']}, leave {counts['unchanged']} unchanged; nothing was written"
+        )
+    else:
+        rate = len(prepared) / seconds if seconds else 0.0
+        out.line(
+            f"imported {len(prepared)} records from {source} in {seconds:.1f} s ({rate:,.0f}/s): "
+            f"{counts['created']} created, {counts['changed']} changed, {counts['unchanged']} unchanged"
+        )
+    return EXIT_OK
+
+
+async def cmd_export(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    encoder = msgspec.json.Encoder()
+    count = 0
+    if args.file in (None, "-"):
+        async for record in admin.export(args.batch_size):
+            sys.stdout.buffer.write(encoder.encode(record) + b"\n")
+            count += 1
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    target = Path(args.file)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with partial.open("wb") as file:
+            async for record in admin.export(args.batch_size):
+                file.write(encoder.encode(record) + b"\n")
+                count += 1
+        # Written whole or not at all: a failed export never leaves a truncated file behind.
+        partial.replace(target)
+    except OSError as error:
+        raise CliError(EXIT_REFUSED, f"cannot write {args.file}: {error.strerror}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    if out.json:
+        out.data({"records": count, "file": args.file})
+    else:
+        out.line(f"exported {count} records to {args.file}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def _common_options() -> _Parser:
+    # SUPPRESS: the options may come before or after the command without one resetting the other.
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("store and output options (before or after the command)")
+    group.add_argument(
+        "--store", metavar="URL", default=argparse.SUPPRESS, help="the store (default: $VALIDATOR_STORE_URL)"
+    )
+    group.add_argument(
+        "--secret",
+        default=argparse.SUPPRESS,
+        help="key of the token hash (default: $VALIDATOR_SECRET, better: this lands in shell history)",
+    )
+    group.add_argument(
+        "--key-prefix",
+        metavar="PREFIX",
+        default=argparse.SUPPRESS,
+        help=f"prefix of every Redis key (default: {DEFAULT_KEY_PREFIX})",
+    )
+    group.add_argument(
+        "--limit", type=int, default=argparse.SUPPRESS, help="entries allowed per list (default: 5)"
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        default=argparse.SUPPRESS,
+        help="Redis connect and socket timeout (default: 5)",
+    )
+    group.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output for scripts"
+    )
+    return common
+
+
+_TOKEN_HELP = "the token, or - to read it from standard input"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `validator-admin` argument parser."""
+    common = _common_options()
+    parser = _Parser(
+        prog=PROG,
+        description="Populate, inspect, explain, import and export per-token access restrictions.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[common],
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    show = command("show", "show a token's switches, lists, mode and version")
+    show.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+
+    for restriction, plural, example in (("domain", "domains", "DOMAIN"), ("ip", "ips", "IP")):
+        group = command(plural, f"change a token's {restriction.replace('ip', 'IP')} list")
+        actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+        kinds = (
+            ("add", f"add {plural} (at most the limit in the list)", "+"),
+            ("remove", f"remove {plural}", "+"),
+            ("set", f"replace the whole {restriction.replace('ip', 'IP')} list", "*"),
+            ("clear", f"empty the {restriction.replace('ip', 'IP')} list", None),
+        )
+        for action, help_text, nargs in kinds:
+            sub = actions.add_parser(action, help=help_text, description=help_text, parents=[common])
+            sub.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+            if nargs is not None:
+                sub.add_argument("entries", metavar=example, nargs=nargs)
+            if restriction == "ip" and action in ("add", "set"):
+                sub.add_argument(
+                    "--allow-private",
+                    action="store_true",
+                    help="store private, loopback, link-local, reserved or multicast addresses anyway",
+                )
+            sub.set_defaults(handler=cmd_list, restriction=restriction)
+
+    for name, verb in (("enable", "switch on"), ("disable", "switch off")):
+        switch = command(name, f"{verb} a token's domain or IP restriction")
+        switch.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+        switch.add_argument("which", choices=("domain", "ip"))
+        switch.set_defaults(handler=cmd_switch)
+
+    delete = command("delete", "delete everything stored for a token (restrictions and history)")
+    delete.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+    delete.set_defaults(handler=cmd_delete)
+
+    check = command("check", "explain the decision for a request (exit 0 allowed, 1 denied)")
+    check.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+    check.add_argument("--origin", metavar="O", help="the request's Origin header")
+    check.add_argument("--referer", metavar="R", help="the request's Referer header")
+    check.add_argument("--sec-fetch", action="store_true", help="the request carries Sec-Fetch-* headers")
+    check.add_argument("--ip", metavar="IP", help="the client IP of a back-end request")
+    check.add_argument("--deny-unknown", action="store_true", help="as validators set to deny unknown tokens")
+    check.set_defaults(handler=cmd_check)
+
+    imports = command(
+        "import",
+        "import JSON Lines, one token's record a line: {token or hash, domain_enabled, ip_enabled, "
+        "domains, ips}; every line is checked before anything is written",
+    )
+    imports.add_argument("file", metavar="FILE", help="the file, or - for standard input")
+    imports.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
+    imports.add_argument("--allow-private", action="store_true", help="accept non-public IPs")
+    imports.add_argument("--batch-size", type=int, default=_BATCH_SIZE, help="records per pipeline")
+    imports.set_defaults(handler=cmd_import)
+
+    export = command("export", "export every token's record as JSON Lines, named by hash (import reads it)")
+    export.add_argument("file", metavar="FILE", nargs="?", help="the file (default: standard output)")
+    export.add_argument("--batch-size", type=int, default=_BATCH_SIZE, help="records per pipeline")
+    export.set_defaults(handler=cmd_export)
+
+    history = command("history", "show a token's recent changes, newest first")
+    history.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+    history.add_argument("-n", "--count", type=int, default=50, help="how many (the store keeps 50)")
+    history.set_defaults(handler=cmd_history)
+
+    show.set_defaults(handler=cmd_show)
+    return parser
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def _admin(args: argparse.Namespace, out: Output) -> Admin:
+    url = getattr(args, "store", None) or os.environ.get("VALIDATOR_STORE_URL")
+    if not url:
+        raise CliError(
+            EXIT_USAGE,
+            "no store given: use --store URL or set VALIDATOR_STORE_URL (e.g. redis://127.0.0.1:6379/0)",
+        )
+    if url.startswith("memory://"):
+        out.warn("a memory:// store lives only as long as this command")
+    secret = getattr(args, "secret", None)
+    if secret is not None:
+        out.warn(
+            "--secret on a command line lands in shell history and process lists; prefer VALIDATOR_SECRET"
+        )
+    timeout = getattr(args, "timeout", 5.0)
+    return Admin.from_url(
+        url,
+        secret=secret,
+        key_prefix=getattr(args, "key_prefix", DEFAULT_KEY_PREFIX),
+        limit=getattr(args, "limit", 5),
+        timeout=timeout,
+        connect_timeout=timeout,
+    )
+
+
+async def _run(args: argparse.Namespace, out: Output) -> int:
+    if getattr(args, "batch_size", 1) < 1:
+        raise CliError(EXIT_USAGE, "--batch-size must be at least 1")
+    admin = _admin(args, out)
+    try:
+        code: int = await args.handler(admin, args, out)
+        return code
+    finally:
+        await admin.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `validator-admin` with `argv` (default: the command line); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    out = Output(as_json=getattr(args, "json", False))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter())
+    logging.getLogger("validator").addHandler(handler)
+    try:
+        return asyncio.run(_run(args, out))
+    except CliError as error:
+        out.error(error.code, str(error))
+        return error.code
+    except LimitExceeded as error:
+        out.error(EXIT_REFUSED, f"{error} (nothing was changed)")
+        return EXIT_REFUSED
+    except InvalidEntry as error:
+        out.error(EXIT_REFUSED, str(error))
+        return EXIT_REFUSED
+    except ConfigurationError as error:
+        out.error(EXIT_USAGE, str(error))
+        return EXIT_USAGE
+    except StoreUnavailable as error:
+        out.error(EXIT_UNREACHABLE, str(error))
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`export | head`): stop quietly, as `cat` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        logging.getLogger("validator").removeHandler(handler)
