@@ -128,6 +128,9 @@ class _LogFormatter(logging.Formatter):
 # ------------------------------------------------------------------------------ words
 
 
+_NAMES = {"domain": "domain", "ip": "IP"}
+
+
 def _switch(on: bool) -> str:
     return "on" if on else "off"
 
@@ -241,12 +244,13 @@ def _report_change(admin: Admin, token: str, change: Change, restriction: str, o
     limit = admin.store.limit
     state = f"version {r.version}" if change.changed else f"unchanged, version {r.version}"
     out.line(
-        f"token {name} ({state}): {restriction} restriction {_switch(enabled)}, "
+        f"token {name} ({state}): {_NAMES[restriction]} restriction {_switch(enabled)}, "
         f"{len(entries)} of {limit}: {_entries(entries)}"
     )
     if not enabled and entries:
         out.warn(
-            f"the {restriction} restriction is off: the list has no effect until `enable TOKEN {restriction}`"
+            f"the {_NAMES[restriction]} restriction is off: "
+            f"the list has no effect until `enable TOKEN {restriction}`"
         )
     for warning in _warnings(r):
         out.warn(warning)
