@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 import time
 from typing import Any, cast
@@ -79,7 +80,9 @@ class Multiplexer:
         self._path = unquote(parts.path) if parts.scheme == "unix" else ""
         self._username = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
-        db_text = query["db"][0] if "db" in query else parts.path.lstrip("/") if parts.scheme != "unix" else ""
+        db_text = (
+            query["db"][0] if "db" in query else parts.path.lstrip("/") if parts.scheme != "unix" else ""
+        )
         self._db = int(db_text or 0)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -123,10 +126,28 @@ class Multiplexer:
         # Replies come in order: if the oldest is late, the connection is stuck (e.g. a
         # SIGSTOPped server). Drop it, failing everything queued on it.
         late = time.monotonic() - sent_at - self.timeout
-        if late >= 0:
-            self._fail(WireError(f"no reply within {self.timeout}s"))
+        loop = asyncio.get_running_loop()
+        if late < 0:
+            self._watchdog = loop.call_later(-late, self._check_timeouts)
+        elif self._unread_data():
+            # Our own event loop was late (a CPU-starved process), not Redis: the replies are
+            # waiting in the socket. Let the loop read them, then look again.
+            self._watchdog = loop.call_later(0.001, self._check_timeouts)
         else:
-            self._watchdog = asyncio.get_running_loop().call_later(-late, self._check_timeouts)
+            self._fail(WireError(f"no reply within {self.timeout}s"))
+
+    def _unread_data(self) -> bool:
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            return False
+        sock = protocol.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return bool(readable)
 
     def _fail(self, error: WireError, protocol: _Protocol | None = None) -> None:
         if protocol is not None and protocol is not self._protocol:

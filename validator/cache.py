@@ -23,13 +23,14 @@ V = TypeVar("V")
 class Entry(Generic[V]):
     """A cached value; fresh until `fresh_until`, usable on store errors until `usable_until`."""
 
-    __slots__ = ("fresh_until", "token_hash", "usable_until", "value")
+    __slots__ = ("fresh_until", "recent", "token_hash", "usable_until", "value")
 
     def __init__(self, value: V, token_hash: str, fresh_until: float, usable_until: float) -> None:
         self.value = value
         self.token_hash = token_hash
         self.fresh_until = fresh_until
         self.usable_until = usable_until
+        self.recent = False
 
 
 class _Load(Generic[V]):
@@ -97,7 +98,10 @@ class Cache(Generic[V]):
                 return None
         if entry.fresh_until < self._clock():
             return None
-        lru.move_to_end(token)
+        # CLOCK, the usual LRU approximation: a hit only sets a flag, which eviction reads
+        # (see _put); moving the entry to the end on every hit cost ~10% of a cached check by
+        # touching two more linked-list nodes (benchmarks: hotpath).
+        entry.recent = True
         return entry
 
     def usable(self, token: str) -> Entry[V] | None:
@@ -147,7 +151,11 @@ class Cache(Generic[V]):
         lru[token] = entry
         self._token_of[token_hash] = token
         while len(lru) > limit:
-            _, evicted = lru.popitem(last=False)
+            key, evicted = lru.popitem(last=False)
+            if evicted.recent:
+                evicted.recent = False
+                lru[key] = evicted  # a second chance, at the young end
+                continue
             self._token_of.pop(evicted.token_hash, None)
 
     def _drop(self, token: str) -> None:

@@ -230,12 +230,25 @@ def test_ip_set_membership(client_ip: str, member: bool) -> None:
         "203.0.113.7.",
         "203.0.113.7/32",
         " 203.0.113.7",
+        "203.0.113.+7",
+        "203.0.113.256",
+        "198.51.100.1000",
+        "\u0661\u0669\u0668.51.100.1",  # Arabic-Indic digits
+        "203.0.113.\u00b2",  # superscript two
         "unknown",
         "x" * 100_000,
     ],
 )
 def test_ip_set_malformed_never_matches(client_ip: str) -> None:
     assert client_ip not in IPS
+
+
+def test_ip_set_ignores_entries_that_do_not_parse() -> None:
+    ip_set = IPSet(["not-an-ip", "203.0.113.7", "1.2.3.4/99", "2001:db8::/300"])
+    assert "203.0.113.7" in ip_set
+    assert "not-an-ip" not in ip_set
+    assert "1.2.3.4" not in ip_set
+    assert len(ip_set) == 1
 
 
 def test_ip_set_without_networks_takes_the_cheap_path() -> None:
