@@ -100,6 +100,13 @@ class Multiplexer:
             protocol = await self._connect()
         return await self._send(protocol, _pack(args))
 
+    def send_now(self, *args: str | int) -> asyncio.Future[Any] | None:
+        """Queue one command if the connection is up: the future of its reply, else None."""
+        protocol = self._protocol
+        if protocol is None:
+            return None
+        return self._send(protocol, _pack(args))
+
     def _send(self, protocol: _Protocol, packed: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Collection, Iterable
 
 import idna
@@ -100,6 +101,8 @@ def host_of(url: str) -> str | None:
 # and a dict hit costs a tenth of parsing one (benchmarks: hotpath). Bounded by clearing when
 # full, so a flood of distinct values costs memory for at most _MEMO_SIZE of them.
 _MEMO_SIZE = 8192
+_AF_INET = socket.AF_INET
+_inet_pton = socket.inet_pton
 _HOSTS: dict[str, str | None] = {}
 _V4_INTS: dict[str, int | None] = {}
 
@@ -276,20 +279,15 @@ def parse_ip(text: str) -> IPAddress | None:
 
 
 def _v4_int(text: str) -> int | None:
-    """Strict dotted-decimal IPv4 (as `ipaddress` accepts it) to an integer, ~5x faster."""
-    parts = text.split(".")
-    if len(parts) != 4:
+    """Strict dotted-decimal IPv4 to an integer, or None.
+
+    glibc's inet_pton accepts exactly what `ipaddress` accepts (four decimal octets, no leading
+    zeros), five times faster; tests/unit/test_matching_properties.py holds it to that.
+    """
+    try:
+        return int.from_bytes(_inet_pton(_AF_INET, text), "big")
+    except (OSError, ValueError):
         return None
-    value = 0
-    for part in parts:
-        # isascii: str.isdigit() also accepts other scripts' digits; no leading zeros (RFC 6943).
-        if not (part.isascii() and part.isdigit()) or len(part) > 3 or (part[0] == "0" and len(part) > 1):
-            return None
-        octet = int(part)
-        if octet > 255:
-            return None
-        value = value << 8 | octet
-    return value
 
 
 class IPSet:

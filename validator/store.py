@@ -12,6 +12,7 @@ keys nor values hold a token in clear. Reads and writes are Lua scripts shipped 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -34,7 +35,7 @@ from validator._wire import Multiplexer, WireError
 from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
 from validator.model import Restrictions
 
-__all__ = ["DEFAULT_KEY_PREFIX", "List", "Store", "fingerprint"]
+__all__ = ["DEFAULT_KEY_PREFIX", "List", "Store", "fingerprint", "parse_read"]
 
 log = logging.getLogger("validator")
 
@@ -80,6 +81,14 @@ def _store_errors() -> Iterator[None]:
         yield
     except (RedisError, OSError) as error:
         raise StoreUnavailable(f"restriction store unavailable: {error}") from error
+
+
+def parse_read(reply: Any) -> Restrictions | None:
+    """Restrictions from the reply of `lua/read.lua` (None: the token is unknown)."""
+    if reply is None:
+        return None
+    meta, domains, ips = reply
+    return _restrictions(meta, domains, ips)
 
 
 def _restrictions(meta: Sequence[str], domains: Sequence[str], ips: Sequence[str]) -> Restrictions:
@@ -232,10 +241,14 @@ class Store:
         else:
             with _store_errors():
                 reply = await self._read(keys=self.keys(token_hash))
-        if reply is None:
+        return parse_read(reply)
+
+    def read_now(self, token_hash: str) -> asyncio.Future[Any] | None:
+        """Start a read on the multiplexed connection, if it is up: the future of the raw reply
+        (for `parse_read`; it fails with `WireError`), else None (use `read`)."""
+        if self._wire is None:
             return None
-        meta, domains, ips = reply
-        return _restrictions(meta, domains, ips)
+        return self._wire.send_now("EVALSHA", self._read.sha, 3, *self.keys(token_hash))
 
     async def _wire_read(self, wire: Multiplexer, token_hash: str) -> Any:
         try:

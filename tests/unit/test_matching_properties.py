@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from validator.matching import DomainSet, IPSet, host_of, is_hostname
+from validator.matching import DomainSet, IPSet, _v4_int, host_of, is_hostname
 
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 hostname = st.lists(label, min_size=1, max_size=4).map(".".join)
@@ -103,3 +103,22 @@ def test_ip_set_agrees_with_ipaddress(
     expected = any(comparable in n for n in entries)
     for text in spellings(address):
         assert (text in ip_set) is expected, text
+
+
+def reference_v4_int(text: str) -> int | None:
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ValueError:
+        return None
+
+
+@settings(max_examples=500)
+@given(
+    text=st.one_of(
+        st.lists(st.integers(0, 300).map(str), min_size=1, max_size=6).map(".".join),
+        st.lists(st.from_regex(r"[0-9]{1,4}", fullmatch=True), min_size=4, max_size=4).map(".".join),
+        st.text(alphabet="0123456789.x+- \u0661\u00b2", max_size=20),
+    )
+)
+def test_fast_ipv4_parser_agrees_with_ipaddress(text: str) -> None:
+    assert _v4_int(text) == reference_v4_int(text)
