@@ -97,10 +97,17 @@ class Output:
         if self.rich:
             from rich.console import Console
             from rich.table import Table
+            from rich.text import Text
 
-            table = Table(*headers, title=title or None, title_justify="left", show_header=bool(headers))
+            # Text(): entries such as "[https://app.example.com]" are data, not rich markup.
+            table = Table(
+                *headers,
+                title=Text(title) if title else None,
+                title_justify="left",
+                show_header=bool(headers),
+            )
             for row in rows:
-                table.add_row(*row)
+                table.add_row(*map(Text, row))
             Console().print(table)
             return
         if title:

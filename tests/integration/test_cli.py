@@ -114,6 +114,14 @@ def test_show_draws_a_table_on_a_terminal(redis_url: str) -> None:
     assert "restriction" in drawn
 
 
+def test_check_draws_entries_as_text_on_a_terminal(store: Direct, redis_url: str) -> None:
+    store.given(TOKEN, domains=["https://app.example.com"], on=["domain"])
+    drawn = run_on_terminal(
+        ["check", TOKEN, "--origin", "https://app.example.com"], redis_url, stream="stdout"
+    )
+    assert "domain on [https://app.example.com]" in drawn  # not taken for rich markup
+
+
 def test_options_work_before_and_after_the_command(cli: Cli, store: Direct) -> None:
     store.given(TOKEN, domains=["app.example.com"])
     assert cli("--json", "show", TOKEN).json() == cli("show", TOKEN, "--json").json()
