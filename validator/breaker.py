@@ -46,6 +46,12 @@ class CircuitBreaker:
             return True
         return False
 
+    def blocked(self) -> bool:
+        """Whether a call would be refused now, without changing state (see `allow`)."""
+        if self.state is BreakerState.CLOSED:
+            return False
+        return self.state is BreakerState.HALF_OPEN or self._clock() - self._opened_at < self.reset_timeout
+
     def success(self) -> None:
         self._failures = 0
         self.state = BreakerState.CLOSED

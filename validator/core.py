@@ -19,7 +19,7 @@ from validator.errors import ConfigurationError, StoreUnavailable
 from validator.invalidation import InvalidationListener
 from validator.model import Decision, Reason, decision
 from validator.rules import TokenRules, classify
-from validator.store import DEFAULT_KEY_PREFIX, Store, fingerprint, parse_read
+from validator.store import DEFAULT_KEY_PREFIX, Store, parse_read
 
 __all__ = ["Settings", "Validator"]
 
@@ -314,18 +314,38 @@ class Validator:
         entry = self.cache.fresh(token)
         if entry is not None:
             return entry.value.decide(origin, referer, sec_fetch, client_ip)
+        if self.breaker.blocked():
+            # The store is failing: answer now, without a read, a task or a timeout.
+            return self._unavailable(
+                token, None, origin=origin, referer=referer, sec_fetch=sec_fetch, client_ip=client_ip
+            )
         token_hash = self.store.token_hash(token)
         try:
             rules = await self.cache.load(token, token_hash, lambda: self._start_read(token_hash))
-        except StoreUnavailable:
-            stale = self.cache.usable(token)
-            if stale is not None:
-                return stale.value.decide(origin, referer, sec_fetch, client_ip)
-            if self.fail_open:
-                log.warning("store unavailable; failing open for token %s", fingerprint(token_hash))
-                return decision(True, Reason.STORE_UNAVAILABLE, classify(origin, referer, sec_fetch))
-            raise
+        except StoreUnavailable as error:
+            return self._unavailable(
+                token, error, origin=origin, referer=referer, sec_fetch=sec_fetch, client_ip=client_ip
+            )
         return rules.decide(origin, referer, sec_fetch, client_ip)
+
+    def _unavailable(
+        self,
+        token: str,
+        error: StoreUnavailable | None,
+        *,
+        origin: str | None,
+        referer: str | None,
+        sec_fetch: bool,
+        client_ip: str | None,
+    ) -> Decision:
+        stale = self.cache.usable(token)
+        if stale is not None:
+            return stale.value.decide(origin, referer, sec_fetch, client_ip)
+        if self.fail_open:
+            return decision(True, Reason.STORE_UNAVAILABLE, classify(origin, referer, sec_fetch))
+        if error is None:
+            error = StoreUnavailable("restriction store failing: circuit open, not waiting for it")
+        raise error
 
     def _start_read(self, token_hash: str) -> Awaitable[tuple[TokenRules, bool]]:
         # The common case, a sound store with a live invalidation connection and a closed

@@ -1,0 +1,64 @@
+"""The circuit breaker: opens on consecutive failures, one trial after the reset timeout."""
+
+from __future__ import annotations
+
+import pytest
+
+from validator.breaker import BreakerState, CircuitBreaker
+from validator.errors import ConfigurationError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_opens_after_threshold_consecutive_failures() -> None:
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout=1.0, clock=Clock())
+    breaker.failure()
+    breaker.failure()
+    breaker.success()  # a success in between resets the count
+    breaker.failure()
+    breaker.failure()
+    assert breaker.state is BreakerState.CLOSED
+    assert not breaker.blocked()
+    breaker.failure()
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.blocked()
+    assert not breaker.allow()
+
+
+def test_one_trial_after_reset_timeout_then_closes_on_success() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout=1.0, clock=clock)
+    breaker.failure()
+    clock.now = 1.0
+    assert not breaker.blocked()  # a trial may go now; blocked() does not take it
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.allow()
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.blocked()
+    assert not breaker.allow()  # only one trial at a time
+    breaker.success()
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_failed_trial_opens_again() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failure_threshold=5, reset_timeout=1.0, clock=clock)
+    breaker.trip()
+    clock.now = 2.0
+    assert breaker.allow()
+    breaker.failure()
+    assert breaker.state is BreakerState.OPEN
+    clock.now = 2.5
+    assert breaker.blocked()
+
+
+@pytest.mark.parametrize(("threshold", "reset"), [(0, 1.0), (1, 0.0), (1, -1.0)])
+def test_bad_settings(threshold: int, reset: float) -> None:
+    with pytest.raises(ConfigurationError):
+        CircuitBreaker(failure_threshold=threshold, reset_timeout=reset)
