@@ -45,6 +45,7 @@ class Settings(TypedDict, total=False):
     incoherent_ttl: float
     ping_interval: float
     ping_timeout: float
+    topology_interval: float
     require_marker: bool
     marker_interval: float
     breaker_threshold: int
@@ -66,6 +67,8 @@ DEFAULTS: Settings = {
     "incoherent_ttl": 1.0,
     "ping_interval": 1.0,
     "ping_timeout": 1.0,
+    # How often a Sentinel or Cluster topology is compared with the one subscribed to.
+    "topology_interval": 2.0,
     "require_marker": True,
     # How often the marker is re-read when no invalidation connection reports its deletion.
     "marker_interval": 5.0,
@@ -114,15 +117,16 @@ class Validator:
         self._max_loads = s["max_concurrent_loads"]
         self._fast_reads = 0
         self.listener: InvalidationListener | None = None
-        if s["invalidation"] and store.listener_client is not None:
+        if s["invalidation"] and store.topology is not None:
             self.listener = InvalidationListener(
-                store.listener_client,
+                store.topology,
                 store.key_prefix,
                 on_keys=self._on_keys,
                 on_reset=self._on_reset,
                 on_connected=self._on_connected,
                 ping_interval=s["ping_interval"],
                 ping_timeout=s["ping_timeout"],
+                topology_interval=s["topology_interval"],
             )
             self.cache.coherent = False
         # None: not known (check before the next read); True: marker present; False: missing.
@@ -205,7 +209,7 @@ class Validator:
                 barrier = self._barriers.pop(key)
                 if not barrier.done():
                     barrier.set_result(None)
-            elif key == self.store.marker_key and self.require_marker:
+            elif self.require_marker and self.store.is_marker_key(key):
                 self._store_sound = None
                 self._schedule_verify()
 
@@ -223,24 +227,31 @@ class Validator:
     async def sync(self, timeout: float = 5.0) -> None:
         """Wait until every change stored before this call has reached this process's cache.
 
-        Invalidations arrive in the order Redis executed the changes, so writing a key of our
-        own and waiting for its invalidation is a barrier. Raises `StoreUnavailable` when the
+        Invalidations from one Redis node arrive in the order it executed the changes, so
+        writing a key of our own on every node subscribed to (one per Cluster primary) and
+        waiting for their invalidations is a barrier. Raises `StoreUnavailable` when the
         invalidation connection is down or the barrier does not come back within `timeout`.
         """
         if self.listener is None:
             return
         if not self.listener.connected.is_set():
             raise StoreUnavailable("no invalidation connection: the cache cannot be synchronised")
-        key = f"{self.store.key_prefix}sync:{uuid.uuid4().hex}"
-        barrier = asyncio.get_running_loop().create_future()
-        self._barriers[key] = barrier
+        name = f"{self.store.key_prefix}sync:{uuid.uuid4().hex}"
+        keys = [name + tag for tag in await self.store.shard_tags(self.listener.nodes)]
+        if not keys:
+            raise StoreUnavailable("no invalidation connection: the cache cannot be synchronised")
+        loop = asyncio.get_running_loop()
+        barriers = {key: loop.create_future() for key in keys}
+        self._barriers.update(barriers)
         try:
-            await self.store.touch(key)
-            await asyncio.wait_for(barrier, timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(self.store.touch(key) for key in keys))
+                await asyncio.gather(*barriers.values())
         except TimeoutError:
             raise StoreUnavailable(f"invalidations did not arrive within {timeout}s") from None
         finally:
-            self._barriers.pop(key, None)
+            for key in keys:
+                self._barriers.pop(key, None)
 
     # ------------------------------------------------------------------ wiped-store marker
 

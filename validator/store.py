@@ -8,6 +8,10 @@ Per token, under one hash tag (so one Redis Cluster slot, one round trip):
 
 `<h>` is a keyed hash (HMAC-SHA256, truncated to 128 bits, base64url) of the token, so neither
 keys nor values hold a token in clear. Reads and writes are Lua scripts shipped in `lua/`.
+
+The same layout serves one server (`redis://`), a Sentinel-managed master (`redis+sentinel://`)
+and a Redis Cluster (`redis+cluster://`): every command names one token's keys only, so it runs
+on the one node that holds the token's slot.
 """
 
 from __future__ import annotations
@@ -20,19 +24,24 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
+from validator import _cluster, _sentinel
+from validator._urls import parse_multihost
 from validator._wire import Multiplexer, WireError
 from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
+from validator.invalidation import SingleServer, Topology
 from validator.model import Restrictions
 
 __all__ = ["DEFAULT_KEY_PREFIX", "List", "Store", "fingerprint", "parse_read"]
@@ -107,13 +116,13 @@ class Store:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         secret: bytes,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         limit: int = 5,
         url: str = "",
-        listener_client: Callable[[], aioredis.Redis] | None = None,
+        topology: Topology | None = None,
         local_listeners: list[Callable[[str], None]] | None = None,
         wire: Multiplexer | None = None,
     ) -> None:
@@ -126,7 +135,9 @@ class Store:
         self.limit = limit
         self.url = url
         self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
-        self.listener_client = listener_client
+        # The Redis nodes whose invalidations keep caches coherent (None: nothing to listen to).
+        self.topology = topology
+        self._cluster = topology if isinstance(topology, _cluster.ClusterTopology) else None
         # Cache-miss reads go through `wire` (one multiplexed connection) when there is one.
         self._wire = wire
         self.local_listeners = [] if local_listeners is None else local_listeners
@@ -151,14 +162,24 @@ class Store:
         timeout: float = 0.5,
         connect_timeout: float = 0.5,
     ) -> Store:
-        """Build a store from a URL: `memory://[name]`, `redis://`, `rediss://` or `unix://`.
+        """Build a store from a URL.
 
-        `memory://name` stores with the same name share data within one process.
+        - `memory://[name]`: in-process; stores with the same name share data within a process;
+        - `redis://`, `rediss://`, `unix://`: one Redis server (redis-py's URL syntax);
+        - `redis+cluster://[[user]:password@]host:port[,host:port...]`: a Redis Cluster, found
+          from any of the startup nodes; option `max_connections` (per node);
+        - `redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name`: the master
+          of `service_name` as the sentinels name it; options `db`, `sentinel_username`,
+          `sentinel_password` (the URL's credentials serve the sentinels too unless these say
+          otherwise);
+        - `rediss+cluster://`, `rediss+sentinel://`: the same over TLS; options `ssl_cert_reqs`,
+          `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`, `ssl_check_hostname`.
         """
         scheme = urlsplit(url).scheme
         key = _secret_bytes(secret, scheme)
         if timeout <= 0 or connect_timeout <= 0:
             raise ConfigurationError("timeouts must be positive")
+        common: dict[str, Any] = {"secret": key, "key_prefix": key_prefix, "limit": limit, "url": url}
         client: aioredis.Redis
         if scheme == "memory":
             import fakeredis  # in-process store only: not imported for real Redis
@@ -168,12 +189,28 @@ class Store:
                 server = _MEMORY_SERVERS.setdefault(name, fakeredis.FakeServer())
                 listeners = _MEMORY_LISTENERS.setdefault(name, [])
             client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-            return cls(
-                client, secret=key, key_prefix=key_prefix, limit=limit, url=url, local_listeners=listeners
+            return cls(client, local_listeners=listeners, **common)
+        if scheme in ("redis+cluster", "rediss+cluster"):
+            parsed = parse_multihost(url, default_port=6379, options=_cluster.URL_OPTIONS)
+            cluster = _cluster.cluster_client(parsed, timeout=timeout, connect_timeout=connect_timeout)
+            topology = _cluster.ClusterTopology(
+                cluster, parsed, timeout=timeout, connect_timeout=connect_timeout
             )
+            return cls(cluster, topology=topology, **common)
+        if scheme in ("redis+sentinel", "rediss+sentinel"):
+            parsed = parse_multihost(url, default_port=_sentinel.DEFAULT_PORT, options=_sentinel.URL_OPTIONS)
+            service = _sentinel.service_name(parsed, url)
+            sentinel, client = _sentinel.sentinel_client(
+                parsed, service, timeout=timeout, connect_timeout=connect_timeout
+            )
+            sentinel_topology = _sentinel.SentinelTopology(
+                sentinel, service, parsed, connect_timeout=connect_timeout
+            )
+            return cls(client, topology=sentinel_topology, **common)
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(
-                f"unsupported store URL {url!r}: use memory://, redis://, rediss:// or unix://"
+                f"unsupported store URL {url!r}: use memory://, redis://, rediss://, unix://, "
+                "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
             )
         try:
             client = aioredis.Redis.from_url(
@@ -201,12 +238,9 @@ class Store:
 
         return cls(
             client,
-            secret=key,
-            key_prefix=key_prefix,
-            limit=limit,
-            url=url,
-            listener_client=listener_client,
+            topology=SingleServer(listener_client),
             wire=Multiplexer(url, timeout=timeout, connect_timeout=connect_timeout),
+            **common,
         )
 
     # -------------------------------------------------------------------------- keys
@@ -286,38 +320,73 @@ class Store:
             await self.client.set(key, "1", px=10_000)
             await self.client.delete(key)
 
+    async def shard_tags(self, nodes: Mapping[str, Hashable]) -> list[str]:
+        """One hash tag per write node of `nodes` (as the invalidation listener subscribed them),
+        so that a key suffixed with it lands on that node: just `""` unless on a Redis Cluster."""
+        if self._cluster is None:
+            return [""]
+        await asyncio.to_thread(_cluster.slot_tags)  # computed once, off the event loop
+        return self._cluster.tags(nodes)
+
+    # -------------------------------------------------------------------------- wiped-store marker
+
+    def is_marker_key(self, key: str) -> bool:
+        """Whether `key` is (one of) the store's marker key(s)."""
+        return key == self.marker_key or (self._cluster is not None and key.startswith(self.marker_key + "{"))
+
     async def _mark_once(self) -> None:
         # Any admin write initialises the store implicitly (and refuses a store that was
         # initialised with another secret).
         if not self._marked:
-            await self.write_marker()
+            if await self.marker_state() != "ok":
+                await self.write_marker()
             self._marked = True
 
-    async def marker_state(self) -> Literal["ok", "missing", "mismatch"]:
-        """Whether the store carries this deployment's marker (see `write_marker`)."""
+    async def _probe_keys(self) -> list[str]:
+        if self._cluster is None:
+            return [self.marker_key]
         with _store_errors():
-            value = await self.client.get(self.marker_key)
-        if value is None:
-            return "missing"
-        return "ok" if value == self.marker_value else "mismatch"
+            layout = await self._cluster.discover()
+        return [self.marker_key + tag for tag in await self.shard_tags(layout)]
+
+    async def marker_state(self) -> Literal["ok", "missing", "mismatch"]:
+        """Whether the store carries this deployment's marker (see `write_marker`); on a
+        cluster, "missing" as soon as one primary lacks it."""
+        keys = await self._probe_keys()
+        with _store_errors():
+            values = await asyncio.gather(*(self.client.get(key) for key in keys))
+        if any(value is not None and value != self.marker_value for value in values):
+            return "mismatch"
+        return "missing" if None in values else "ok"
 
     async def write_marker(self) -> bool:
         """Mark the store as initialised for this secret; True if it was not marked before.
 
         Validators treat a store without the marker as wiped (fail closed). Raises
-        `ConfigurationError` if the store is marked for another secret.
+        `ConfigurationError` if the store is marked for another secret. On a cluster every slot
+        gets a marker key (`<prefix>marker{<tag>}`, 16,384 small keys), so that each primary
+        holds markers whatever slots it serves, and they move with their slots in a resharding.
         """
+        if self._cluster is None:
+            keys = [self.marker_key]
+        else:
+            keys = [f"{self.marker_key}{{{tag}}}" for tag in await asyncio.to_thread(_cluster.slot_tags)]
         with _store_errors():
-            created = await self.client.set(self.marker_key, self.marker_value, nx=True)
-            if created:
-                return True
-            value = await self.client.get(self.marker_key)
-        if value != self.marker_value:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, self.marker_value, nx=True)
+            created = await pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            existing = [key for key, made in zip(keys, created, strict=True) if not made]
+            for key in existing:
+                pipe.get(key)
+            values = await pipe.execute() if existing else []
+        if any(value != self.marker_value for value in values):
             raise ConfigurationError(
                 f"the store at {self.url or 'this URL'} was initialised with another secret "
                 f"(marker {self.marker_key!r} does not match): check VALIDATOR_SECRET"
             )
-        return False
+        return any(created)
 
     async def ping(self) -> None:
         with _store_errors():
@@ -328,6 +397,8 @@ class Store:
             self._wire.close()
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
+        if self.topology is not None:
+            await self.topology.aclose()
 
     # -------------------------------------------------------------------------- admin: history, bulk
 
@@ -368,11 +439,13 @@ class Store:
         results: list[tuple[Restrictions, bool] | LimitExceeded] = []
         await self._mark_once()
         with _store_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for token_hash, (op, *args) in changes:
-                keys = self._write_keys(token_hash)
-                await self._write(keys=keys, args=[op, self.limit, *args], client=pipe)
-            replies = await pipe.execute()
+            replies = await self._evalsha_many(
+                self._write,
+                [
+                    (self._write_keys(token_hash), (op, self.limit, *args))
+                    for token_hash, (op, *args) in changes
+                ],
+            )
         for (token_hash, _), reply in zip(changes, replies, strict=True):
             try:
                 result = self._write_result(reply)
@@ -387,11 +460,35 @@ class Store:
     async def read_many(self, token_hashes: Sequence[str]) -> list[Restrictions | None]:
         """Many tokens' restrictions, pipelined in one round trip; None for an unknown token."""
         with _store_errors():
-            pipe = self.client.pipeline(transaction=False)
-            for token_hash in token_hashes:
-                await self._read(keys=self.keys(token_hash), client=pipe)
-            replies = await pipe.execute()
+            replies = await self._evalsha_many(
+                self._read, [(self.keys(token_hash), ()) for token_hash in token_hashes]
+            )
         return [None if reply is None else _restrictions(*reply) for reply in replies]
+
+    async def _evalsha_many(
+        self, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[str | int]]]
+    ) -> list[Any]:
+        """Run `script` once per (keys, args) in one pipeline: one round trip per node on a
+        cluster (redis-py's ClusterPipeline groups the calls by node)."""
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for n in todo:
+                keys, args = calls[n]
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            for n, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                replies[n] = reply
+            todo = [n for n in todo if isinstance(replies[n], NoScriptError)]
+            if not todo or attempt:
+                break
+            # A restarted server, or a replica promoted since, does not know the script yet;
+            # on a cluster this loads it on every primary.
+            await self.client.script_load(script.script)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def scan_hashes(self, count: int = 1000) -> list[str]:
         """The hash of every stored token, sorted, found with SCAN (never KEYS, which blocks Redis)."""

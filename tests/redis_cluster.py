@@ -1,0 +1,309 @@
+"""A real local Redis Cluster (3 primaries, 3 replicas) and a Sentinel setup (1 master, 1 replica,
+3 sentinels), made of `redis-server` processes on free loopback ports.
+
+Used by the cluster and sentinel fixtures of the suite, by `scripts/redis-cluster` and by the
+benchmarks. Short timeouts (node timeout 2 s, down-after 1 s) keep failovers to a few seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from tests.redis_servers import RedisProcess, free_port, redis_server_binary
+
+__all__ = ["LocalCluster", "LocalSentinel", "SentinelProcess", "redis_cli"]
+
+CLUSTER_NODE_TIMEOUT_MS = 2000
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 3000
+SERVICE = "mymaster"
+
+
+def redis_cli(port: int, *args: str, timeout: float = 10.0) -> str:
+    """Run `redis-cli -p PORT ARGS...` and return its output ('' when the server does not answer)."""
+    try:
+        done = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return ""
+    return done.stdout.decode(errors="replace") if done.returncode == 0 else ""
+
+
+def _info(port: int, section: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in redis_cli(port, "INFO", section).splitlines():
+        name, sep, value = line.strip().partition(":")
+        if sep:
+            fields[name] = value
+    return fields
+
+
+def _wait(condition: str, check: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {condition}")
+        time.sleep(0.05)
+
+
+class LocalCluster:
+    """A Redis Cluster of `primaries` primaries with one replica each, created with
+    `redis-cli --cluster create`. The killed-and-restarted node rejoins as a replica."""
+
+    def __init__(self, primaries: int = 3, *, node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS) -> None:
+        self.nodes = [
+            RedisProcess(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+                # An explicit bus port: the default (port + 10000) may be taken or out of range.
+                "--cluster-port",
+                str(free_port()),
+            )
+            for _ in range(2 * primaries)
+        ]
+        self.primary_count = primaries
+
+    @property
+    def url(self) -> str:
+        """`redis+cluster://` with every node as a startup node."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self, timeout: float = 60.0) -> None:
+        for node in self.nodes:
+            node.start()
+        done = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            self.cleanup()
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout!r} {done.stderr!r}")
+        self.wait_ok(timeout)
+
+    def live(self) -> list[RedisProcess]:
+        return [node for node in self.nodes if node.process is not None and node.process.poll() is None]
+
+    def node(self, port: int) -> RedisProcess:
+        return next(node for node in self.nodes if node.port == port)
+
+    def _view(self, port: int) -> list[list[str]]:
+        return [line.split() for line in redis_cli(port, "CLUSTER", "NODES").splitlines() if line.strip()]
+
+    def primaries(self) -> list[RedisProcess]:
+        """The live primaries serving slots, as the first live node sees them."""
+        for node in self.live():
+            view = self._view(node.port)
+            if not view:
+                continue
+            ports = [
+                int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                for fields in view
+                if "master" in fields[2].split(",") and "fail" not in fields[2].split(",") and len(fields) > 8
+            ]
+            return [self.node(port) for port in sorted(ports)]
+        return []
+
+    def replicas(self) -> list[RedisProcess]:
+        primaries = {node.port for node in self.primaries()}
+        return [node for node in self.live() if node.port not in primaries]
+
+    def healthy(self) -> bool:
+        """Every live node says cluster_state:ok and sees `primary_count` live primaries with slots."""
+        for node in self.live():
+            if _info_cluster(node.port).get("cluster_state") != "ok":
+                return False
+            view = self._view(node.port)
+            serving = [f for f in view if "master" in f[2].split(",") and "fail" not in f[2] and len(f) > 8]
+            if len(serving) != self.primary_count:
+                return False
+        return True
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        _wait("cluster_state:ok on every node", self.healthy, timeout)
+
+    def wait_replicated(self, timeout: float = 10.0) -> None:
+        """Until every replica has applied everything its primary wrote."""
+
+        def caught_up() -> bool:
+            for node in self.primaries():
+                info = _info(node.port, "replication")
+                offset = info.get("master_repl_offset")
+                replicas = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()]
+                if not replicas or any(f"offset={offset}," not in r for r in replicas):
+                    return False
+            return True
+
+        _wait("replicas to catch up", caught_up, timeout)
+
+    def kill_primary(self, index: int = 0) -> RedisProcess:
+        """SIGKILL one primary (by index among `primaries()`); returns it."""
+        victim = self.primaries()[index]
+        victim.kill()
+        return victim
+
+    def wait_failover(self, killed: RedisProcess, timeout: float = 30.0) -> None:
+        """Until a replica of the killed primary was promoted and the cluster is ok again."""
+
+        def promoted() -> bool:
+            return self.healthy() and killed not in self.primaries()
+
+        _wait("a replica to be promoted", promoted, timeout)
+
+    def flushall(self) -> None:
+        for node in self.primaries():
+            redis_cli(node.port, "FLUSHALL")
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
+
+
+def _info_cluster(port: int) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in redis_cli(port, "CLUSTER", "INFO").splitlines():
+        name, sep, value = line.strip().partition(":")
+        if sep:
+            fields[name] = value
+    return fields
+
+
+class SentinelProcess(RedisProcess):
+    """One `redis-server --sentinel` watching `master_port` as `SERVICE` (quorum 2)."""
+
+    def __init__(self, master_port: int) -> None:
+        super().__init__()
+        self.master_port = master_port
+
+    def start(self, timeout: float = 10.0) -> None:
+        config = self.dir / "sentinel.conf"
+        if not config.exists():  # a restart keeps what this sentinel learnt
+            config.write_text(
+                f"port {self.port}\n"
+                "bind 127.0.0.1\n"
+                "protected-mode no\n"
+                f"dir {self.dir}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} {SENTINEL_DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {SERVICE} {SENTINEL_FAILOVER_TIMEOUT_MS}\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n"
+            )
+        args = [redis_server_binary(), str(config), "--sentinel"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(f"sentinel on port {self.port}", self.answers, timeout)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+
+class LocalSentinel:
+    """A master, one replica and three sentinels monitoring them as `SERVICE`."""
+
+    def __init__(self) -> None:
+        self.master = RedisProcess()
+        self.replica = RedisProcess("--replicaof", "127.0.0.1", str(self.master.port))
+        self.sentinels = [SentinelProcess(self.master.port) for _ in range(3)]
+        self.service = SERVICE
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    @property
+    def servers(self) -> list[RedisProcess]:
+        return [self.master, self.replica]
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.master.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self.wait_ready(timeout)
+
+    def master_port(self) -> int | None:
+        """The master's port as the first answering sentinel names it."""
+        for sentinel in self.sentinels:
+            reply = redis_cli(sentinel.port, "SENTINEL", "get-master-addr-by-name", self.service).split()
+            if len(reply) == 2:
+                return int(reply[1])
+        return None
+
+    def current_master(self) -> RedisProcess:
+        port = self.master_port()
+        return next(server for server in self.servers if server.port == port)
+
+    def _sentinel_view(self, port: int) -> dict[str, str]:
+        lines = redis_cli(port, "SENTINEL", "MASTER", self.service).splitlines()
+        return dict(zip(lines[::2], lines[1::2], strict=False))
+
+    def ready(self) -> bool:
+        """Master and replica linked, every sentinel sees the replica and the two other sentinels."""
+        master = self.master_port()
+        if master is None:
+            return False
+        replica = next(s for s in self.servers if s.port != master)
+        if replica.process is None or replica.process.poll() is not None:
+            return False
+        if _info(replica.port, "replication").get("master_link_status") != "up":
+            return False
+        for sentinel in self.sentinels:
+            view = self._sentinel_view(sentinel.port)
+            if view.get("port") != str(master) or view.get("flags") != "master":
+                return False
+            if view.get("num-slaves") != "1" or view.get("num-other-sentinels") != "2":
+                return False
+            replicas = redis_cli(sentinel.port, "SENTINEL", "REPLICAS", self.service)
+            if "s_down" in replicas or "disconnected" in replicas:
+                return False
+        return True
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        _wait("the sentinels to see master, replica and each other", self.ready, timeout)
+
+    def wait_replicated(self, timeout: float = 10.0) -> None:
+        def caught_up() -> bool:
+            info = _info(self.current_master().port, "replication")
+            offset = info.get("master_repl_offset")
+            return info.get("connected_slaves") == "1" and f"offset={offset}," in info.get("slave0", "")
+
+        _wait("the replica to catch up", caught_up, timeout)
+
+    def wait_failover(self, old_master_port: int, timeout: float = 30.0) -> None:
+        """Until the sentinels name a new master that says it is one."""
+
+        def switched() -> bool:
+            port = self.master_port()
+            return (
+                port is not None
+                and port != old_master_port
+                and _info(port, "replication").get("role") == "master"
+            )
+
+        _wait("the sentinels to promote the replica", switched, timeout)
+
+    def flushall(self) -> None:
+        redis_cli(self.current_master().port, "FLUSHALL")
+
+    def cleanup(self) -> None:
+        for process in (*self.sentinels, self.replica, self.master):
+            process.cleanup()
