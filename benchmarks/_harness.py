@@ -1,0 +1,358 @@
+"""What every benchmark shares: settings, timing, results with median/spread/ratios, the machine, output.
+
+A benchmark module defines `NAME`, a docstring saying what it measures, and
+`run(config) -> list[Result]`. Each result holds every run's figure (`samples`); the median is
+the figure, min-max the spread, and `vs` names results of the same run to compute ratios against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one benchmark run (`python -m benchmarks --help`)."""
+
+    quick: bool = False
+    runs: int | None = None
+    store: str | None = None
+
+    def runs_or(self, full: int, quick: int) -> int:
+        """The number of runs per figure: --runs if given, else `quick` or `full`."""
+        if self.runs is not None:
+            return max(1, self.runs)
+        return quick if self.quick else full
+
+    def pick(self, full: int, quick: int) -> int:
+        """A size for the full run or for --quick."""
+        return quick if self.quick else full
+
+
+@dataclass
+class Result:
+    """One figure: every run's value, and ratios to other results of the same run.
+
+    `ratios` maps a baseline's `case` to median(self) / median(baseline); for a unit where lower
+    is better that is "times the baseline's cost", for higher-is-better "times its throughput".
+    """
+
+    benchmark: str
+    case: str
+    unit: str
+    samples: list[float]
+    higher_is_better: bool = True
+    vs: tuple[str, ...] = ()
+    ratios: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def low(self) -> float:
+        return min(self.samples)
+
+    @property
+    def high(self) -> float:
+        return max(self.samples)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(median=self.median, min=self.low, max=self.high, runs=len(self.samples))
+        data["vs"] = list(self.vs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        return cls(
+            benchmark=data["benchmark"],
+            case=data["case"],
+            unit=data["unit"],
+            samples=list(data["samples"]),
+            higher_is_better=data["higher_is_better"],
+            vs=tuple(data["vs"]),
+            ratios=dict(data["ratios"]),
+            note=data.get("note", ""),
+        )
+
+
+def with_ratios(results: list[Result]) -> list[Result]:
+    """Fill each result's `ratios` from the results its `vs` names (same benchmark, same run)."""
+    by_case = {r.case: r for r in results}
+    for result in results:
+        for name in result.vs:
+            baseline = by_case[name]
+            if baseline.median:
+                result.ratios[name] = result.median / baseline.median
+    return results
+
+
+# ---------------------------------------------------------------------------------------- timing
+
+
+def seconds(ns: int) -> float:
+    return ns / 1e9
+
+
+@contextlib.contextmanager
+def timer() -> Iterator[list[int]]:
+    """`with timer() as t: ...` then `t[0]` is the elapsed time in nanoseconds (perf_counter_ns)."""
+    elapsed = [0]
+    start = time.perf_counter_ns()
+    try:
+        yield elapsed
+    finally:
+        elapsed[0] = time.perf_counter_ns() - start
+
+
+def interleaved(order: Sequence[str], run: int) -> list[str]:
+    """`order` rotated by `run`: candidates and baselines take turns going first (ABAB...), so a
+    noisy neighbour that comes and goes hits each of them alike."""
+    shift = run % len(order)
+    return [*order[shift:], *order[:shift]]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation, as numpy's default."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    k = (len(ordered) - 1) * q / 100
+    low = int(k)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def progress(benchmark: str, message: str) -> None:
+    print(f"[{benchmark}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- CPUs
+
+
+def cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def can_pin() -> bool:
+    """Whether server and load can go on different cores (two or more, and taskset for children)."""
+    return len(cpus()) >= 2
+
+
+@contextlib.contextmanager
+def pinned(pid: int, cpu: int | None) -> Iterator[None]:
+    """Run process `pid` (0: this one) on one CPU for the block, if `cpu` is not None."""
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(pid)
+    os.sched_setaffinity(pid, {cpu})
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(pid, before)
+
+
+# ---------------------------------------------------------------------------------------- Redis
+
+
+@dataclass(frozen=True)
+class Server:
+    """A Redis server for one benchmark; `pid` is None for one given with --store."""
+
+    url: str
+    host: str
+    port: int
+    pid: int | None
+
+
+@contextlib.contextmanager
+def redis_server(config: Config) -> Iterator[Server]:
+    """A Redis server for one benchmark: --store if given, else a throwaway redis-server (never
+    the system one on 6379), stopped and removed afterwards."""
+    if config.store:
+        parts = urlsplit(config.store)
+        yield Server(config.store, parts.hostname or "127.0.0.1", parts.port or 6379, None)
+        return
+    from tests.redis_servers import RedisProcess
+
+    process = RedisProcess()
+    process.start()
+    assert process.process is not None
+    try:
+        yield Server(process.url, "127.0.0.1", process.port, process.process.pid)
+    finally:
+        process.cleanup()
+
+
+def unique_prefix(benchmark: str) -> str:
+    """A key prefix of its own per run, so nothing needs flushing (and --store is safe to use)."""
+    return f"bench:{benchmark}:{os.getpid()}:{time.monotonic_ns()}:"
+
+
+# ---------------------------------------------------------------------------------------- machine
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _command_output(*command: str) -> str:
+    if shutil.which(command[0]) is None:
+        return "not found"
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr) else ""
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _git(*args: str) -> str:
+    out = _command_output("git", "-C", str(ROOT), *args)
+    return out if out not in ("not found", "unknown") else ""
+
+
+def environment() -> dict[str, str]:
+    """The machine and every version a figure depends on."""
+    redis_server_version = _command_output("redis-server", "--version")
+    match = re.search(r"v=(\S+)", redis_server_version)
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "validator")
+    load: list[str] = []
+    with contextlib.suppress(OSError):
+        load = Path("/proc/loadavg").read_text().split()[:3]
+    return {
+        "cpu": _cpu_model(),
+        "cores": f"{os.cpu_count()} (usable: {len(cpus())})",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "library": f"token-access-validator {_version('token-access-validator')}, git {commit or '?'}"
+        + (" with uncommitted changes in validator/" if dirty else ""),
+        "redis-server": match.group(1) if match else redis_server_version,
+        "redis-py": _version("redis"),
+        "hiredis": _version("hiredis"),
+        "uvloop": _version("uvloop"),
+        "uvicorn": _version("uvicorn"),
+        "httptools": _version("httptools"),
+        "starlette": _version("starlette"),
+        "msgspec": _version("msgspec"),
+        "wrk": _command_output("wrk", "-v").split(" Copyright")[0],
+        "taskset": "yes" if shutil.which("taskset") else "no",
+        "load average at start": " ".join(load) if load else "unknown",
+    }
+
+
+# ---------------------------------------------------------------------------------------- output
+
+
+def _number(value: float) -> str:
+    magnitude = abs(value)
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    if magnitude >= 100_000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _ratios(result: Result, baselines: set[tuple[str, str]]) -> str:
+    if result.vs:
+        return "; ".join(f"{ratio:.3g}x {name}" for name, ratio in result.ratios.items())
+    return "baseline" if (result.benchmark, result.case) in baselines else "-"
+
+
+def table(results: Sequence[Result]) -> str:
+    """The results as a Markdown table (readable in a terminal, pasted as is into the docs)."""
+    baselines = {(r.benchmark, name) for r in results for name in r.vs}
+    header = ("benchmark", "case", "median", "spread (min-max)", "unit", "runs", "ratio (median/median)")
+    rows = [
+        (
+            r.benchmark,
+            r.case,
+            _number(r.median),
+            f"{_number(r.low)}-{_number(r.high)}",
+            r.unit + (" (higher is better)" if r.higher_is_better else " (lower is better)"),
+            str(len(r.samples)),
+            _ratios(r, baselines),
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines.extend(
+        "| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |" for row in rows
+    )
+    return "\n".join(lines)
+
+
+def notes(results: Sequence[Result]) -> str:
+    return "\n".join(f"- {r.benchmark} / {r.case}: {r.note}" for r in results if r.note)
+
+
+def describe(env: dict[str, str]) -> str:
+    width = max(map(len, env))
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in env.items())
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------- one module
+
+
+def module_main(name: str, doc: str | None, run: Callable[[Config], list[Result]]) -> None:
+    """`python -m benchmarks.<module>`: run one benchmark in this process, print it, maybe write JSON."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", type=int)
+    parser.add_argument("--store", metavar="URL")
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    config = Config(quick=args.quick, runs=args.runs, store=args.store)
+    started = time.perf_counter()
+    results = with_ratios(run(config))
+    elapsed = time.perf_counter() - started
+    if args.json:
+        write_json(args.json, {"name": name, "seconds": elapsed, "results": [r.as_dict() for r in results]})
+    if not args.no_table:
+        print(table(results))
+        if notes(results):
+            print("\n" + notes(results))
