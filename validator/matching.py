@@ -419,8 +419,10 @@ def normalize_domain(entry: str) -> Normalized:
     Accepted: `example.com`, `*.example.com`, either optionally qualified by a scheme
     (`https://app.example.com`: http or https only) and/or a port (`localhost:3000`,
     `localhost:*` for any port). A scheme without a port means that scheme's default port, as
-    in a web origin; a bare host matches any scheme and port. Anything else typed as a URL
-    loses its path, query, fragment and user information, and the note says so.
+    in a web origin; a bare host matches any scheme and port. A whole URL (with a path, query,
+    fragment or user information: something pasted from an address bar) keeps its host alone,
+    as SPEC.md says (`https://Example.com/path` stores `example.com`), and the note says so;
+    to qualify an entry, type the origin itself.
     Raises `InvalidEntry` with a reason a person understands.
     """
     text = entry.strip()
@@ -446,11 +448,13 @@ def normalize_domain(entry: str) -> Normalized:
         i = rest.find(delimiter, 0, end)
         if i != -1:
             end = i
-    if rest[end:] not in ("", "/"):
+    pasted_url = rest[end:] not in ("", "/")
+    if pasted_url:
         dropped.append("path")
     authority = rest[:end]
     at = authority.rfind("@")
     if at != -1:
+        pasted_url = True
         dropped.append("user information")
         authority = authority[at + 1 :]
     if authority.startswith("["):
@@ -469,6 +473,12 @@ def normalize_domain(entry: str) -> Normalized:
         raise InvalidEntry(
             f"{entry!r}: a wildcard is only allowed as a whole first label, as in *.example.com"
         )
+    hint = ""
+    if pasted_url and (scheme or port):
+        # SPEC.md: a pasted URL stores its host alone; qualifiers come only from an origin.
+        dropped.extend(part for part in (scheme and f"scheme {scheme}", port and f"port {port}") if part)
+        hint = "; a URL keeps its host only: type an origin such as https://host:8443 to qualify the entry"
+        scheme = port = ""
     stored = "".join(
         (
             f"{scheme}://" if scheme else "",
@@ -479,7 +489,7 @@ def normalize_domain(entry: str) -> Normalized:
     )
     note = None
     if dropped:
-        note = f"stored {stored!r} (dropped {', '.join(dropped)})"
+        note = f"stored {stored!r} (dropped {', '.join(dropped)}{hint})"
     elif stored != text:
         note = f"stored {stored!r}"
     return Normalized(entry, stored, note)

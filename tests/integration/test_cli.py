@@ -133,7 +133,8 @@ def test_options_work_before_and_after_the_command(cli: Cli, store: Direct) -> N
 @pytest.mark.parametrize(
     ("typed", "stored"),
     [
-        pytest.param("https://App.example.com/login?next=/", "https://app.example.com", id="url"),
+        pytest.param("https://App.example.com/login?next=/", "app.example.com", id="url keeps its host"),
+        pytest.param("https://App.example.com", "https://app.example.com", id="origin"),
         pytest.param("*.Example.com", "*.example.com", id="wildcard"),
         pytest.param("localhost:3000", "localhost:3000", id="port"),
         pytest.param("http://localhost:*", "http://localhost:*", id="scheme any port"),

@@ -65,9 +65,9 @@ def test_import_normalises_entries_and_says_so(cli: Cli, store: Direct, tmp_path
     path = write_lines(tmp_path / "t.jsonl", [{"token": TOKEN, "domains": ["https://App.example.com/x"]}])
     result = cli("import", str(path))
     assert result.code == 0, result.err
-    assert "line 1: 'https://App.example.com/x': stored 'https://app.example.com'" in result.err
+    assert "line 1: 'https://App.example.com/x': stored 'app.example.com'" in result.err
     stored = store.get(TOKEN)
-    assert stored is not None and stored.domains == ["https://app.example.com"]
+    assert stored is not None and stored.domains == ["app.example.com"]  # a URL keeps its host
 
 
 def test_import_again_changes_nothing(cli: Cli, store: Direct, tmp_path: Path, redis_url: str) -> None:

@@ -178,9 +178,9 @@ async def test_refusals_leave_stored_data_untouched(admin: Admin, call: object) 
 
 async def test_admin_is_told_what_was_stored(admin: Admin) -> None:
     change = await admin.add_domains(TOKEN, ["https://Example.com/path"])
-    assert change.restrictions.domains == ["https://example.com"]  # the scheme qualifies the entry
+    assert change.restrictions.domains == ["example.com"]  # SPEC.md: a URL keeps its host alone
     assert len(change.notes) == 1
-    assert "'https://example.com'" in change.notes[0]
+    assert "'example.com'" in change.notes[0]
 
 
 async def test_version_grows_only_with_real_changes(admin: Admin) -> None:

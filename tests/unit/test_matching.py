@@ -118,7 +118,7 @@ def test_domain_set_through_host_of() -> None:
         ("Example.COM", "example.com", True),
         ("example.com.", "example.com", True),
         ("  example.com ", "example.com", False),
-        ("https://Example.com/path", "https://example.com", True),
+        ("https://Example.com/path", "example.com", True),  # SPEC.md's own example
         ("https://example.com:8443", "https://example.com:8443", False),
         ("example.com/path", "example.com", True),
         ("example.com:3000", "example.com:3000", False),

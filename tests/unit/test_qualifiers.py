@@ -38,8 +38,10 @@ from validator.rules import TokenRules
         pytest.param("*.example.com:8443", "*.example.com:8443", id="wildcard port"),
         pytest.param("example.com:443", "example.com:443", id="port without scheme stays"),
         pytest.param("https://bücher.example", "https://xn--bcher-kva.example", id="idn origin"),
-        pytest.param("https://app.example.com/login?next=/", "https://app.example.com", id="page url"),
-        pytest.param("https://user:pw@app.example.com", "https://app.example.com", id="userinfo"),
+        # SPEC.md: a pasted URL keeps its host alone; only an origin qualifies an entry.
+        pytest.param("https://app.example.com/login?next=/", "app.example.com", id="page url"),
+        pytest.param("https://app.example.com:8443/x", "app.example.com", id="page url with port"),
+        pytest.param("https://user:pw@app.example.com", "app.example.com", id="userinfo"),
         pytest.param("//app.example.com", "app.example.com", id="scheme relative"),
         pytest.param("app.example.com/path", "app.example.com", id="host path"),
     ],
@@ -54,7 +56,7 @@ def test_normalize_qualified_domain(entry: str, stored: str) -> None:
 @pytest.mark.parametrize(
     ("entry", "dropped"),
     [
-        pytest.param("https://app.example.com/login", "path", id="path"),
+        pytest.param("https://app.example.com/login", "path, scheme https; a URL keeps its host", id="path"),
         pytest.param("https://app.example.com?q=1", "path", id="query"),
         pytest.param("https://app.example.com#top", "path", id="fragment"),
         pytest.param("https://u@app.example.com", "user information", id="userinfo"),
