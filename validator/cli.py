@@ -311,6 +311,17 @@ async def cmd_delete(admin: Admin, args: argparse.Namespace, out: Output) -> int
     return EXIT_OK
 
 
+async def cmd_init(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    created = await admin.init()
+    if out.json:
+        out.data({"marker": admin.store.marker_key, "created": created})
+    elif created:
+        out.line(f"initialised: validators now trust this store (marker {admin.store.marker_key!r} written)")
+    else:
+        out.line(f"already initialised for this secret (marker {admin.store.marker_key!r})")
+    return EXIT_OK
+
+
 async def cmd_check(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     token = _token(args.token)
     e = await admin.explain(
@@ -570,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+
+    init = command(
+        "init",
+        "mark the store as initialised for this secret; validators fail closed on a store without "
+        "the mark (a wiped Redis), and any write also makes it",
+    )
+    init.set_defaults(handler=cmd_init)
 
     show = command("show", "show a token's switches, lists, mode and version")
     show.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.test_cli_support import Cli, Direct, command, environment
+from tests.integration.test_cli_support import SECRET, Cli, Direct, command, environment
 from tests.redis_servers import free_port
-from validator import Restrictions
+from validator import Restrictions, StoreUnavailable, Validator
 
 TOKEN = "tok_live_7c1d9e5b3a_do_not_print"
 
@@ -40,7 +40,18 @@ def store(redis_url: str) -> Direct:
 def test_help_names_every_command_the_environment_and_the_exit_codes(cli: Cli) -> None:
     result = cli("--help")
     assert result.code == 0
-    for name in ("show", "domains", "ips", "enable", "disable", "delete", "check", "import", "export"):
+    for name in (
+        "init",
+        "show",
+        "domains",
+        "ips",
+        "enable",
+        "disable",
+        "delete",
+        "check",
+        "import",
+        "export",
+    ):
         assert name in result.out
     assert "history" in result.out
     assert "VALIDATOR_STORE_URL" in result.out
@@ -501,3 +512,36 @@ def run_on_terminal(args: list[str], store: str, *, stream: str, stdin: str | No
     os.close(master)
     assert done.returncode == 0
     return b"".join(chunks).decode(errors="replace")
+
+
+# ------------------------------------------------------------------------------ init
+
+
+def test_init_marks_the_store_once(cli: Cli, redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url)
+    assert raw.get("tav:marker") is None
+    first = cli("init", "--json")
+    assert first.code == 0, first.err
+    assert first.json() == {"marker": "tav:marker", "created": True}
+    assert raw.get("tav:marker") is not None
+    again = cli("init")
+    assert again.code == 0
+    assert "already initialised" in again.out
+
+
+def test_init_with_another_secret_is_refused(cli: Cli, redis_url: str) -> None:
+    assert cli("init").code == 0
+    marker = redis.Redis.from_url(redis_url).get("tav:marker")
+    other = cli("init", VALIDATOR_SECRET="another-secret")
+    assert other.code == 2
+    assert "another secret" in other.err
+    assert redis.Redis.from_url(redis_url).get("tav:marker") == marker
+
+
+async def test_validators_trust_the_store_once_it_is_initialised(cli: Cli, redis_url: str) -> None:
+    async with Validator.from_url(redis_url, secret=SECRET) as validator:
+        with pytest.raises(StoreUnavailable):
+            await validator.check("tok_never_stored", client_ip="203.0.113.7")
+        assert cli("init").code == 0
+        await validator.sync()
+        assert (await validator.check("tok_never_stored", client_ip="203.0.113.7")).allowed
