@@ -412,6 +412,14 @@ class TokenAccessMiddleware:
             if kind is None:
                 if not sec_fetch and name.startswith(_SEC_FETCH):
                     sec_fetch = True
+            elif kind == _TOKEN_HEADER:
+                if request.token_header is not None and request.token_header != value:
+                    request.malformed = True
+                request.token_header = value
+            elif kind == _AUTHORIZATION:
+                if request.authorization is not None and request.authorization != value:
+                    request.malformed = True
+                request.authorization = value
             elif kind == _ORIGIN:
                 # Browsers send one serialised origin; a list (RFC 6454's `a b`, or `a, b` after a
                 # proxy merged two headers) or a repeat means someone is playing games.
@@ -423,14 +431,6 @@ class TokenAccessMiddleware:
                 if request.referer is not None:
                     request.malformed = True
                 request.referer = value
-            elif kind == _AUTHORIZATION:
-                if request.authorization is not None and request.authorization != value:
-                    request.malformed = True
-                request.authorization = value
-            elif kind == _TOKEN_HEADER:
-                if request.token_header is not None and request.token_header != value:
-                    request.malformed = True
-                request.token_header = value
             elif kind == _PROXY:
                 if request.proxy is None:
                     request.proxy = [value]
