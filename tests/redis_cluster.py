@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
 
 from tests.redis_servers import RedisProcess, free_port, redis_server_binary
 
-__all__ = ["LocalCluster", "LocalSentinel", "SentinelProcess", "redis_cli"]
+__all__ = ["Backend", "LocalCluster", "LocalSentinel", "SentinelProcess", "redis_cli"]
 
 CLUSTER_NODE_TIMEOUT_MS = 2000
 SENTINEL_DOWN_AFTER_MS = 1000
@@ -307,3 +311,23 @@ class LocalSentinel:
     def cleanup(self) -> None:
         for process in (*self.sentinels, self.replica, self.master):
             process.cleanup()
+
+
+@dataclass
+class Backend:
+    """One kind of store deployment for parametrised tests: its URL and the Redis nodes that
+    take writes now (the server; the Sentinel master; every Cluster primary)."""
+
+    kind: str  # "standalone", "cluster" or "sentinel"
+    url: str
+    write_ports: Callable[[], list[int]]
+
+    def flushall(self) -> None:
+        for port in self.write_ports():
+            redis_cli(port, "FLUSHALL")
+
+    def write_nodes(self) -> list[aioredis.Redis]:
+        """A plain client per write node (the caller closes them)."""
+        return [
+            aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True) for port in self.write_ports()
+        ]

@@ -23,9 +23,14 @@ from redis.exceptions import RedisError
 
 from validator._urls import MultiHostURL
 
-__all__ = ["SLOTS", "ClusterTopology", "Layout", "cluster_client", "slot_tags"]
+__all__ = ["MARKER_STRIDE", "SLOTS", "ClusterTopology", "Layout", "cluster_client", "probe_slot", "slot_tags"]
 
 SLOTS = 16384
+# The wiped-store marker is kept in every MARKER_STRIDE-th slot (1,024 keys): a resharding moves
+# markers with their slots, so a primary serving any such slot stays marked without a new
+# `init`, while writing them all stays cheap (~40 ms through redis-py's cluster pipeline, where
+# one per slot took ~0.6 s and 50 admins initialising at once took half a minute).
+MARKER_STRIDE = 16
 URL_OPTIONS = {"max_connections"}
 
 # A primary ("host:port") and the slot ranges it serves, inclusive, in order.
@@ -45,6 +50,16 @@ def slot_tags() -> tuple[str, ...]:
         found.setdefault(binascii.crc_hqx(b"%d" % n, 0) % SLOTS, str(n))
         n += 1
     return tuple(found[slot] for slot in range(SLOTS))
+
+
+def probe_slot(ranges: Sequence[tuple[int, int]]) -> int:
+    """The slot that stands for a primary serving `ranges`: its first marker slot (one in
+    MARKER_STRIDE), else its first slot."""
+    for start, end in ranges:
+        aligned = -(-start // MARKER_STRIDE) * MARKER_STRIDE
+        if aligned <= end:
+            return aligned
+    return ranges[0][0]
 
 
 def cluster_client(url: MultiHostURL, *, timeout: float, connect_timeout: float) -> RedisCluster:
@@ -138,13 +153,19 @@ class ClusterTopology:
         return self._connection(node)
 
     def tags(self, layout: Mapping[str, Hashable]) -> list[str]:
-        """One hash tag per primary of `layout`: the tag of the primary's first slot."""
+        """One hash tag per primary of `layout`, mapping to its `probe_slot`."""
         tags = slot_tags()
         return [
-            "{" + tags[ranges[0][0]] + "}"
+            "{" + tags[probe_slot(ranges)] + "}"
             for ranges in layout.values()
             if isinstance(ranges, tuple) and ranges
         ]
+
+    def marker_tags(self, layout: Mapping[str, Hashable]) -> list[str]:
+        """The hash tags of every marker slot, and of each primary's `probe_slot` in `layout`."""
+        tags = slot_tags()
+        every = ["{" + tags[slot] + "}" for slot in range(0, SLOTS, MARKER_STRIDE)]
+        return list(dict.fromkeys([*every, *self.tags(layout)]))
 
     async def aclose(self) -> None:
         probes, self._probes = self._probes, {}

@@ -8,12 +8,19 @@ killed by the sentinels, or, if it lives on demoted, the listener sees the new m
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Hashable, Mapping
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelManagedConnection,
+)
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -25,6 +32,61 @@ __all__ = ["SentinelTopology", "sentinel_client"]
 
 DEFAULT_PORT = 26379
 URL_OPTIONS = {"db", "sentinel_username", "sentinel_password"}
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, but believing the sentinel with the newest configuration.
+
+    redis-py takes the first sentinel that names a master. Right after a failover the sentinels
+    that have not heard of it yet still name the old master, which (if alive) still takes reads
+    and writes until it is demoted: the store and the listener could then flip between the two.
+    Every sentinel is asked at once and the master with the highest config epoch wins.
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        replies = await asyncio.gather(
+            *(sentinel.sentinel_masters() for sentinel in self.sentinels), return_exceptions=True
+        )
+        best: dict[str, Any] | None = None
+        errors: list[str] = []
+        for sentinel, reply in zip(self.sentinels, replies, strict=True):
+            if isinstance(reply, (RedisError, OSError)):
+                errors.append(f"{sentinel}: {reply!r}")
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            state: dict[str, Any] | None = cast(dict[str, Any], reply).get(service_name)
+            if state is None or not self.check_master_state(state, service_name):
+                continue
+            if best is None or state["config-epoch"] > best["config-epoch"]:
+                best = state
+        if best is None:
+            raise MasterNotFoundError(f"no master found for {service_name!r}: {'; '.join(errors)}")
+        return best["ip"], int(best["port"])
+
+
+class _MasterConnection(SentinelManagedConnection):
+    """A connection to the master that asks the sentinels where the master is whenever it
+    (re)connects.
+
+    redis-py 8.1 asks only when its pool hands out a closed connection; a connection that
+    reconnects by itself (the retry after "the previous master is now a slave") goes back to
+    the address it had: the demoted master, which refuses writes, or serves reads it no longer
+    gets changes for.
+    """
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(
+            check_health=check_health, retry_socket_connect=retry_socket_connect
+        )
+
+
+class _MasterSSLConnection(_MasterConnection, SSLConnection):
+    pass
 
 
 def service_name(url: MultiHostURL, text: str) -> str:
@@ -50,7 +112,7 @@ def sentinel_client(
         "username": url.options.get("sentinel_username", url.username) or None,
         "password": url.options.get("sentinel_password", url.password) or None,
     }
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = _Sentinel(  # type: ignore[no-untyped-call]
         url.hosts,
         sentinel_kwargs={
             **node,
@@ -64,6 +126,7 @@ def sentinel_client(
     client = sentinel.master_for(
         service,
         redis_class=aioredis.Redis,
+        connection_class=_MasterSSLConnection if url.tls else _MasterConnection,
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=connect_timeout,
@@ -81,16 +144,31 @@ class SentinelTopology:
     dynamic = True
 
     def __init__(
-        self, sentinel: Sentinel, service: str, url: MultiHostURL, *, connect_timeout: float
+        self,
+        sentinel: Sentinel,
+        service: str,
+        master: aioredis.Redis,
+        url: MultiHostURL,
+        *,
+        connect_timeout: float,
     ) -> None:
         self._sentinel = sentinel
         self._service = service
+        self._master = master
+        self._seen: tuple[str, int] | None = None
         self._node_kwargs = url.node_kwargs()
         self._db = url.options.get("db", 0)
         self._connect_timeout = connect_timeout
 
     async def discover(self) -> Mapping[str, Hashable]:
         host, port = await self._sentinel.discover_master(self._service)
+        if self._seen is not None and self._seen != (host, port):
+            # A failover that left the old master up (demoted later, or cut off) leaves the
+            # store's pooled connections on it, reading what the new master no longer says.
+            # Closing them all, busy ones too, before the listener subscribes to the new master
+            # and the cache is refilled makes every later read ask the sentinels again.
+            await self._master.connection_pool.disconnect(inuse_connections=True)
+        self._seen = (host, port)
         return {f"{host}:{port}": "master"}
 
     def subscriber(self, node: str) -> aioredis.Redis:

@@ -90,6 +90,12 @@ def _store_errors() -> Iterator[None]:
         yield
     except (RedisError, OSError) as error:
         raise StoreUnavailable(f"restriction store unavailable: {error}") from error
+    except AttributeError as error:
+        # redis-py's asyncio RedisCluster closes every connection when it refreshes its slot map
+        # (after a few MOVED, on CLUSTERDOWN), also those that other requests are using; these
+        # then fail with "'NoneType' object has no attribute ..." (redis-py 8.1). It is the store
+        # failing, not us: fail closed like any other store error.
+        raise StoreUnavailable(f"restriction store unavailable: {error!r}") from error
 
 
 def parse_read(reply: Any) -> Restrictions | None:
@@ -204,7 +210,7 @@ class Store:
                 parsed, service, timeout=timeout, connect_timeout=connect_timeout
             )
             sentinel_topology = _sentinel.SentinelTopology(
-                sentinel, service, parsed, connect_timeout=connect_timeout
+                sentinel, service, client, parsed, connect_timeout=connect_timeout
             )
             return cls(client, topology=sentinel_topology, **common)
         if scheme not in ("redis", "rediss", "unix"):
@@ -363,14 +369,18 @@ class Store:
         """Mark the store as initialised for this secret; True if it was not marked before.
 
         Validators treat a store without the marker as wiped (fail closed). Raises
-        `ConfigurationError` if the store is marked for another secret. On a cluster every slot
-        gets a marker key (`<prefix>marker{<tag>}`, 16,384 small keys), so that each primary
-        holds markers whatever slots it serves, and they move with their slots in a resharding.
+        `ConfigurationError` if the store is marked for another secret. On a cluster the marker
+        is one small key per 16th slot (`<prefix>marker{<tag>}`, 1,024 keys) plus one in a slot
+        of each primary: every primary holds markers, and they move with their slots when the
+        cluster is resharded.
         """
         if self._cluster is None:
             keys = [self.marker_key]
         else:
-            keys = [f"{self.marker_key}{{{tag}}}" for tag in await asyncio.to_thread(_cluster.slot_tags)]
+            with _store_errors():
+                layout = await self._cluster.discover()
+            await asyncio.to_thread(_cluster.slot_tags)
+            keys = [self.marker_key + tag for tag in self._cluster.marker_tags(layout)]
         with _store_errors():
             pipe = self.client.pipeline(transaction=False)
             for key in keys:

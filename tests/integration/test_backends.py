@@ -1,0 +1,256 @@
+"""The key behaviours on every deployment: one redis-server, a Sentinel-managed master, and a
+Redis Cluster of three primaries (real processes, see tests/redis_cluster.py).
+
+Decisions, the entry limit under concurrent writers, single flight, invalidation (by the admin
+API and by a raw client, on every primary), the wiped-store marker, import and export.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import ResponseError
+
+from tests.redis_cluster import Backend
+from validator import Admin, LimitExceeded, Reason, Restrictions, StoreUnavailable, Validator
+from validator.admin import ImportLine
+
+SECRET = "backend-secret"
+TOKEN = "tok_live_5f3c9a1e2b"
+CLIENT_IP = "203.0.113.7"
+# Enough tokens that, on a cluster, every primary holds some (each gets about a third).
+SPREAD = 60
+
+
+async def evalsha_calls(backend: Backend) -> int:
+    """EVALSHA calls counted by every write node since the last reset, summed."""
+    total = 0
+    for client in backend.write_nodes():
+        stats = await client.info("commandstats")
+        total += int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+        await client.aclose()
+    return total
+
+
+async def reset_stats(backend: Backend) -> None:
+    for client in backend.write_nodes():
+        await client.config_resetstat()
+        await client.aclose()
+
+
+async def node_of(backend: Backend, key: str) -> int:
+    """The port of the write node holding `key`."""
+    for client in backend.write_nodes():
+        port = client.connection_pool.connection_kwargs["port"]
+        try:
+            found = await client.exists(key)
+        except ResponseError:  # MOVED: a cluster primary that does not serve the key's slot
+            found = 0
+        finally:
+            await client.aclose()
+        if found:
+            return int(port)
+    raise AssertionError(f"{key} is on no write node")
+
+
+@pytest.fixture
+async def validator(store_url: str) -> AsyncIterator[Validator]:
+    async with Validator.from_url(store_url, secret=SECRET, topology_interval=0.5) as validator:
+        await Admin(validator.store).init()
+        yield validator
+
+
+@pytest.fixture
+async def admin(store_url: str) -> AsyncIterator[Admin]:
+    admin = Admin.from_url(store_url, secret=SECRET)
+    yield admin
+    await admin.close()
+
+
+async def test_listener_subscribes_to_every_write_node(backend: Backend, validator: Validator) -> None:
+    assert validator.listener is not None
+    assert validator.listener.connected.is_set()
+    expected = {f"127.0.0.1:{port}" for port in backend.write_ports()}
+    if backend.kind == "standalone":
+        assert list(validator.listener.nodes) == ["server"]
+    else:
+        assert set(validator.listener.nodes) == expected
+
+
+async def test_decisions_follow_stored_restrictions(admin: Admin, validator: Validator) -> None:
+    await admin.set_domains(TOKEN, ["app.example.com"])
+    await admin.set_ips(TOKEN, ["203.0.113.0/24"])
+    await admin.enable(TOKEN, "domain")
+    await admin.enable(TOKEN, "ip")
+    assert (await validator.check(TOKEN, origin="https://app.example.com")).reason is Reason.DOMAIN_LISTED
+    assert (await validator.check(TOKEN, origin="https://evil.test")).reason is Reason.DOMAIN_NOT_LISTED
+    assert (await validator.check(TOKEN, client_ip="203.0.113.99")).reason is Reason.IP_LISTED
+    assert (await validator.check(TOKEN, client_ip="198.51.100.1")).reason is Reason.IP_NOT_LISTED
+    assert (await validator.check("never-stored", client_ip="198.51.100.1")).reason is Reason.UNKNOWN_TOKEN
+
+
+async def test_one_token_lives_in_one_slot_on_one_node(backend: Backend, admin: Admin) -> None:
+    await admin.set_domains(TOKEN, ["app.example.com"])
+    await admin.set_ips(TOKEN, [CLIENT_IP])
+    token_hash = admin.store.token_hash(TOKEN)
+    keys = [*admin.store.keys(token_hash), admin.store.history_key(token_hash)]
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+    assert len({await node_of(backend, key) for key in keys}) == 1
+
+
+@pytest.mark.timeout(60)
+async def test_limit_holds_under_50_concurrent_writers(store_url: str, admin: Admin) -> None:
+    await admin.init()
+    admins = [Admin.from_url(store_url, secret=SECRET) for _ in range(50)]
+
+    async def add(n: int) -> bool:
+        try:
+            await admins[n].add_domains(TOKEN, [f"site{n}.example.com"])
+        except LimitExceeded:
+            return False
+        return True
+
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*(add(n) for n in range(50))), timeout=30)
+        stored = await admins[0].get(TOKEN)
+    finally:
+        for admin in admins:
+            await admin.close()
+    assert results.count(True) == 5
+    assert stored is not None and len(stored.domains) == 5
+
+
+async def test_single_flight_1000_concurrent_checks_one_read(
+    backend: Backend, admin: Admin, validator: Validator
+) -> None:
+    await admin.set_ips(TOKEN, [CLIENT_IP])
+    await admin.enable(TOKEN, "ip")
+    await validator.sync()
+    # Connect, and load the read script on every node.
+    for n in range(SPREAD):
+        await validator.check(f"warm-up-{n}")
+    await reset_stats(backend)
+    decisions = await asyncio.wait_for(
+        asyncio.gather(*(validator.check(TOKEN, client_ip=CLIENT_IP) for _ in range(1000))), timeout=30
+    )
+    assert all(d.allowed and d.reason is Reason.IP_LISTED for d in decisions)
+    assert await evalsha_calls(backend) == 1
+
+
+async def test_admin_changes_reach_the_cache_on_every_node(
+    backend: Backend, admin: Admin, validator: Validator
+) -> None:
+    tokens = [f"tok_spread_{n}" for n in range(SPREAD)]
+    for token in tokens:
+        await admin.set_ips(token, [CLIENT_IP])
+        await admin.enable(token, "ip")
+    nodes = {await node_of(backend, admin.store.keys(admin.store.token_hash(t))[0]) for t in tokens}
+    assert nodes == set(backend.write_ports())  # on a cluster: every primary holds some
+    await validator.sync()
+    for token in tokens:
+        assert (await validator.check(token, client_ip=CLIENT_IP)).allowed
+    for token in tokens:
+        await admin.set_ips(token, ["198.51.100.1"])
+    await validator.sync()
+    for token in tokens:
+        assert validator.check_cached(token, client_ip=CLIENT_IP) is None
+        assert not (await validator.check(token, client_ip=CLIENT_IP)).allowed
+
+
+async def test_change_by_a_raw_client_reaches_the_cache(
+    backend: Backend, admin: Admin, validator: Validator
+) -> None:
+    await admin.set_ips(TOKEN, [CLIENT_IP])
+    await admin.enable(TOKEN, "ip")
+    await validator.sync()
+    assert (await validator.check(TOKEN, client_ip=CLIENT_IP)).allowed
+    _, _, ips_key = admin.store.keys(admin.store.token_hash(TOKEN))
+    port = await node_of(backend, ips_key)
+    raw = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+    await raw.srem(ips_key, CLIENT_IP)
+    await raw.aclose()
+    await validator.sync()
+    assert not (await validator.check(TOKEN, client_ip=CLIENT_IP)).allowed
+
+
+async def test_flushing_one_node_fails_closed_until_init(
+    backend: Backend, admin: Admin, validator: Validator
+) -> None:
+    tokens = [f"tok_flush_{n}" for n in range(SPREAD)]
+    for token in tokens:
+        await admin.set_ips(token, ["198.51.100.1"])
+        await admin.enable(token, "ip")
+    await validator.sync()
+    assert await admin.store.marker_state() == "ok"
+    victim = backend.write_nodes()[-1]
+    await victim.flushall()
+    await victim.aclose()
+    await validator.sync()
+    assert await admin.store.marker_state() == "missing"
+    # Tokens that were never cached: the wiped node may have held them, so none is trusted.
+    with pytest.raises(StoreUnavailable):
+        await validator.check("tok_never_cached", client_ip=CLIENT_IP)
+    assert await admin.init()
+    assert await admin.store.marker_state() == "ok"
+    decision = await validator.check("tok_never_cached", client_ip=CLIENT_IP)
+    assert decision.reason is Reason.UNKNOWN_TOKEN
+
+
+async def test_marker_of_another_secret_is_refused(store_url: str, admin: Admin) -> None:
+    assert await admin.init()
+    assert not await admin.init()
+    other = Admin.from_url(store_url, secret="another-secret")
+    try:
+        assert await other.store.marker_state() == "mismatch"
+        with pytest.raises(Exception, match="another secret"):
+            await other.init()
+    finally:
+        await other.close()
+
+
+async def test_import_and_export_spread_over_every_node(backend: Backend, admin: Admin) -> None:
+    prepared = [
+        admin.prepare(
+            ImportLine(
+                token=f"tok_import_{n}",
+                domain_enabled=True,
+                domains=[f"app{n}.example.com"],
+                ip_enabled=n % 2 == 0,
+                ips=[f"203.0.113.{n % 250 + 1}"],
+            )
+        )
+        for n in range(300)
+    ]
+    changes = await admin.put_many(prepared)
+    assert all(change.changed for change in changes)
+    per_node = []
+    for client in backend.write_nodes():
+        per_node.append(len([key async for key in client.scan_iter(match="tav:{*}:m", count=1000)]))
+        await client.aclose()
+    assert sum(per_node) == 300
+    assert all(count > 0 for count in per_node)
+    exported = [record async for record in admin.export(batch_size=64)]
+    assert [r.hash for r in exported] == sorted(p.token_hash for p in prepared)
+    by_hash = {p.token_hash: p.restrictions for p in prepared}
+    for record in exported:
+        want = by_hash[record.hash]
+        assert (record.domains, record.ips, record.ip_enabled) == (want.domains, want.ips, want.ip_enabled)
+    # Re-importing the same records changes nothing.
+    assert not any(change.changed for change in await admin.put_many(prepared))
+
+
+async def test_delete_removes_every_key_of_the_token(backend: Backend, admin: Admin) -> None:
+    await admin.add_domains(TOKEN, ["app.example.com"])
+    await admin.add_ips(TOKEN, [CLIENT_IP])
+    assert await admin.get(TOKEN) == Restrictions(domains=["app.example.com"], ips=[CLIENT_IP], version=2)
+    assert await admin.delete(TOKEN)
+    assert await admin.get(TOKEN) is None
+    leftovers = []
+    for client in backend.write_nodes():
+        leftovers += [key async for key in client.scan_iter(match="tav:{*}*")]
+        await client.aclose()
+    assert leftovers == []
