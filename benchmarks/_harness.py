@@ -8,6 +8,7 @@ the figure, min-max the spread, and `vs` names results of the same run to comput
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib.metadata
 import json
@@ -19,13 +20,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,24 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def progress(benchmark: str, message: str) -> None:
     print(f"[{benchmark}] {message}", file=sys.stderr, flush=True)
+
+
+def run_async(main: Coroutine[Any, Any, T], limit: float = 1800.0) -> T:
+    """Run a benchmark's coroutine on uvloop. If it is not done within `limit` seconds, print
+    every task's stack to stderr (where it hangs) and cancel it."""
+    import uvloop
+
+    async def watched() -> T:
+        task = asyncio.ensure_future(main)
+        done, _ = await asyncio.wait({task}, timeout=limit)
+        if not done:
+            print(f"benchmark still running after {limit:.0f} s; its tasks:", file=sys.stderr)
+            for running in asyncio.all_tasks():
+                running.print_stack(file=sys.stderr)
+            task.cancel()
+        return await task
+
+    return uvloop.run(watched())
 
 
 # ---------------------------------------------------------------------------------------- CPUs

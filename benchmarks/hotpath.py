@@ -18,8 +18,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-import uvloop
-
 from benchmarks._baselines import FloorTable, floor_check, floor_check_async
 from benchmarks._data import SECRET, Request, allowed_request, denied_request, domains, ips, seed, token
 from benchmarks._drive import drive
@@ -30,6 +28,7 @@ from benchmarks._harness import (
     module_main,
     progress,
     redis_server,
+    run_async,
     unique_prefix,
 )
 from validator import Admin, Validator
@@ -170,7 +169,7 @@ async def _main(config: Config) -> list[Result]:
 
 
 def run(config: Config) -> list[Result]:
-    return uvloop.run(_main(config))
+    return run_async(_main(config))
 
 
 if __name__ == "__main__":

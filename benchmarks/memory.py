@@ -21,11 +21,10 @@ import tracemalloc
 
 import msgspec
 import redis.asyncio as aioredis
-import uvloop
 
 from benchmarks._data import SECRET, allowed_request, domains, ips, record, seed, token
 from benchmarks._drive import drive
-from benchmarks._harness import Config, Result, module_main, progress, redis_server, unique_prefix
+from benchmarks._harness import Config, Result, module_main, progress, redis_server, run_async, unique_prefix
 from validator import Admin, Validator
 
 NAME = "memory"
@@ -141,7 +140,7 @@ async def _main(config: Config) -> list[Result]:
 
 
 def run(config: Config) -> list[Result]:
-    return uvloop.run(_main(config))
+    return run_async(_main(config))
 
 
 if __name__ == "__main__":

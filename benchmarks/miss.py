@@ -19,8 +19,6 @@ places them.
 
 from __future__ import annotations
 
-import uvloop
-
 from benchmarks._baselines import RawCheck, RedisPyCheck
 from benchmarks._data import SECRET, allowed_request, seed
 from benchmarks._drive import Check, drive
@@ -31,6 +29,7 @@ from benchmarks._harness import (
     module_main,
     progress,
     redis_server,
+    run_async,
     unique_prefix,
 )
 from benchmarks._rawclient import RawRedis
@@ -91,7 +90,7 @@ async def _main(config: Config) -> list[Result]:
 
 
 def run(config: Config) -> list[Result]:
-    return uvloop.run(_main(config))
+    return run_async(_main(config))
 
 
 if __name__ == "__main__":

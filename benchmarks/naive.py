@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import random
 
-import uvloop
-
 from benchmarks._baselines import RedisPyCheck
 from benchmarks._data import SECRET, Request, allowed_request, seed
 from benchmarks._drive import drive
@@ -29,6 +27,7 @@ from benchmarks._harness import (
     module_main,
     progress,
     redis_server,
+    run_async,
     unique_prefix,
 )
 from validator import Admin, Validator
@@ -106,7 +105,7 @@ async def _main(config: Config) -> list[Result]:
 
 
 def run(config: Config) -> list[Result]:
-    return uvloop.run(_main(config))
+    return run_async(_main(config))
 
 
 if __name__ == "__main__":

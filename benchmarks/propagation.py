@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import time
 
-import uvloop
-
-from benchmarks._harness import Config, Result, module_main, percentile, progress, redis_server
+from benchmarks._harness import Config, Result, module_main, percentile, progress, redis_server, run_async
 from tests.faults.propagation import measure
 from validator import Admin
 
@@ -96,7 +94,7 @@ async def _main(config: Config) -> list[Result]:
 
 
 def run(config: Config) -> list[Result]:
-    return uvloop.run(_main(config))
+    return run_async(_main(config))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-import uvloop
 
 from benchmarks._baselines import RedisPyCheck
 from benchmarks._data import SECRET, allowed_request, seed
@@ -29,6 +28,7 @@ from benchmarks._harness import (
     module_main,
     progress,
     redis_server,
+    run_async,
     unique_prefix,
 )
 from validator import Admin, Validator
@@ -131,7 +131,7 @@ def _commands(runs: list[dict[str, int]]) -> str:
 
 
 def run(config: Config) -> list[Result]:
-    return uvloop.run(_main(config))
+    return run_async(_main(config))
 
 
 if __name__ == "__main__":
