@@ -198,6 +198,8 @@ class Store:
             return cls(client, local_listeners=listeners, **common)
         if scheme in ("redis+cluster", "rediss+cluster"):
             parsed = parse_multihost(url, default_port=6379, options=_cluster.URL_OPTIONS)
+            if parsed.path not in ("", "/", "/0"):
+                raise ConfigurationError(f"bad store URL {url!r}: a Redis Cluster has database 0 only")
             cluster = _cluster.cluster_client(parsed, timeout=timeout, connect_timeout=connect_timeout)
             topology = _cluster.ClusterTopology(
                 cluster, parsed, timeout=timeout, connect_timeout=connect_timeout
