@@ -7,10 +7,21 @@ benchmarks. Short timeouts (node timeout 2 s, down-after 1 s) keep failovers to 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
 import subprocess
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -331,3 +342,98 @@ class Backend:
         return [
             aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True) for port in self.write_ports()
         ]
+
+
+# -------------------------------------------------------------------------- scripts/redis-cluster
+
+
+def _state_file() -> Path:
+    return Path(tempfile.gettempdir()) / f"tav-redis-cluster-{os.getuid()}.json"
+
+
+def _processes(setup: LocalCluster | LocalSentinel) -> list[RedisProcess]:
+    return list(setup.nodes) if isinstance(setup, LocalCluster) else [*setup.sentinels, *setup.servers]
+
+
+def _stop_recorded(state: dict[str, Any]) -> None:
+    """Stop what a detached `start` left running (its own processes only, by pid)."""
+    for pid in state["pids"]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for pid in state["pids"]:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+    for path in state["dirs"]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`scripts/redis-cluster [start] [--sentinel] [--detach] | stop | url`."""
+    parser = argparse.ArgumentParser(
+        prog="scripts/redis-cluster",
+        description="A local Redis Cluster (3 primaries, 3 replicas) or Sentinel setup (1 master, 1 replica, "
+        "3 sentinels) on free loopback ports, for trying things and for benchmarks (--store URL).",
+    )
+    parser.add_argument("command", nargs="?", choices=["start", "stop", "url"], default="start")
+    parser.add_argument("--sentinel", action="store_true", help="start a Sentinel setup instead")
+    parser.add_argument("--detach", action="store_true", help="leave it running and return")
+    args = parser.parse_args(argv)
+    state_file = _state_file()
+    recorded: dict[str, Any] | None = json.loads(state_file.read_text()) if state_file.exists() else None
+    if args.command == "url":
+        if recorded is None:
+            print("nothing running (scripts/redis-cluster start)", file=sys.stderr)
+            return 1
+        print(recorded["url"])
+        return 0
+    if args.command == "stop":
+        if recorded is None:
+            print("nothing running", file=sys.stderr)
+            return 1
+        _stop_recorded(recorded)
+        state_file.unlink(missing_ok=True)
+        print(f"stopped {recorded['url']}")
+        return 0
+    if recorded is not None:
+        print(f"already running: {recorded['url']} (scripts/redis-cluster stop)", file=sys.stderr)
+        return 1
+    setup: LocalCluster | LocalSentinel = LocalSentinel() if args.sentinel else LocalCluster()
+    try:
+        setup.start()
+    except BaseException:
+        setup.cleanup()
+        raise
+    processes = _processes(setup)
+    state = {
+        "url": setup.url,
+        "pids": [p.process.pid for p in processes if p.process is not None],
+        "dirs": [str(p.dir) for p in processes],
+    }
+    state_file.write_text(json.dumps(state))
+    print(setup.url, flush=True)
+    if args.detach:
+        return 0
+    print("running; Ctrl-C (or scripts/redis-cluster stop) stops it", file=sys.stderr, flush=True)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        while not stopping.is_set() and all(
+            p.process is not None and p.process.poll() is None for p in processes
+        ):
+            stopping.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        setup.cleanup()
+        state_file.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
