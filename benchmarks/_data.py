@@ -9,8 +9,6 @@ from validator import Admin, Restrictions
 from validator.admin import PreparedPut
 
 __all__ = [
-    "DENIED_IP",
-    "DENIED_ORIGIN",
     "SECRET",
     "Request",
     "allowed_request",
@@ -23,8 +21,6 @@ __all__ = [
 ]
 
 SECRET = "benchmark-secret"
-DENIED_ORIGIN = "https://evil.example.net"
-DENIED_IP = "203.0.113.99"
 LIST_LENGTH = 5
 
 # (token, origin, client_ip): a front-end request has an Origin and no address (the middleware
@@ -59,9 +55,12 @@ def allowed_request(i: int, front_end: bool, kind: str = "live") -> Request:
 
 
 def denied_request(i: int, front_end: bool, kind: str = "live") -> Request:
+    """A request from an unlisted look-alike domain or address, distinct per token (as the
+    allowed ones are), so that no memo of recent hosts or addresses can answer it."""
+    k = i % LIST_LENGTH
     if front_end:
-        return token(i, kind), DENIED_ORIGIN, None
-    return token(i, kind), None, DENIED_IP
+        return token(i, kind), f"https://app{k}.t{i}.example.net", None
+    return token(i, kind), None, str(ipaddress.IPv4Address(0x0C000000 + i * LIST_LENGTH + k))
 
 
 async def seed(admin: Admin, indices: Sequence[int], kind: str = "live", batch: int = 1000) -> None:

@@ -55,6 +55,8 @@ class Result:
 
     `ratios` maps a baseline's `case` to median(self) / median(baseline); for a unit where lower
     is better that is "times the baseline's cost", for higher-is-better "times its throughput".
+    `ratio_ranges` gives the lowest and highest ratio of the runs taken one by one (run i of
+    both alternatives ran back to back), when both have as many runs.
     """
 
     benchmark: str
@@ -64,6 +66,7 @@ class Result:
     higher_is_better: bool = True
     vs: tuple[str, ...] = ()
     ratios: dict[str, float] = field(default_factory=dict)
+    ratio_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     note: str = ""
 
     @property
@@ -94,6 +97,7 @@ class Result:
             higher_is_better=data["higher_is_better"],
             vs=tuple(data["vs"]),
             ratios=dict(data["ratios"]),
+            ratio_ranges={k: (v[0], v[1]) for k, v in data.get("ratio_ranges", {}).items()},
             note=data.get("note", ""),
         )
 
@@ -106,6 +110,9 @@ def with_ratios(results: list[Result]) -> list[Result]:
             baseline = by_case[name]
             if baseline.median:
                 result.ratios[name] = result.median / baseline.median
+            if len(result.samples) == len(baseline.samples) and all(baseline.samples):
+                paired = [a / b for a, b in zip(result.samples, baseline.samples, strict=True)]
+                result.ratio_ranges[name] = (min(paired), max(paired))
     return results
 
 
@@ -310,16 +317,39 @@ def _number(value: float) -> str:
     return f"{value:.2f}"
 
 
+def _short(name: str, case: str) -> str:
+    """A baseline's name without the group it shares with the case ("1 task(s): raw" -> "raw")."""
+    group, sep, rest = name.partition(": ")
+    return rest if sep and case.startswith(group + sep) else name
+
+
 def _ratios(result: Result, baselines: set[tuple[str, str]]) -> str:
     if result.vs:
-        return "; ".join(f"{ratio:.3g}x {name}" for name, ratio in result.ratios.items())
+        parts = []
+        for name, ratio in result.ratios.items():
+            low, high = result.ratio_ranges.get(name, (ratio, ratio))
+            runs = (
+                f" (runs {low:.3g}-{high:.3g})"
+                if len(result.samples) > 1 and (low, high) != (ratio, ratio)
+                else ""
+            )
+            parts.append(f"{ratio:.3g}x {_short(name, result.case)}{runs}")
+        return "; ".join(parts)
     return "baseline" if (result.benchmark, result.case) in baselines else "-"
 
 
 def table(results: Sequence[Result]) -> str:
     """The results as a Markdown table (readable in a terminal, pasted as is into the docs)."""
     baselines = {(r.benchmark, name) for r in results for name in r.vs}
-    header = ("benchmark", "case", "median", "spread (min-max)", "unit", "runs", "ratio (median/median)")
+    header = (
+        "benchmark",
+        "case",
+        "median",
+        "spread (min-max)",
+        "unit",
+        "runs",
+        "ratio: median/median (per run)",
+    )
     rows = [
         (
             r.benchmark,

@@ -4,7 +4,8 @@ Every token (100,000; 10,000 with --quick) has both restrictions on, 5 domains a
 is cached before timing (a real redis-server, `ttl` far beyond the run, `cache_size` >= tokens,
 invalidation off: it does not touch the hit path). One timed pass checks every token once, in a
 shuffled order, for each case: front-end allow (Origin is a listed domain), front-end deny
-(unlisted Origin), back-end allow (listed client IP), back-end deny (unlisted IP).
+(unlisted Origin), back-end allow (listed client IP), back-end deny (unlisted IP). Origins and
+addresses differ from token to token, denied ones included.
 
 Alternatives, interleaved run by run (ABAB): `check_cached()` (the synchronous fast path), `await
 check()`, and the floor: a hand-written function doing only the dict look-up, host cut and set

@@ -12,7 +12,7 @@ warning --no-proxy-headers`), serving `GET /v1/hello` of `validator.demo`:
 Every request sends `X-API-Key: demo-server`, a demo token whose IP list allows 127.0.0.1 (stored
 with `allow_private`), so every request is a back-end request that is checked and allowed; the
 token is cached by a warm-up run before timing. Load comes from a separate process: wrk
-(`-t1 -c50 -d10s`; 1 s with --quick) where installed, else `benchmarks._loadgen` (50
+(`-t1 -c50 -d5s`, 9 runs; 1 s and 1 run with --quick) where installed, else `benchmarks._loadgen` (50
 connections). With taskset and two or more CPUs the servers run on CPU 0 and the load on CPU 1.
 The three servers take turns, in a rotated order per run. Figures are requests/s.
 """
@@ -120,8 +120,8 @@ def _load(url: str, seconds: float, cpu: int | None) -> float:
 
 
 def run(config: Config) -> list[Result]:
-    seconds = config.pick(10, 1)
-    runs = config.runs_or(5, 1)
+    seconds = config.pick(5, 1)
+    runs = config.runs_or(9, 1)
     pin = can_pin() and shutil.which("taskset") is not None
     server_cpu, load_cpu = (0, 1) if pin else (None, None)
     variants = dict(FACTORIES)

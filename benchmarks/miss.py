@@ -44,7 +44,7 @@ CONCURRENCY = (1, 100)
 
 async def _main(config: Config) -> list[Result]:
     n = config.pick(5_000, 500)
-    runs = config.runs_or(5, 2)
+    runs = config.runs_or(7, 2)
     requests = [allowed_request(i, front_end=i % 2 == 0) for i in range(n)]
     samples: dict[str, list[float]] = {}
     with redis_server(config) as server:
