@@ -79,6 +79,9 @@ class LocalCluster:
                 "nodes.conf",
                 "--cluster-node-timeout",
                 str(node_timeout_ms),
+                # Replicas sync at once, not after the default 5 s wait for more replicas.
+                "--repl-diskless-sync-delay",
+                "0",
                 # An explicit bus port: the default (port + 10000) may be taken or out of range.
                 "--cluster-port",
                 str(free_port()),
@@ -234,8 +237,10 @@ class LocalSentinel:
     """A master, one replica and three sentinels monitoring them as `SERVICE`."""
 
     def __init__(self) -> None:
-        self.master = RedisProcess()
-        self.replica = RedisProcess("--replicaof", "127.0.0.1", str(self.master.port))
+        self.master = RedisProcess("--repl-diskless-sync-delay", "0")
+        self.replica = RedisProcess(
+            "--replicaof", "127.0.0.1", str(self.master.port), "--repl-diskless-sync-delay", "0"
+        )
         self.sentinels = [SentinelProcess(self.master.port) for _ in range(3)]
         self.service = SERVICE
 
