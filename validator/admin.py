@@ -24,7 +24,7 @@ from validator.matching import (
     origin_of,
     parse_ip,
 )
-from validator.model import Reason, Restrictions, Source
+from validator.model import Mode, Reason, Restrictions, Source
 from validator.rules import TokenRules
 from validator.store import DEFAULT_KEY_PREFIX, List, Store, fingerprint
 
@@ -79,6 +79,7 @@ class Record(msgspec.Struct, kw_only=True):
     ip_enabled: bool
     domains: list[str]
     ips: list[str]
+    mode: Mode = Mode.ENFORCE
 
 
 class ImportLine(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +92,7 @@ class ImportLine(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ip_enabled: bool = False
     domains: list[str] = msgspec.field(default_factory=list)
     ips: list[str] = msgspec.field(default_factory=list)
+    mode: Mode = Mode.ENFORCE
 
 
 class PreparedPut(msgspec.Struct, frozen=True):
@@ -290,6 +292,16 @@ class Admin:
         notes = [f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note]
         return Change(restrictions=stored, changed=changed, notes=notes)
 
+    async def set_mode(self, token: str, mode: Mode | str) -> Change:
+        """Switch a token between `enforce` and `report` (report-only: would-be denials are
+        logged and counted, and the request is allowed)."""
+        try:
+            chosen = Mode(mode)
+        except ValueError:
+            raise InvalidEntry(f"unknown mode {mode!r}: use 'enforce' or 'report'") from None
+        stored, changed = await self.store.write(self._hash(token), "mode", chosen.value)
+        return Change(restrictions=stored, changed=changed)
+
     async def init(self) -> bool:
         """Mark the store as initialised (validators fail closed on a store without the marker,
         taking it for wiped). True if it was not marked before; any write also marks it."""
@@ -297,8 +309,14 @@ class Admin:
 
     async def delete(self, token: str) -> bool:
         """Remove everything stored for the token; True if anything was there."""
-        _, changed = await self.store.write(self._hash(token), "delete")
+        token_hash = self._hash(token)
+        _, changed = await self.store.write(token_hash, "delete")
+        await self.store.delete_denials(token_hash)
         return changed
+
+    async def denials(self, token: str, *, since_ms: int = 0, count: int = 100) -> list[dict[str, str]]:
+        """The token's recent denials and would-be denials, newest first (see `validator.denials`)."""
+        return await self.store.denials(self._hash(token), since_ms=since_ms, count=count)
 
     # -------------------------------------------------------------------------- history, import, export
 
@@ -334,6 +352,7 @@ class Admin:
             ip_enabled=line.ip_enabled,
             domains=sorted(n.stored for n in domains),
             ips=sorted(n.stored for n in ips),
+            mode=line.mode,
         )
         notes = tuple(f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note)
         return PreparedPut(token_hash, restrictions, notes)
@@ -375,6 +394,7 @@ class Admin:
                         ip_enabled=stored.ip_enabled,
                         domains=stored.domains,
                         ips=stored.ips,
+                        mode=stored.mode,
                     )
 
     async def explain(
@@ -403,6 +423,7 @@ def _put_args(restrictions: Restrictions, domains: Sequence[str], ips: Sequence[
         "put",
         "1" if restrictions.domain_enabled else "0",
         "1" if restrictions.ip_enabled else "0",
+        restrictions.mode.value,
         str(len(domains)),
         *domains,
         *ips,

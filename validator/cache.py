@@ -83,6 +83,9 @@ class Cache(Generic[V]):
         self._loads: dict[str, _Load[V]] = {}
         self._loads_by_hash: dict[str, _Load[V]] = {}
         self.loads_started = 0
+        self.evictions = 0  # entries pushed out by the size bound
+        self.invalidations = 0  # entries dropped because the store said they changed
+        self.expirations = 0  # times every entry was made stale at once (invalidations missed)
 
     def __len__(self) -> int:
         return len(self._known) + len(self._unknown)
@@ -156,6 +159,7 @@ class Cache(Generic[V]):
                 evicted.recent = False
                 lru[key] = evicted  # a second chance, at the young end
                 continue
+            self.evictions += 1
             self._token_of.pop(evicted.token_hash, None)
 
     def _drop(self, token: str) -> None:
@@ -167,6 +171,7 @@ class Cache(Generic[V]):
         """Forget one token (named by its hash), including a read of it now in flight."""
         token = self._token_of.get(token_hash)
         if token is not None:
+            self.invalidations += 1
             self._drop(token)
         load = self._loads_by_hash.get(token_hash)
         if load is not None:
@@ -176,6 +181,7 @@ class Cache(Generic[V]):
         """Trust nothing cached any more: every entry must be read again before it is served
         fresh, and reads now in flight are not cached. Entries stay only as the stale-if-error
         fallback, so an outage that started this still finds the last known decisions."""
+        self.expirations += 1
         for lru in (self._known, self._unknown):
             for entry in lru.values():
                 entry.fresh_until = 0.0

@@ -25,7 +25,7 @@ import msgspec
 
 from validator.admin import Admin, Change, HistoryEntry, ImportLine, PreparedPut
 from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreUnavailable
-from validator.model import Restrictions
+from validator.model import Mode, Restrictions
 from validator.store import DEFAULT_KEY_PREFIX
 
 __all__ = ["EXIT_CODES", "main"]
@@ -146,7 +146,7 @@ def _entries(entries: Sequence[str]) -> str:
     return ", ".join(entries) if entries else "-"
 
 
-def _mode(r: Restrictions | None) -> tuple[str, str]:
+def _use(r: Restrictions | None) -> tuple[str, str]:
     """(id, words) of what the token's switches mean, per SPEC.md's decision table."""
     if r is None:
         return (
@@ -181,6 +181,7 @@ def _restrictions_json(r: Restrictions | None) -> dict[str, Any]:
         "domains": r.domains,
         "ips": r.ips,
         "version": r.version,
+        "mode": r.mode.value,
     }
 
 
@@ -213,16 +214,18 @@ def _token(argument: str) -> str:
 async def cmd_show(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     token = _token(args.token)
     stored = await admin.get(token)
-    mode, words = _mode(stored)
+    use, words = _use(stored)
     name = admin.fingerprint(token)
     if out.json:
         out.data(
-            {"token": name, "stored": stored is not None, "mode": mode, **_restrictions_json(stored)}
+            {"token": name, "stored": stored is not None, "use": use, **_restrictions_json(stored)}
             | {"warnings": _warnings(stored)}
         )
         return EXIT_OK
     r = stored or Restrictions()
     version = f"version {r.version}" if stored is not None else "nothing stored"
+    if r.mode is Mode.REPORT:
+        words += " [REPORT-ONLY: would-be denials are allowed and logged]"
     out.table(
         ("restriction", "switch", "entries"),
         [
@@ -311,6 +314,73 @@ async def cmd_delete(admin: Admin, args: argparse.Namespace, out: Output) -> int
     return EXIT_OK
 
 
+async def cmd_mode(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    token = _token(args.token)
+    change = await admin.set_mode(token, args.mode)
+    name = admin.fingerprint(token)
+    r = change.restrictions
+    if out.json:
+        out.data({"token": name, "changed": change.changed, "restrictions": _restrictions_json(r)})
+        return EXIT_OK
+    state = f"version {r.version}" if change.changed else f"unchanged, version {r.version}"
+    words = (
+        "report-only: would-be denials are allowed, logged and counted (see `denials`)"
+        if r.mode is Mode.REPORT
+        else "enforcing: denials get 403"
+    )
+    out.line(f"token {name} ({state}): {words}")
+    return EXIT_OK
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since_ms(text: str | None) -> int:
+    """`--since`: a duration back from now (`90s`, `15m`, `2h`, `1d`) or an ISO 8601 time."""
+    if not text:
+        return 0
+    match = _DURATION.fullmatch(text.strip())
+    if match:
+        return int((time.time() - float(match[1]) * _SECONDS[match[2]]) * 1000)
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(
+            EXIT_USAGE, f"--since {text!r}: give a duration such as 15m, 2h, 1d, or an ISO time"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+async def cmd_denials(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    token = _token(args.token)
+    entries = await admin.denials(token, since_ms=_since_ms(args.since), count=args.count)
+    name = admin.fingerprint(token)
+    if out.json:
+        out.data({"token": name, "denials": [e | {"time": _when(int(e.get("at", 0)))} for e in entries]})
+        return EXIT_OK
+    if not entries:
+        out.line(f"token {name}: no denials recorded" + (f" since {args.since}" if args.since else ""))
+        return EXIT_OK
+    out.table(
+        ("time", "mode", "source", "seen", "rule"),
+        [
+            (
+                _when(int(e.get("at", 0))),
+                "would deny" if e.get("mode") == "report" else "denied",
+                e.get("source", "-"),
+                e.get("seen", "-"),
+                e.get("reason", "-"),
+            )
+            for e in entries
+        ],
+        title=f"token {name}: {len(entries)} most recent denials, newest first",
+    )
+    return EXIT_OK
+
+
 async def cmd_init(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     created = await admin.init()
     if out.json:
@@ -324,6 +394,23 @@ async def cmd_init(admin: Admin, args: argparse.Namespace, out: Output) -> int:
 
 async def cmd_check(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     token = _token(args.token)
+    if args.replay:
+        # The last recorded denial, decided again against what is stored now.
+        last = await admin.denials(token, count=1)
+        if not last:
+            raise CliError(EXIT_USAGE, "--replay: no denial is recorded for this token")
+        denial = last[0]
+        if denial.get("source") == "front_end":
+            seen = denial.get("seen", "-")
+            args.origin = denial.get("origin") or (f"https://{seen}" if seen != "-" else "null")
+            args.referer, args.ip = None, None
+        else:
+            args.origin = args.referer = None
+            args.ip = None if denial.get("seen") in (None, "-") else denial.get("seen")
+        out.warn(
+            f"replaying the denial of {_when(int(denial.get('at', 0)))} "
+            f"({denial.get('source')}, {denial.get('seen')}, {denial.get('reason')})"
+        )
     e = await admin.explain(
         token,
         origin=args.origin,
@@ -582,6 +669,21 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
+    mode = command(
+        "mode", "switch a token between enforce (deny) and report (allow, but log would-be denials)"
+    )
+    mode.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+    mode.add_argument("mode", choices=("enforce", "report"))
+    mode.set_defaults(handler=cmd_mode)
+
+    denials = command("denials", "show a token's recent denials and would-be denials, newest first")
+    denials.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+    denials.add_argument(
+        "--since", metavar="WHEN", help="a duration back from now (15m, 2h, 1d) or an ISO time"
+    )
+    denials.add_argument("-n", "--count", type=int, default=50, help="how many at most (default: 50)")
+    denials.set_defaults(handler=cmd_denials)
+
     init = command(
         "init",
         "mark the store as initialised for this secret; validators fail closed on a store without "
@@ -631,6 +733,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sec-fetch", action="store_true", help="the request carries Sec-Fetch-* headers")
     check.add_argument("--ip", metavar="IP", help="the client IP of a back-end request")
     check.add_argument("--deny-unknown", action="store_true", help="as validators set to deny unknown tokens")
+    check.add_argument(
+        "--replay",
+        action="store_true",
+        help="decide the token's last recorded denial again, against what is stored now",
+    )
     check.set_defaults(handler=cmd_check)
 
     imports = command(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import logging
@@ -15,10 +16,12 @@ from typing import Any, Literal, TypedDict, Unpack
 from validator._wire import WireError
 from validator.breaker import BreakerState, CircuitBreaker
 from validator.cache import Cache
+from validator.denials import DenialLog
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.invalidation import InvalidationListener
-from validator.model import Decision, Reason, decision
-from validator.rules import TokenRules, classify
+from validator.matching import origin_of, request_host
+from validator.model import ALL_DECISIONS, Decision, Reason, Source, decision
+from validator.rules import TokenRules, classify, compile_rules
 from validator.store import DEFAULT_KEY_PREFIX, Store, parse_read
 
 __all__ = ["Settings", "Validator"]
@@ -50,6 +53,10 @@ class Settings(TypedDict, total=False):
     marker_interval: float
     breaker_threshold: int
     breaker_reset: float
+    denial_log: bool
+    denial_queue_size: int
+    denial_stream_length: int
+    denial_log_rate: float
 
 
 DEFAULTS: Settings = {
@@ -74,7 +81,17 @@ DEFAULTS: Settings = {
     "marker_interval": 5.0,
     "breaker_threshold": 3,
     "breaker_reset": 1.0,
+    # Each denial is kept in a capped per-token stream (validator-admin denials), written in the
+    # background; when the queue is full, denials are dropped and counted.
+    "denial_log": True,
+    "denial_queue_size": 10_000,
+    "denial_stream_length": 1000,
+    # Denials logged per second at most (the rest counted, and summarised in the next line).
+    "denial_log_rate": 10.0,
 }
+
+# Upper bounds (seconds) of the store read latency histogram; the last bucket is +Inf.
+READ_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class Validator:
@@ -116,6 +133,21 @@ class Validator:
         self._load_slots = asyncio.Semaphore(s["max_concurrent_loads"])
         self._max_loads = s["max_concurrent_loads"]
         self._fast_reads = 0
+        # Statistics, read by `validator.metrics` (plain ints: the hot path can afford those).
+        self._counts: dict[int, int] = dict.fromkeys(map(id, ALL_DECISIONS), 0)
+        self.misses = 0
+        self.failed_closed = 0
+        self.store_errors = 0
+        self.read_latency_sum = 0.0
+        self.read_latency_counts = [0] * (len(READ_LATENCY_BUCKETS) + 1)
+        self.denial_log: DenialLog | None = None
+        if s["denial_log"]:
+            self.denial_log = DenialLog(
+                store,
+                queue_size=s["denial_queue_size"],
+                stream_length=s["denial_stream_length"],
+                log_rate=s["denial_log_rate"],
+            )
         self.listener: InvalidationListener | None = None
         if s["invalidation"] and store.topology is not None:
             self.listener = InvalidationListener(
@@ -180,6 +212,8 @@ class Validator:
         An unreachable store is not an error here: checks fail closed until it answers.
         """
         self.store.local_listeners.append(self.cache.invalidate)
+        if self.denial_log is not None:
+            self.denial_log.start()
         if self.listener is None:
             if self.store.url.startswith("memory:") and self.require_marker:
                 # An in-process store cannot be wiped behind our back: it is sound by construction.
@@ -196,6 +230,8 @@ class Validator:
             self.store.local_listeners.remove(self.cache.invalidate)
         if self.listener is not None:
             await self.listener.stop()
+        if self.denial_log is not None:
+            await self.denial_log.stop()
         await self.store.close()
 
     # ------------------------------------------------------------------ invalidation events
@@ -204,7 +240,9 @@ class Validator:
         for key in keys:
             token_hash = self.store.hash_of_key(key)
             if token_hash is not None:
-                self.cache.invalidate(token_hash)
+                # Only the restriction keys matter; the history list changes with them anyway.
+                if not key.endswith(":h"):
+                    self.cache.invalidate(token_hash)
             elif key in self._barriers:
                 barrier = self._barriers.pop(key)
                 if not barrier.done():
@@ -304,7 +342,12 @@ class Validator:
         entry = self.cache.fresh(token)
         if entry is None:
             return None
-        return entry.value.decide(origin, referer, sec_fetch, client_ip)
+        result = entry.value.decide(origin, referer, sec_fetch, client_ip)
+        # Counting by id: a Decision is a shared constant, and hashing the Struct costs more.
+        self._counts[id(result)] += 1
+        if not result.allowed or result.reported:
+            self._denied(entry.token_hash, result, origin or referer, client_ip)
+        return result
 
     async def check(
         self,
@@ -324,7 +367,12 @@ class Validator:
         """
         entry = self.cache.fresh(token)
         if entry is not None:
-            return entry.value.decide(origin, referer, sec_fetch, client_ip)
+            result = entry.value.decide(origin, referer, sec_fetch, client_ip)
+            self._counts[id(result)] += 1
+            if not result.allowed or result.reported:
+                self._denied(entry.token_hash, result, origin or referer, client_ip)
+            return result
+        self.misses += 1
         if self.breaker.blocked():
             # The store is failing: answer now, without a read, a task or a timeout.
             return self._unavailable(
@@ -337,7 +385,35 @@ class Validator:
             return self._unavailable(
                 token, error, origin=origin, referer=referer, sec_fetch=sec_fetch, client_ip=client_ip
             )
-        return rules.decide(origin, referer, sec_fetch, client_ip)
+        return self._decided(
+            token_hash, rules.decide(origin, referer, sec_fetch, client_ip), origin, referer, client_ip
+        )
+
+    def _decided(
+        self,
+        token_hash: str,
+        result: Decision,
+        origin: str | None,
+        referer: str | None,
+        client_ip: str | None,
+    ) -> Decision:
+        self._counts[id(result)] += 1
+        if not result.allowed or result.reported:
+            self._denied(token_hash, result, origin or referer, client_ip)
+        return result
+
+    def _denied(self, token_hash: str, result: Decision, url: str | None, client_ip: str | None) -> None:
+        if self.denial_log is None:
+            return
+        origin = ""
+        if result.source is Source.FRONT_END:
+            seen = (request_host(url) if url else None) or "-"
+            parts = origin_of(url) if url else None
+            if parts is not None:
+                origin = f"{parts[0]}://{parts[1]}" + (f":{parts[2]}" if parts[2] is not None else "")
+        else:
+            seen = client_ip or "-"
+        self.denial_log.record(token_hash, result, seen, origin)
 
     def _unavailable(
         self,
@@ -351,12 +427,27 @@ class Validator:
     ) -> Decision:
         stale = self.cache.usable(token)
         if stale is not None:
-            return stale.value.decide(origin, referer, sec_fetch, client_ip)
+            result = stale.value.decide(origin, referer, sec_fetch, client_ip)
+            return self._decided(stale.token_hash, result, origin, referer, client_ip)
         if self.fail_open:
-            return decision(True, Reason.STORE_UNAVAILABLE, classify(origin, referer, sec_fetch))
+            result = decision(True, Reason.STORE_UNAVAILABLE, classify(origin, referer, sec_fetch))
+            self._counts[id(result)] += 1
+            return result
+        self.failed_closed += 1
         if error is None:
             error = StoreUnavailable("restriction store failing: circuit open, not waiting for it")
         raise error
+
+    # ------------------------------------------------------------------ statistics
+
+    def decision_counts(self) -> dict[Decision, int]:
+        """How many times each decision was made (for metrics)."""
+        return {d: self._counts[id(d)] for d in ALL_DECISIONS}
+
+    def _observe_read(self, started: float) -> None:
+        elapsed = time.monotonic() - started
+        self.read_latency_sum += elapsed
+        self.read_latency_counts[bisect.bisect_left(READ_LATENCY_BUCKETS, elapsed)] += 1
 
     def _start_read(self, token_hash: str) -> Awaitable[tuple[TokenRules, bool]]:
         # The common case, a sound store with a live invalidation connection and a closed
@@ -373,14 +464,21 @@ class Validator:
             if raw is not None:
                 self._fast_reads += 1
                 result: asyncio.Future[tuple[TokenRules, bool]] = asyncio.get_running_loop().create_future()
-                raw.add_done_callback(functools.partial(self._finish_read, token_hash, result))
+                raw.add_done_callback(
+                    functools.partial(self._finish_read, token_hash, result, time.monotonic())
+                )
                 return result
         return self._read(token_hash)
 
     def _finish_read(
-        self, token_hash: str, result: asyncio.Future[tuple[TokenRules, bool]], raw: asyncio.Future[Any]
+        self,
+        token_hash: str,
+        result: asyncio.Future[tuple[TokenRules, bool]],
+        started: float,
+        raw: asyncio.Future[Any],
     ) -> None:
         self._fast_reads -= 1
+        self._observe_read(started)
         error = raw.exception() if not raw.cancelled() else WireError("cancelled")
         if error is not None and str(error).startswith("NOSCRIPT"):
             # A restarted Redis lost the script: the general path loads it again.
@@ -389,12 +487,13 @@ class Validator:
             return
         try:
             if error is not None:
+                self.store_errors += 1
                 self.breaker.failure()
                 raise StoreUnavailable(f"restriction store unavailable: {error}") from error
             self.breaker.success()
             restrictions = parse_read(raw.result())
             outcome = (
-                (self._unknown_rules, False) if restrictions is None else (TokenRules(restrictions), True)
+                (self._unknown_rules, False) if restrictions is None else (compile_rules(restrictions), True)
             )
         except Exception as failure:
             if not isinstance(failure, StoreUnavailable):
@@ -407,18 +506,22 @@ class Validator:
         async with self._load_slots:
             if not self.breaker.allow():
                 raise StoreUnavailable("restriction store failing: circuit open, not waiting for it")
+            started = time.monotonic()
             try:
                 await self._ensure_store_sound()
                 restrictions = await self.store.read(token_hash)
             except _StoreNotSound:
                 raise
             except StoreUnavailable:
+                self.store_errors += 1
                 self.breaker.failure()
                 raise
+            finally:
+                self._observe_read(started)
             self.breaker.success()
         if restrictions is None:
             return self._unknown_rules, False
-        return TokenRules(restrictions), True
+        return compile_rules(restrictions), True
 
 
 def _copy_outcome(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:

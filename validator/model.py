@@ -6,7 +6,7 @@ import enum
 
 import msgspec
 
-__all__ = ["Decision", "Reason", "Restrictions", "Source"]
+__all__ = ["ALL_DECISIONS", "Decision", "Mode", "Reason", "Restrictions", "Source", "decision", "reported"]
 
 
 class Source(enum.Enum):
@@ -32,33 +32,56 @@ class Reason(enum.Enum):
     STORE_UNAVAILABLE = "store_unavailable"
 
 
+class Mode(enum.Enum):
+    """Whether a token's restrictions deny (`enforce`) or only report what they would deny."""
+
+    ENFORCE = "enforce"
+    REPORT = "report"
+
+
 class Decision(msgspec.Struct, frozen=True, gc=False):
     """The outcome of one check.
 
-    Decisions are shared constants (see `decision()`), so the hot path allocates nothing.
+    `reported` marks a would-be denial let through by report-only mode: `allowed` is True, and
+    `reason` names the rule that would have denied. Decisions are shared constants (see
+    `decision()`), so the hot path allocates nothing.
     """
 
     allowed: bool
     reason: Reason
     source: Source | None = None
+    reported: bool = False
+
+    @property
+    def denied_by_rules(self) -> bool:
+        """Whether the rules deny this request (whether or not report-only let it through)."""
+        return not self.allowed or self.reported
 
 
-def _all_decisions() -> dict[tuple[bool, Reason, Source | None], Decision]:
+def _all_decisions() -> dict[tuple[bool, Reason, Source | None, bool], Decision]:
     sources: tuple[Source | None, ...] = (None, *Source)
     return {
-        (allowed, reason, source): Decision(allowed, reason, source)
+        (allowed, reason, source, reported): Decision(allowed, reason, source, reported)
         for allowed in (True, False)
         for reason in Reason
         for source in sources
+        for reported in (False, True)
+        if allowed or not reported
     }
 
 
 _DECISIONS = _all_decisions()
+ALL_DECISIONS: tuple[Decision, ...] = tuple(_DECISIONS.values())
 
 
 def decision(allowed: bool, reason: Reason, source: Source | None = None) -> Decision:
     """The shared `Decision` constant for these values."""
-    return _DECISIONS[allowed, reason, source]
+    return _DECISIONS[allowed, reason, source, False]
+
+
+def reported(denial: Decision) -> Decision:
+    """The report-only twin of a denial: allowed, with the same reason and source."""
+    return _DECISIONS[True, denial.reason, denial.source, True]
 
 
 class Restrictions(msgspec.Struct, kw_only=True):
@@ -73,3 +96,4 @@ class Restrictions(msgspec.Struct, kw_only=True):
     domains: list[str] = msgspec.field(default_factory=list)
     ips: list[str] = msgspec.field(default_factory=list)
     version: int = 0
+    mode: Mode = Mode.ENFORCE

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from validator.matching import DomainSet, IPSet, host_of, request_host
-from validator.model import Decision, Reason, Restrictions, Source, decision
+from validator.model import Decision, Mode, Reason, Restrictions, Source, decision, reported
 
-__all__ = ["TokenRules", "classify", "request_domain"]
+__all__ = ["ReportOnlyRules", "TokenRules", "classify", "compile_rules", "request_domain"]
 
 _FRONT = Source.FRONT_END
 _BACK = Source.BACK_END
@@ -88,3 +88,27 @@ class TokenRules:
         if not client_ip:
             return _NO_IP
         return _IP_LISTED if client_ip in self.ips else _IP_NOT_LISTED
+
+
+class ReportOnlyRules(TokenRules):
+    """A token in report-only mode: a would-be denial is let through, marked `reported`."""
+
+    __slots__ = ()
+
+    def decide(
+        self,
+        origin: str | None,
+        referer: str | None,
+        sec_fetch: bool,
+        client_ip: str | None,
+    ) -> Decision:
+        result = super().decide(origin, referer, sec_fetch, client_ip)
+        return result if result.allowed else reported(result)
+
+
+def compile_rules(restrictions: Restrictions) -> TokenRules:
+    """The hot-path form of a stored record (a subclass only for report-only tokens, so that
+    enforcing ones pay nothing for the mode)."""
+    if restrictions.mode is Mode.REPORT:
+        return ReportOnlyRules(restrictions)
+    return TokenRules(restrictions)

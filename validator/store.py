@@ -26,7 +26,7 @@ import os
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -42,7 +42,10 @@ from validator._urls import parse_multihost
 from validator._wire import Multiplexer, WireError
 from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
 from validator.invalidation import SingleServer, Topology
-from validator.model import Restrictions
+from validator.model import Mode, Restrictions
+
+if TYPE_CHECKING:
+    from validator.denials import DeniedRequest
 
 __all__ = ["DEFAULT_KEY_PREFIX", "List", "Store", "fingerprint", "parse_read"]
 
@@ -114,6 +117,7 @@ def _restrictions(meta: Sequence[str], domains: Sequence[str], ips: Sequence[str
         domains=sorted(domains),
         ips=sorted(ips),
         version=int(fields.get("v", 0)),
+        mode=Mode.REPORT if fields.get("r") == "report" else Mode.ENFORCE,
     )
 
 
@@ -513,3 +517,49 @@ class Store:
                 if token_hash is not None and self.keys(token_hash)[0] == key:
                     found.add(token_hash)
         return sorted(found)
+
+    # -------------------------------------------------------------------------- denial log
+
+    def denials_key(self, token_hash: str) -> str:
+        """The token's capped stream of recent denials (see `validator.denials`).
+
+        Deliberately outside `key_prefix`: validators track that prefix for invalidations, and a
+        flood of denied requests must not become a flood of invalidation messages (nor evict the
+        very tokens being denied).
+        """
+        return f"{self.key_prefix.rstrip(':')}-denials:{{{token_hash}}}"
+
+    async def append_denials(self, batch: Sequence[DeniedRequest], *, max_length: int) -> None:
+        """Append denials to their tokens' streams, trimmed to about `max_length` each, in one
+        pipelined round trip."""
+        with _store_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for denial in batch:
+                pipe.xadd(
+                    self.denials_key(denial.token_hash),
+                    {
+                        "at": denial.at_ms,
+                        "source": denial.source,
+                        "seen": denial.seen,
+                        "reason": denial.reason,
+                        "mode": denial.mode,
+                        "origin": denial.origin,
+                    },
+                    maxlen=max_length,
+                    approximate=True,
+                )
+            await pipe.execute()
+
+    async def denials(self, token_hash: str, *, since_ms: int = 0, count: int = 100) -> list[dict[str, str]]:
+        """The token's most recent denials (newest first), at or after `since_ms`."""
+        with _store_errors():
+            entries = await self.client.xrevrange(
+                self.denials_key(token_hash), max="+", min=f"{since_ms}-0" if since_ms else "-", count=count
+            )
+        return [
+            {str(name): str(value) for name, value in (fields or {}).items()} for _, fields in entries or []
+        ]
+
+    async def delete_denials(self, token_hash: str) -> None:
+        with _store_errors():
+            await self.client.delete(self.denials_key(token_hash))

@@ -74,7 +74,7 @@ def test_the_console_script_is_the_same_program(cli: Cli) -> None:
 
 def test_show_unknown_token(cli: Cli) -> None:
     data = cli("show", TOKEN, "--json").json()
-    assert (data["stored"], data["mode"], data["domains"], data["ips"]) == (False, "unrestricted", [], [])
+    assert (data["stored"], data["use"], data["domains"], data["ips"]) == (False, "unrestricted", [], [])
     assert "nothing stored" in cli("show", TOKEN).out
 
 
@@ -105,7 +105,7 @@ def test_show_plain_text_when_piped(cli: Cli, store: Direct) -> None:
 def test_show_mode_follows_the_switches(cli: Cli, store: Direct, on: tuple[str, ...], mode: str) -> None:
     store.given(TOKEN, domains=["app.example.com"], ips=["203.0.113.7"], on=on)
     data = cli("show", TOKEN, "--json").json()
-    assert data["mode"] == mode
+    assert data["use"] == mode
     assert (data["domain_enabled"], data["ip_enabled"]) == ("domain" in on, "ip" in on)
     assert (data["domains"], data["ips"], data["version"]) == (["app.example.com"], ["203.0.113.7"], 1)
 

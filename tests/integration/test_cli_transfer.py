@@ -218,6 +218,7 @@ def test_export_writes_one_line_per_token_named_by_hash(cli: Cli, store: Direct)
         "ip_enabled": False,
         "domains": ["app.example.com"],
         "ips": ["203.0.113.7"],
+        "mode": "enforce",
     }
     assert "do_not_print" not in result.out
 

@@ -1,13 +1,16 @@
 -- Apply one admin change to one token atomically; the entry limit is enforced here, inside
 -- Redis, so concurrent writers can never leave more than `limit` entries in a list.
 --
--- KEYS: meta (hash: d, i = switches "0"/"1"; v = version), domains (set), ips (set),
+-- KEYS: meta (hash: d, i = switches "0"/"1"; v = version; r = mode "enforce"/"report",
+--       absent meaning enforce), domains (set), ips (set),
 --       history (list of JSON entries, newest first, capped at HISTORY_LENGTH)
 -- ARGV[1] = op, ARGV[2] = limit, then per op:
 --   add | remove | set   ARGV[3] = "d" or "i", ARGV[4..] = normalised entries
 --   switch               ARGV[3] = "d" or "i", ARGV[4] = "0" or "1"
---   put                  ARGV[3] = d switch, ARGV[4] = i switch, ARGV[5] = number of domains,
---                        then the domains, then the ips (a whole record, as import writes it)
+--   mode                 ARGV[3] = "enforce" or "report"
+--   put                  ARGV[3] = d switch, ARGV[4] = i switch, ARGV[5] = mode,
+--                        ARGV[6] = number of domains, then the domains, then the ips
+--                        (a whole record, as import writes it)
 --   delete
 -- Returns {"ok", changed (0/1), meta, domains, ips} after the change,
 -- or {"limit", "d" or "i", members now stored} when the limit would be exceeded (nothing written).
@@ -129,10 +132,16 @@ elseif op == 'switch' then
     redis.call('HSET', meta_key, ARGV[3], ARGV[4])
     changed = true
   end
+elseif op == 'mode' then
+  entry.mode = ARGV[3]
+  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[3] then
+    redis.call('HSET', meta_key, 'r', ARGV[3])
+    changed = true
+  end
 elseif op == 'put' then
-  local n = tonumber(ARGV[5])
-  local domains = slice(6, 5 + n)
-  local ips = slice(6 + n, #ARGV)
+  local n = tonumber(ARGV[6])
+  local domains = slice(7, 6 + n)
+  local ips = slice(7 + n, #ARGV)
   if #domains > limit then
     return {'limit', 'd', redis.call('SMEMBERS', KEYS[2])}
   end
@@ -145,6 +154,11 @@ elseif op == 'put' then
       changed = true
     end
   end
+  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[5] then
+    redis.call('HSET', meta_key, 'r', ARGV[5])
+    changed = true
+  end
+  entry.mode = ARGV[5]
   for list, entries in pairs({d = domains, i = ips}) do
     if not same_members(set_key[list], entries) then
       replace(set_key[list], entries)

@@ -1,0 +1,168 @@
+"""The denial log: each denial (or would-be denial in report-only mode) recorded per token in a
+capped Redis stream, off the request path, and logged at a bounded rate.
+
+Recording is a deque append; a background task writes batches in one pipelined round trip.
+When the queue is full (a flood of denied requests, or Redis down), new denials are dropped
+and counted rather than held: the log is for people, and must never slow the requests down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from typing import NamedTuple
+
+from validator.errors import ConfigurationError, StoreUnavailable
+from validator.model import Decision
+from validator.store import Store, fingerprint
+
+__all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]
+
+log = logging.getLogger("validator")
+
+
+class DeniedRequest(NamedTuple):
+    """One denial as queued and as stored (stream fields: at, source, seen, reason, mode, origin)."""
+
+    at_ms: int
+    token_hash: str
+    source: str
+    seen: str  # the request's domain or client IP ("-" when it had none)
+    reason: str
+    mode: str  # "enforce": it was denied; "report": report-only let it through
+    origin: str  # front end: scheme://host[:port] of Origin/Referer (never a path), for replay
+
+
+class RateLimiter:
+    """A token bucket: `allow()` at most `rate` times a second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        if rate <= 0 or burst < 1:
+            raise ConfigurationError("a log rate must be positive, with a burst of at least 1")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.suppressed += 1
+        return False
+
+
+class DenialLog:
+    """Queues denials and writes them to the store in batches, in the background."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        stream_length: int = 1000,
+        log_rate: float = 10.0,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1 or stream_length < 1:
+            raise ConfigurationError("denial queue, batch and stream sizes must be at least 1")
+        self.store = store
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.stream_length = stream_length
+        self._queue: collections.deque[DeniedRequest] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._log_limit = RateLimiter(log_rate, burst=max(1, int(log_rate * 2)))
+        self.recorded = 0  # written to the store
+        self.dropped = 0  # refused because the queue was full
+        self.failed = 0  # lost because the store refused a batch
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def record(self, token_hash: str, decision: Decision, seen: str, origin: str = "") -> None:
+        """Queue one denial; never blocks, never raises."""
+        mode = "report" if decision.reported else "enforce"
+        source = decision.source.value if decision.source is not None else "-"
+        if self._log_limit.allow():
+            suppressed, self._log_limit.suppressed = self._log_limit.suppressed, 0
+            log.warning(
+                "%s: token %s, %s request from %s, rule %s%s",
+                "would deny (report-only)" if decision.reported else "denied",
+                fingerprint(token_hash),
+                source,
+                seen,
+                decision.reason.value,
+                f" ({suppressed} more not logged)" if suppressed else "",
+                extra={
+                    "token": fingerprint(token_hash),
+                    "source": source,
+                    "seen": seen,
+                    "reason": decision.reason.value,
+                    "mode": mode,
+                },
+            )
+        if len(self._queue) >= self.queue_size:
+            self.dropped += 1
+            return
+        self._queue.append(
+            DeniedRequest(
+                int(time.time() * 1000),
+                token_hash,
+                source,
+                seen[:256],
+                decision.reason.value,
+                mode,
+                origin[:300],
+            )
+        )
+        self._wakeup.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="validator-denial-log")
+
+    async def stop(self, flush_timeout: float = 1.0) -> None:
+        """Write what is queued (for at most `flush_timeout` seconds), then stop."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # The writer drains the queue and returns; only past the deadline is it cancelled (a
+        # cancellation in the middle of a client's command is not always honoured).
+        self._closing = True
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), flush_timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, flush_timeout)
+
+    async def _run(self) -> None:
+        while not self._closing:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                await self._write_batch()
+
+    async def _write_batch(self) -> None:
+        count = min(len(self._queue), self.batch_size)
+        batch = [self._queue.popleft() for _ in range(count)]
+        try:
+            await self.store.append_denials(batch, max_length=self.stream_length)
+        except StoreUnavailable as error:
+            self.failed += len(batch)
+            log.debug("denial log: %d denials not written: %s", len(batch), error)
+            await asyncio.sleep(0.5)  # don't spin on a store that is down
+        else:
+            self.recorded += len(batch)
