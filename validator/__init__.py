@@ -17,7 +17,7 @@ from validator.errors import (
     StoreUnavailable,
     ValidatorError,
 )
-from validator.model import Decision, Reason, Restrictions, Source
+from validator.model import Decision, Mode, Reason, Restrictions, Source
 from validator.store import Store
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Decision",
     "InvalidEntry",
     "LimitExceeded",
+    "Mode",
     "Reason",
     "Restrictions",
     "Source",

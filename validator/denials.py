@@ -81,6 +81,8 @@ class DenialLog:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._idle = asyncio.Event()  # set while nothing is queued or being written
+        self._idle.set()
         self._log_limit = RateLimiter(log_rate, burst=max(1, int(log_rate * 2)))
         self.recorded = 0  # written to the store
         self.dropped = 0  # refused because the queue was full
@@ -114,6 +116,7 @@ class DenialLog:
         if len(self._queue) >= self.queue_size:
             self.dropped += 1
             return
+        self._idle.clear()
         self._queue.append(
             DeniedRequest(
                 int(time.time() * 1000),
@@ -148,12 +151,17 @@ class DenialLog:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, flush_timeout)
 
+    async def flush(self) -> None:
+        """Wait until every denial queued so far is written (or given up on)."""
+        await self._idle.wait()
+
     async def _run(self) -> None:
         while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
                 await self._write_batch()
+            self._idle.set()
 
     async def _write_batch(self) -> None:
         count = min(len(self._queue), self.batch_size)
