@@ -251,6 +251,8 @@ class TokenAccessMiddleware:
       token header, `Content-Type`) and `cors_max_age`.
     - `cors`: token-aware CORS: responses to a front-end request with an `Origin`, allowed or
       denied, get `Access-Control-Allow-Origin: <that origin>` and `Vary: Origin`.
+    - `report_only`: a rollout switch for every token: a request the rules deny is let through
+      (`decision.reported`), and logged and counted as a would-be denial.
 
     Repeated or conflicting `Origin`, `Referer` or token values are refused with 403. The
     decision goes to `scope["state"]["token_access"]` and the token to
@@ -276,6 +278,7 @@ class TokenAccessMiddleware:
         cors_allow_methods: Sequence[str] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"),
         cors_allow_headers: Sequence[str] | None = None,
         cors_max_age: int = 600,
+        report_only: bool = False,
     ) -> None:
         sources = tuple(token_sources)
         if not sources or len(set(sources)) != len(sources) or not set(sources) <= set(_TOKEN_SOURCES):
@@ -316,6 +319,7 @@ class TokenAccessMiddleware:
         self.proxy_header = proxy_header
         self.answer_preflight = preflight == "answer"
         self.cors = cors
+        self.report_only = report_only
         self._query_name = token_query.encode("utf-8")
         kinds = {b"origin": _ORIGIN, b"referer": _REFERER, b"access-control-request-method": _PREFLIGHT}
         if "bearer" in sources:
@@ -369,7 +373,12 @@ class TokenAccessMiddleware:
                 await self.app(scope, receive, send)
             return
         decision = self.validator.check_cached(
-            token, request.origin_text, request.referer_text, request.sec_fetch, request.client_ip
+            token,
+            request.origin_text,
+            request.referer_text,
+            request.sec_fetch,
+            request.client_ip,
+            report_only=self.report_only,
         )
         if decision is None:
             try:
@@ -379,6 +388,7 @@ class TokenAccessMiddleware:
                     referer=request.referer_text,
                     sec_fetch=request.sec_fetch,
                     client_ip=request.client_ip,
+                    report_only=self.report_only,
                 )
             except StoreUnavailable:
                 now = time.monotonic()

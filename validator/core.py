@@ -20,7 +20,7 @@ from validator.denials import DenialLog
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.invalidation import InvalidationListener
 from validator.matching import origin_of, request_host
-from validator.model import ALL_DECISIONS, Decision, Reason, Source, decision
+from validator.model import ALL_DECISIONS, Decision, Reason, Source, decision, reported
 from validator.rules import TokenRules, classify, compile_rules
 from validator.store import DEFAULT_KEY_PREFIX, Store, parse_read
 
@@ -334,6 +334,8 @@ class Validator:
         referer: str | None = None,
         sec_fetch: bool = False,
         client_ip: str | None = None,
+        *,
+        report_only: bool = False,
     ) -> Decision | None:
         """The decision from the local cache alone, or None when the token is not cached fresh.
 
@@ -343,10 +345,12 @@ class Validator:
         if entry is None:
             return None
         result = entry.value.decide(origin, referer, sec_fetch, client_ip)
+        if not result.allowed or result.reported:
+            if report_only and not result.allowed:
+                result = reported(result)
+            self._denied(entry.token_hash, result, origin or referer, client_ip)
         # Counting by id: a Decision is a shared constant, and hashing the Struct costs more.
         self._counts[id(result)] += 1
-        if not result.allowed or result.reported:
-            self._denied(entry.token_hash, result, origin or referer, client_ip)
         return result
 
     async def check(
@@ -357,49 +361,56 @@ class Validator:
         referer: str | None = None,
         sec_fetch: bool = False,
         client_ip: str | None = None,
+        report_only: bool = False,
     ) -> Decision:
         """Decide one request made with `token`.
 
         `origin` and `referer` are the header values (None when absent), `sec_fetch` whether
         any `Sec-Fetch-*` header was present, `client_ip` the client's address as text.
+        `report_only` lets a denial through as a reported one (a rollout for every token; one
+        token is put in report-only mode with `Admin.set_mode`).
         Raises `StoreUnavailable` when the store cannot be read and nothing usable is cached
         (unless `fail_open`).
         """
         entry = self.cache.fresh(token)
         if entry is not None:
             result = entry.value.decide(origin, referer, sec_fetch, client_ip)
-            self._counts[id(result)] += 1
             if not result.allowed or result.reported:
+                if report_only and not result.allowed:
+                    result = reported(result)
                 self._denied(entry.token_hash, result, origin or referer, client_ip)
+            self._counts[id(result)] += 1
             return result
         self.misses += 1
-        if self.breaker.blocked():
-            # The store is failing: answer now, without a read, a task or a timeout.
-            return self._unavailable(
-                token, None, origin=origin, referer=referer, sec_fetch=sec_fetch, client_ip=client_ip
-            )
-        token_hash = self.store.token_hash(token)
-        try:
-            rules = await self.cache.load(token, token_hash, lambda: self._start_read(token_hash))
-        except StoreUnavailable as error:
-            return self._unavailable(
-                token, error, origin=origin, referer=referer, sec_fetch=sec_fetch, client_ip=client_ip
-            )
-        return self._decided(
-            token_hash, rules.decide(origin, referer, sec_fetch, client_ip), origin, referer, client_ip
+        error: StoreUnavailable | None = None
+        if not self.breaker.blocked():
+            token_hash = self.store.token_hash(token)
+            try:
+                rules = await self.cache.load(token, token_hash, lambda: self._start_read(token_hash))
+            except StoreUnavailable as failure:
+                error = failure
+            else:
+                result = rules.decide(origin, referer, sec_fetch, client_ip)
+                return self._decided(token_hash, result, report_only, origin or referer, client_ip)
+        # The store is failing (if the breaker is open: answered now, without a read or a timeout).
+        return self._unavailable(
+            token,
+            error,
+            report_only,
+            origin=origin,
+            referer=referer,
+            sec_fetch=sec_fetch,
+            client_ip=client_ip,
         )
 
     def _decided(
-        self,
-        token_hash: str,
-        result: Decision,
-        origin: str | None,
-        referer: str | None,
-        client_ip: str | None,
+        self, token_hash: str, result: Decision, report_only: bool, url: str | None, client_ip: str | None
     ) -> Decision:
-        self._counts[id(result)] += 1
         if not result.allowed or result.reported:
-            self._denied(token_hash, result, origin or referer, client_ip)
+            if report_only and not result.allowed:
+                result = reported(result)
+            self._denied(token_hash, result, url, client_ip)
+        self._counts[id(result)] += 1
         return result
 
     def _denied(self, token_hash: str, result: Decision, url: str | None, client_ip: str | None) -> None:
@@ -419,6 +430,7 @@ class Validator:
         self,
         token: str,
         error: StoreUnavailable | None,
+        report_only: bool,
         *,
         origin: str | None,
         referer: str | None,
@@ -428,7 +440,7 @@ class Validator:
         stale = self.cache.usable(token)
         if stale is not None:
             result = stale.value.decide(origin, referer, sec_fetch, client_ip)
-            return self._decided(stale.token_hash, result, origin, referer, client_ip)
+            return self._decided(stale.token_hash, result, report_only, origin or referer, client_ip)
         if self.fail_open:
             result = decision(True, Reason.STORE_UNAVAILABLE, classify(origin, referer, sec_fetch))
             self._counts[id(result)] += 1

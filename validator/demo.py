@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import html
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -153,6 +153,7 @@ class DemoApp:
         protect: bool = True,
         seed: bool = False,
         base_url: str = "http://127.0.0.1:8000",
+        report_only: bool = False,
     ) -> None:
         self.validator = validator
         self.seed = seed
@@ -165,8 +166,10 @@ class DemoApp:
                 trusted_proxies=trusted_proxies,
                 preflight="answer",
                 cors=True,
+                report_only=report_only,
             )
         self.page = page(SEED if seed else ())
+        self.metrics = _metrics(validator)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -177,6 +180,8 @@ class DemoApp:
             await send({"type": "websocket.close", "code": 1000})
         elif scope["path"] == "/":
             await _respond(send, 200, self.page, b"text/html; charset=utf-8")
+        elif scope["path"] == "/metrics" and self.metrics is not None:
+            await _respond(send, 200, self.metrics(), b"text/plain; version=0.0.4; charset=utf-8")
         else:
             await _respond(send, 404, _NOT_FOUND)
 
@@ -197,6 +202,19 @@ class DemoApp:
                 await self.validator.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _metrics(validator: Validator) -> Callable[[], bytes] | None:
+    """Prometheus text of the validator's metrics, if prometheus-client is installed."""
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from validator.metrics import install
+    except ImportError:
+        return None
+    registry = CollectorRegistry()
+    install(validator, registry)
+    return lambda: generate_latest(registry)
 
 
 async def seed(admin: Admin) -> None:
@@ -224,6 +242,8 @@ def instructions(base_url: str, *, seeded: bool) -> str:
     else:
         lines += ["  (store not seeded: add restrictions with validator.Admin, then call the API)"]
     lines += [
+        "",
+        f"Metrics: {base_url}/metrics",
         "",
         "In a browser, open (listed domain, then not listed):",
         f"  {local}/",
@@ -260,6 +280,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="serve the API unprotected (to measure what the middleware costs)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="let denied requests through, logged and counted as would-be denials (a rollout)",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn  # the `demo` extra
@@ -276,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             protect=not args.no_middleware,
             seed=seed_store,
             base_url=f"http://{display_host}:{args.port}",
+            report_only=args.report_only,
         )
     except ConfigurationError as error:
         parser.exit(2, f"error: {error}\n")

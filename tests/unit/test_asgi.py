@@ -570,3 +570,31 @@ def test_bad_settings_refused_at_construction(settings: dict[str, Any], app: Rec
     validator = Validator.from_url("memory://asgi-settings")
     with pytest.raises(ConfigurationError):
         TokenAccessMiddleware(app, validator=validator, **settings)
+
+
+# --------------------------------------------------------------------------- report-only rollout
+
+
+@pytest.mark.parametrize(
+    ("client_ip", "reported"),
+    [pytest.param(OTHER_IP, True, id="would be denied"), pytest.param(LISTED_IP, False, id="allowed anyway")],
+)
+async def test_report_only_passes_and_marks(
+    app: Recorder, validator: Validator, client_ip: str, reported: bool
+) -> None:
+    middleware = TokenAccessMiddleware(app, validator=validator, report_only=True)
+    for _ in range(2):  # a miss, then a cache hit
+        reply = await call(middleware, [key("i")], client=(client_ip, 50000))
+        assert reply.status == 200
+        decision = reply.scope["state"]["token_access"]
+        assert decision.allowed
+        assert decision.reported is reported
+        assert decision.reason is (Reason.IP_NOT_LISTED if reported else Reason.IP_LISTED)
+    assert validator.denial_log is not None
+    await validator.denial_log.flush()
+    assert len(await validator.store.denials(validator.store.token_hash("i"))) == (2 if reported else 0)
+
+
+async def test_without_report_only_the_same_request_is_denied(app: Recorder, validator: Validator) -> None:
+    reply = await call(TokenAccessMiddleware(app, validator=validator), [key("i")])
+    assert reply.status == 403
