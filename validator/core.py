@@ -346,9 +346,7 @@ class Validator:
             return None
         result = entry.value.decide(origin, referer, sec_fetch, client_ip)
         if not result.allowed or result.reported:
-            if report_only and not result.allowed:
-                result = reported(result)
-            self._denied(entry.token_hash, result, origin or referer, client_ip)
+            return self._decided(entry.token_hash, result, report_only, origin or referer, client_ip)
         # Counting by id: a Decision is a shared constant, and hashing the Struct costs more.
         self._counts[id(result)] += 1
         return result
@@ -376,9 +374,7 @@ class Validator:
         if entry is not None:
             result = entry.value.decide(origin, referer, sec_fetch, client_ip)
             if not result.allowed or result.reported:
-                if report_only and not result.allowed:
-                    result = reported(result)
-                self._denied(entry.token_hash, result, origin or referer, client_ip)
+                return self._decided(entry.token_hash, result, report_only, origin or referer, client_ip)
             self._counts[id(result)] += 1
             return result
         self.misses += 1

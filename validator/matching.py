@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
+from typing import TypeVar
 
 import idna
 
@@ -101,33 +102,29 @@ def host_of(url: str) -> str | None:
 # and a dict hit costs a tenth of parsing one (benchmarks: hotpath). Bounded by clearing when
 # full, so a flood of distinct values costs memory for at most _MEMO_SIZE of them.
 _MEMO_SIZE = 8192
+T = TypeVar("T")
 _AF_INET = socket.AF_INET
 _inet_pton = socket.inet_pton
-_HOSTS: dict[str, str | None] = {}
-_V4_INTS: dict[str, int | None] = {}
 
 
-def request_host(url: str) -> str | None:
-    """`host_of(url)`, remembered for the values seen most recently."""
-    try:
-        return _HOSTS[url]
-    except KeyError:
-        pass
-    if len(_HOSTS) >= _MEMO_SIZE:
-        _HOSTS.clear()
-    host = _HOSTS[url] = host_of(url)
-    return host
+def _remembered(parse: Callable[[str], T]) -> Callable[[str], T]:
+    memo: dict[str, T] = {}
+
+    def lookup(text: str) -> T:
+        try:
+            return memo[text]
+        except KeyError:
+            pass
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        value = memo[text] = parse(text)
+        return value
+
+    return lookup
 
 
-def _v4_int_seen(text: str) -> int | None:
-    try:
-        return _V4_INTS[text]
-    except KeyError:
-        pass
-    if len(_V4_INTS) >= _MEMO_SIZE:
-        _V4_INTS.clear()
-    value = _V4_INTS[text] = _v4_int(text)
-    return value
+# `host_of(url)`, remembered for the values seen most recently.
+request_host = _remembered(host_of)
 
 
 def origin_of(url: str) -> tuple[str, str, int | None] | None:
@@ -288,6 +285,9 @@ def _v4_int(text: str) -> int | None:
         return int.from_bytes(_inet_pton(_AF_INET, text), "big")
     except (OSError, ValueError):
         return None
+
+
+_v4_int_seen = _remembered(_v4_int)
 
 
 class IPSet:
