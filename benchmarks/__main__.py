@@ -32,13 +32,13 @@ def _parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="small sizes and few runs: a smoke test (< 1 min)"
     )
     parser.add_argument(
-        "--runs", type=int, metavar="N", help="runs per figure (default: 5-7 full, 1-3 quick)"
+        "--runs", type=int, metavar="N", help="runs per figure (default: 3-9 by benchmark, 1-3 with --quick)"
     )
     parser.add_argument(
         "--store",
         metavar="URL",
-        help="use this Redis instead of starting throwaway redis-servers (keys get a unique prefix; "
-        "nothing is flushed)",
+        help="use this Redis instead of starting throwaway redis-servers (keys get a unique prefix, "
+        "nothing is flushed; propagation always starts its own; stampede's counts include other clients)",
     )
     return parser
 

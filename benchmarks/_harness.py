@@ -220,7 +220,10 @@ def redis_server(config: Config) -> Iterator[Server]:
     the system one on 6379), stopped and removed afterwards."""
     if config.store:
         parts = urlsplit(config.store)
-        yield Server(config.store, parts.hostname or "127.0.0.1", parts.port or 6379, None)
+        try:
+            yield Server(config.store, parts.hostname or "127.0.0.1", parts.port or 6379, None)
+        finally:
+            _forget_prefixes(config.store)
         return
     from tests.redis_servers import RedisProcess
 
@@ -233,9 +236,30 @@ def redis_server(config: Config) -> Iterator[Server]:
         process.cleanup()
 
 
+_PREFIXES: list[str] = []
+
+
 def unique_prefix(benchmark: str) -> str:
-    """A key prefix of its own per run, so nothing needs flushing (and --store is safe to use)."""
-    return f"bench:{benchmark}:{os.getpid()}:{time.monotonic_ns()}:"
+    """A key prefix of its own per run, so nothing needs flushing (and --store is safe to use:
+    the keys under it are deleted when the benchmark is done with the server)."""
+    prefix = f"bench:{benchmark}:{os.getpid()}:{time.monotonic_ns()}:"
+    _PREFIXES.append(prefix)
+    return prefix
+
+
+def _forget_prefixes(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        while _PREFIXES:
+            # The library also keeps keys beside the prefix (`<prefix>-denials:...`).
+            pattern = re.sub(r"([*?\[\]\\])", r"\\\1", _PREFIXES.pop().rstrip(":")) + "*"
+            keys = list(client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(keys), 1000):
+                client.unlink(*keys[start : start + 1000])
+    finally:
+        client.close()
 
 
 # ---------------------------------------------------------------------------------------- machine

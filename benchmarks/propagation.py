@@ -8,6 +8,10 @@ entry invalidated), from just before the write. Figures: the p50 and p99 of thos
 `measure()`'s `redis-cli` changes are off here: their delay would include starting redis-cli
 (tests/faults/test_propagation.py covers them).
 
+Always on a throwaway redis-server, even with --store: `measure()` writes under the default key
+prefix with a secret of its own, and its marker would make a real store look wiped to validators
+configured with another secret.
+
 Baseline in the same run: the admin write alone (`Admin.set_ips` round trip, p50 and p99 over
 as many writes as changes), the least a change can take to be seen anywhere.
 """
@@ -48,7 +52,7 @@ async def _main(config: Config) -> list[Result]:
     write50: list[float] = []
     write99: list[float] = []
     missed = wrong = 0
-    with redis_server(config) as server:
+    with redis_server(Config(quick=config.quick, runs=config.runs)) as server:
         for run in range(runs):
             progress(NAME, f"run {run + 1}/{runs}: {changes} changes, {PROCESSES} processes")
             writes = await _write_latencies(server.url, changes)
