@@ -19,8 +19,7 @@ from validator.cache import Cache
 from validator.denials import DenialLog
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.invalidation import InvalidationListener
-from validator.matching import origin_of, request_host
-from validator.model import ALL_DECISIONS, Decision, Reason, Source, decision, reported
+from validator.model import ALL_DECISIONS, Decision, Reason, decision, reported
 from validator.rules import TokenRules, classify, compile_rules
 from validator.store import DEFAULT_KEY_PREFIX, Store, parse_read
 
@@ -410,17 +409,8 @@ class Validator:
         return result
 
     def _denied(self, token_hash: str, result: Decision, url: str | None, client_ip: str | None) -> None:
-        if self.denial_log is None:
-            return
-        origin = ""
-        if result.source is Source.FRONT_END:
-            seen = (request_host(url) if url else None) or "-"
-            parts = origin_of(url) if url else None
-            if parts is not None:
-                origin = f"{parts[0]}://{parts[1]}" + (f":{parts[2]}" if parts[2] is not None else "")
-        else:
-            seen = client_ip or "-"
-        self.denial_log.record(token_hash, result, seen, origin)
+        if self.denial_log is not None:
+            self.denial_log.record(token_hash, result, url, client_ip)
 
     def _unavailable(
         self,

@@ -16,7 +16,8 @@ import time
 from typing import NamedTuple
 
 from validator.errors import ConfigurationError, StoreUnavailable
-from validator.model import Decision
+from validator.matching import origin_of, request_host
+from validator.model import Decision, Source
 from validator.store import Store, fingerprint
 
 __all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]
@@ -34,6 +35,32 @@ class DeniedRequest(NamedTuple):
     reason: str
     mode: str  # "enforce": it was denied; "report": report-only let it through
     origin: str  # front end: scheme://host[:port] of Origin/Referer (never a path), for replay
+
+
+# What the request path queues: (time.time(), token hash, decision, Origin or Referer, client IP).
+_Queued = tuple[float, str, Decision, str | None, str | None]
+
+
+def _described(
+    at: float, token_hash: str, decision: Decision, url: str | None, client_ip: str | None
+) -> DeniedRequest:
+    origin = ""
+    if decision.source is Source.FRONT_END:
+        seen = (request_host(url) if url else None) or "-"
+        parts = origin_of(url) if url else None
+        if parts is not None:
+            origin = f"{parts[0]}://{parts[1]}" + (f":{parts[2]}" if parts[2] is not None else "")
+    else:
+        seen = client_ip or "-"
+    return DeniedRequest(
+        int(at * 1000),
+        token_hash,
+        decision.source.value if decision.source is not None else "-",
+        seen[:256],
+        decision.reason.value,
+        "report" if decision.reported else "enforce",
+        origin[:300],
+    )
 
 
 class RateLimiter:
@@ -77,7 +104,7 @@ class DenialLog:
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.stream_length = stream_length
-        self._queue: collections.deque[DeniedRequest] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -91,44 +118,39 @@ class DenialLog:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def record(self, token_hash: str, decision: Decision, seen: str, origin: str = "") -> None:
-        """Queue one denial; never blocks, never raises."""
-        mode = "report" if decision.reported else "enforce"
-        source = decision.source.value if decision.source is not None else "-"
+    def record(self, token_hash: str, decision: Decision, url: str | None, client_ip: str | None) -> None:
+        """Queue one denial (`url`: its Origin or Referer); never blocks, never raises.
+
+        Only a tuple is queued here: what was seen is worked out by the writer, off the request path.
+        """
         if self._log_limit.allow():
-            suppressed, self._log_limit.suppressed = self._log_limit.suppressed, 0
-            log.warning(
-                "%s: token %s, %s request from %s, rule %s%s",
-                "would deny (report-only)" if decision.reported else "denied",
-                fingerprint(token_hash),
-                source,
-                seen,
-                decision.reason.value,
-                f" ({suppressed} more not logged)" if suppressed else "",
-                extra={
-                    "token": fingerprint(token_hash),
-                    "source": source,
-                    "seen": seen,
-                    "reason": decision.reason.value,
-                    "mode": mode,
-                },
-            )
+            self._log(token_hash, decision, url, client_ip)
         if len(self._queue) >= self.queue_size:
             self.dropped += 1
             return
         self._idle.clear()
-        self._queue.append(
-            DeniedRequest(
-                int(time.time() * 1000),
-                token_hash,
-                source,
-                seen[:256],
-                decision.reason.value,
-                mode,
-                origin[:300],
-            )
-        )
+        self._queue.append((time.time(), token_hash, decision, url, client_ip))
         self._wakeup.set()
+
+    def _log(self, token_hash: str, decision: Decision, url: str | None, client_ip: str | None) -> None:
+        suppressed, self._log_limit.suppressed = self._log_limit.suppressed, 0
+        denial = _described(0.0, token_hash, decision, url, client_ip)
+        log.warning(
+            "%s: token %s, %s request from %s, rule %s%s",
+            "would deny (report-only)" if decision.reported else "denied",
+            fingerprint(token_hash),
+            denial.source,
+            denial.seen,
+            denial.reason,
+            f" ({suppressed} more not logged)" if suppressed else "",
+            extra={
+                "token": fingerprint(token_hash),
+                "source": denial.source,
+                "seen": denial.seen,
+                "reason": denial.reason,
+                "mode": denial.mode,
+            },
+        )
 
     def start(self) -> None:
         if self._task is None:
@@ -165,7 +187,7 @@ class DenialLog:
 
     async def _write_batch(self) -> None:
         count = min(len(self._queue), self.batch_size)
-        batch = [self._queue.popleft() for _ in range(count)]
+        batch = [_described(*self._queue.popleft()) for _ in range(count)]
         try:
             await self.store.append_denials(batch, max_length=self.stream_length)
         except StoreUnavailable as error:
