@@ -145,9 +145,16 @@ class ClusterTopology:
             layout = parse_slots(reply, node.rpartition(":")[0])
             if layout:
                 self.layout = layout
+                await self._forget_probes(keep={*layout, *candidates})
                 return layout
             errors.append(f"{node}: no slots assigned")
         raise RedisConnectionError(f"no Redis Cluster node told its slots ({'; '.join(errors)})")
+
+    async def _forget_probes(self, keep: set[str]) -> None:
+        # Nodes come and go over a cluster's life (replaced machines, resharding).
+        for node in [node for node in self._probes if node not in keep]:
+            with contextlib.suppress(RedisError, OSError, RuntimeError):
+                await self._probes.pop(node).aclose()
 
     def subscriber(self, node: str) -> aioredis.Redis:
         return self._connection(node)
