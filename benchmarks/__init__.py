@@ -20,4 +20,5 @@ BENCHMARKS: dict[str, str] = {
     "propagation": "benchmarks.propagation",
     "memory": "benchmarks.memory",
     "import": "benchmarks.bulk_import",
+    "outage": "benchmarks.outage",
 }
