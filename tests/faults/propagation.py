@@ -34,7 +34,7 @@ async def worker(url: str, secret: str, token: str) -> None:
                 evicted.put_nowait(time.time())
             invalidate(changed_hash)
 
-        validator.cache.invalidate = watching  # type: ignore[method-assign]
+        validator.cache.invalidate = watching  # type: ignore[method-assign,assignment]
         last = (await validator.check(token, client_ip=CLIENT_IP)).allowed
         print(json.dumps({"ready": True}), flush=True)
         while True:

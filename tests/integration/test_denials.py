@@ -51,7 +51,7 @@ async def test_report_only_never_denies_but_records(validator: Validator) -> Non
     await admin.set_mode(TOKEN, "report")
     await validator.sync()
     for request in ({"client_ip": CLIENT_IP}, {"origin": "https://evil.test"}, {"client_ip": None}):
-        decision = await validator.check(TOKEN, **request)  # type: ignore[arg-type]
+        decision = await validator.check(TOKEN, **request)
         assert decision.allowed
         assert decision.reported
     assert (await validator.check(TOKEN, client_ip="203.0.113.7")).reported is False
