@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -158,16 +159,21 @@ def progress(benchmark: str, message: str) -> None:
 
 def run_async(main: Coroutine[Any, Any, T], limit: float = 1800.0) -> T:
     """Run a benchmark's coroutine on uvloop. If it is not done within `limit` seconds, print
-    every task's stack to stderr (where it hangs) and cancel it."""
+    every task's stack to stderr (where it hangs) and cancel it; SIGUSR1 prints them any time."""
     import uvloop
 
+    def dump() -> None:
+        for running in asyncio.all_tasks():
+            running.print_stack(file=sys.stderr)
+
     async def watched() -> T:
+        # `kill -USR1 <pid>` shows where every task waits, without stopping the benchmark.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
         task = asyncio.ensure_future(main)
         done, _ = await asyncio.wait({task}, timeout=limit)
         if not done:
             print(f"benchmark still running after {limit:.0f} s; its tasks:", file=sys.stderr)
-            for running in asyncio.all_tasks():
-                running.print_stack(file=sys.stderr)
+            dump()
             task.cancel()
         return await task
 
