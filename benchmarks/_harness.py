@@ -21,11 +21,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from validator import Validator
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -178,6 +181,30 @@ def run_async(main: Coroutine[Any, Any, T], limit: float = 1800.0) -> T:
         return await task
 
     return uvloop.run(watched())
+
+
+@contextlib.asynccontextmanager
+async def connected(validator: Validator, benchmark: str, close_within: float = 10.0) -> AsyncIterator[None]:
+    """`async with validator`, except that a `close()` that does not return within
+    `close_within` seconds is reported on stderr and given up on, not waited for forever.
+
+    Seen with the library: `close()` waited forever for its invalidation listener, whose
+    `pubsub.get_message()` had swallowed the cancellation (docs/benchmarks.md, Caveats).
+    """
+    await validator.connect()
+    try:
+        yield
+    finally:
+        closing = asyncio.ensure_future(validator.close())
+        done, _ = await asyncio.wait({closing}, timeout=close_within)
+        if not done:
+            progress(
+                benchmark,
+                f"WARNING: Validator.close() did not return within {close_within:.0f} s "
+                "(its invalidation listener ignored the cancellation); going on without it",
+            )
+            closing.cancel()
+            await asyncio.wait({closing}, timeout=close_within)
 
 
 # ---------------------------------------------------------------------------------------- CPUs

@@ -25,6 +25,7 @@ from benchmarks._drive import drive
 from benchmarks._harness import (
     Config,
     Result,
+    connected,
     interleaved,
     module_main,
     progress,
@@ -118,7 +119,7 @@ async def _main(config: Config) -> list[Result]:
         validator = Validator.from_url(
             url, secret=SECRET, key_prefix=prefix, cache_size=n, ttl=1e9, invalidation=False
         )
-        async with validator:
+        async with connected(validator, NAME):
             progress(NAME, f"warming the cache with {n:,} cold checks")
             await _warm(validator, requests["front-end allow"])
             for case, (_, allow) in CASES.items():

@@ -24,7 +24,16 @@ import redis.asyncio as aioredis
 
 from benchmarks._data import SECRET, allowed_request, domains, ips, record, seed, token
 from benchmarks._drive import drive
-from benchmarks._harness import Config, Result, module_main, progress, redis_server, run_async, unique_prefix
+from benchmarks._harness import (
+    Config,
+    Result,
+    connected,
+    module_main,
+    progress,
+    redis_server,
+    run_async,
+    unique_prefix,
+)
 from validator import Admin, Validator
 
 NAME = "memory"
@@ -98,7 +107,7 @@ async def _main(config: Config) -> list[Result]:
         await client.aclose()
         await admin.close()
         validator = Validator.from_url(server.url, secret=SECRET, key_prefix=prefix, cache_size=n)
-        async with validator:
+        async with connected(validator, NAME):
 
             async def warm(token_: str, origin: str | None, client_ip: str | None) -> bool:
                 return (await validator.check(token_, origin=origin, client_ip=client_ip)).allowed

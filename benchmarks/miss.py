@@ -25,6 +25,7 @@ from benchmarks._drive import Check, drive
 from benchmarks._harness import (
     Config,
     Result,
+    connected,
     interleaved,
     module_main,
     progress,
@@ -61,7 +62,7 @@ async def _main(config: Config) -> list[Result]:
             return (await validator.check(token, origin=origin, client_ip=client_ip)).allowed
 
         checks: dict[str, Check] = {OURS: ours, REDIS_PY: redis_py.check, RAW: raw.check}
-        async with validator:
+        async with connected(validator, NAME):
             # Connections, scripts and the store marker are set up before timing.
             for check in checks.values():
                 await drive(check, requests[:200], 100)

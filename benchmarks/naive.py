@@ -23,6 +23,7 @@ from benchmarks._drive import drive
 from benchmarks._harness import (
     Config,
     Result,
+    connected,
     interleaved,
     module_main,
     progress,
@@ -73,7 +74,7 @@ async def _main(config: Config) -> list[Result]:
         async def ours(token: str, origin: str | None, client_ip: str | None) -> bool:
             return (await validator.check(token, origin=origin, client_ip=client_ip)).allowed
 
-        async with validator:
+        async with connected(validator, NAME):
             progress(NAME, f"warming {hot:,} hot tokens")
             await drive(ours, [allowed_request(i, True) for i in range(hot)], CONCURRENCY)
             await drive(naive.check, [allowed_request(i, True) for i in range(200)], CONCURRENCY)

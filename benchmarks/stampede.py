@@ -24,6 +24,7 @@ from benchmarks._data import SECRET, allowed_request, seed
 from benchmarks._harness import (
     Config,
     Result,
+    connected,
     interleaved,
     module_main,
     progress,
@@ -73,7 +74,7 @@ async def _main(config: Config) -> list[Result]:
             return await naive.check(token, origin, client_ip)
 
         checks: dict[str, Callable[[], Awaitable[bool]]] = {OURS: ours, NAIVE: plain}
-        async with validator:
+        async with connected(validator, NAME):
             await ours()  # the store marker and the script, before timing
             await asyncio.gather(*(plain() for _ in range(REQUESTS)))  # the naive pool's connections
             for run in range(runs):
