@@ -87,6 +87,14 @@ class _Subscription:
         self.client = client
         self.pubsub = client.pubsub()
 
+    def abort(self) -> None:
+        """Drop the connection under a read that ignores cancellation (redis-py issue 2551:
+        `get_message` can swallow a CancelledError); the read then fails and returns."""
+        connection = self.pubsub.connection
+        writer = getattr(connection, "_writer", None) if connection is not None else None
+        if writer is not None:
+            writer.transport.abort()
+
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError, RuntimeError):
             await self.pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -133,17 +141,26 @@ class InvalidationListener:
         self.resets = 0
         self.nodes: Mapping[str, Hashable] = {}  # the nodes subscribed to, while connected
         self._task: asyncio.Task[None] | None = None
+        self._subscriptions: list[_Subscription] = []
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="validator-invalidation")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Stop listening; never waits more than about twice `timeout`."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            # A read swallowed the cancellation: cut its connection so that it returns.
+            for subscription in self._subscriptions:
+                subscription.abort()
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            log.warning("invalidation listener did not stop within %.0f s; leaving it", 2 * timeout)
 
     def _reset(self) -> None:
         self.resets += 1
@@ -153,6 +170,7 @@ class InvalidationListener:
         delay = self.backoff_min
         while True:
             subscriptions: list[_Subscription] = []
+            self._subscriptions = subscriptions
             try:
                 nodes = await asyncio.wait_for(self._topology.discover(), self.ping_timeout)
                 for node in nodes:
@@ -196,9 +214,15 @@ class InvalidationListener:
         finally:
             for watcher in watchers:
                 watcher.cancel()
+            _, pending = await asyncio.wait(watchers, timeout=self.ping_timeout)
+            if pending:
+                # A read swallowed the cancellation: cut the connections under it.
+                for subscription in subscriptions:
+                    subscription.abort()
+                await asyncio.wait(pending, timeout=self.ping_timeout)
             for watcher in watchers:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await watcher
+                if watcher.done() and not watcher.cancelled():
+                    watcher.exception()  # retrieved: the first failure is the one raised above
 
     async def _follow(self, subscribed: Mapping[str, Hashable]) -> None:
         # A failover that kills a node also kills our connection to it; one that demotes a live
