@@ -190,6 +190,31 @@ class LocalCluster:
         for node in self.primaries():
             redis_cli(node.port, "FLUSHALL")
 
+    def reshard(self, source: RedisProcess, target: RedisProcess, slots: int, timeout: float = 60.0) -> None:
+        """Move `slots` slots, with their keys, from one primary to another (redis-cli --cluster reshard)."""
+        ids = [redis_cli(node.port, "CLUSTER", "MYID").strip() for node in (source, target)]
+        done = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "reshard",
+                f"127.0.0.1:{source.port}",
+                "--cluster-from",
+                ids[0],
+                "--cluster-to",
+                ids[1],
+                "--cluster-slots",
+                str(slots),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster reshard failed: {done.stdout!r} {done.stderr!r}")
+        self.wait_ok(timeout)
+
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()

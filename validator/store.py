@@ -413,6 +413,11 @@ class Store:
             self._wire.close()
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
+            if isinstance(self.client, RedisCluster):
+                # redis-py's aclose() does nothing while a slot-map refresh is pending (after a
+                # connection error), which would leave every node's connections open.
+                await self.client.nodes_manager.aclose()
+                await self.client.nodes_manager.aclose("startup_nodes")
         if self.topology is not None:
             await self.topology.aclose()
 

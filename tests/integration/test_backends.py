@@ -254,3 +254,18 @@ async def test_delete_removes_every_key_of_the_token(backend: Backend, admin: Ad
         leftovers += [key async for key in client.scan_iter(match="tav:{*}*")]
         await client.aclose()
     assert leftovers == []
+
+
+async def test_a_recorded_denial_does_not_evict_the_token(admin: Admin, validator: Validator) -> None:
+    await admin.set_ips(TOKEN, [CLIENT_IP])
+    await admin.enable(TOKEN, "ip")
+    await validator.sync()
+    assert validator.denial_log is not None
+    assert not (await validator.check(TOKEN, client_ip="198.51.100.1")).allowed
+    for _ in range(500):  # the denial log writes in the background
+        if validator.denial_log.recorded:
+            break
+        await asyncio.sleep(0.01)
+    assert validator.denial_log.recorded == 1
+    await validator.sync()  # the denial stream's own invalidation has arrived
+    assert validator.check_cached(TOKEN, client_ip="198.51.100.1") is not None
