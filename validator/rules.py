@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from validator.matching import DomainSet, IPSet, host_of, request_host
+from validator.matching import DomainSet, IPSet, request_host
 from validator.model import Decision, Mode, Reason, Restrictions, Source, decision, reported
 
-__all__ = ["ReportOnlyRules", "TokenRules", "classify", "compile_rules", "request_domain"]
+__all__ = ["ReportOnlyRules", "TokenRules", "classify", "compile_rules"]
 
 _FRONT = Source.FRONT_END
 _BACK = Source.BACK_END
@@ -28,15 +28,6 @@ def classify(origin: str | None, referer: str | None, sec_fetch: bool) -> Source
     """Front end if the request carries a browser signal: a non-empty `Origin`, a `Referer`
     (even an empty one), or any `Sec-Fetch-*` header; back end otherwise."""
     return _FRONT if origin or referer is not None or sec_fetch else _BACK
-
-
-def request_domain(origin: str | None, referer: str | None) -> str | None:
-    """The host of `Origin` if present, else of `Referer`; None when it cannot be determined."""
-    if origin:
-        return host_of(origin)
-    if referer:
-        return host_of(referer)
-    return None
 
 
 class TokenRules:
@@ -74,7 +65,7 @@ class TokenRules:
             if not self.domain_enabled:
                 # D off: allowed only when nothing is enabled; "only IP enabled" denies browsers.
                 return _FRONT_END_NOT_ALLOWED if self.ip_enabled else _UNRESTRICTED[_FRONT]
-            url = origin or referer  # as request_domain(): Origin if present, else Referer
+            url = origin or referer  # SPEC: the host of Origin if present, else of Referer
             if not url or (host := request_host(url)) is None:
                 return _NO_DOMAIN
             domains = self.domains
