@@ -8,7 +8,7 @@ Results and method: docs/benchmarks.md.
 
 from __future__ import annotations
 
-__all__ = ["BENCHMARKS"]
+__all__ = ["BENCHMARKS", "MULTI_NODE"]
 
 # Benchmark name -> module (`import` is a Python keyword, hence `bulk_import`).
 BENCHMARKS: dict[str, str] = {
@@ -22,3 +22,8 @@ BENCHMARKS: dict[str, str] = {
     "import": "benchmarks.bulk_import",
     "outage": "benchmarks.outage",
 }
+
+# The benchmarks that also run on a Redis Cluster or a Sentinel-managed master (`--store
+# redis+cluster://...`, `redis+sentinel://...`); the others measure one server (its memory, its
+# command counts, its death) and refuse such a URL.
+MULTI_NODE: tuple[str, ...] = ("hotpath", "miss", "naive", "import")

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from benchmarks._rawclient import RawRedis
+from benchmarks._targets import RawRouter, plain_client
 from validator import Store
 
 __all__ = ["FloorTable", "RawCheck", "RedisPyCheck", "decide", "floor_check", "floor_check_async", "host"]
@@ -64,17 +65,20 @@ def decide(meta: Mapping[str, str], domains: Sequence[str] | set[str], ips: Sequ
 
 class RedisPyCheck:
     """The naive per-request check a team would write: plain `redis.asyncio` (hiredis parser,
-    connection pool), per check HGETALL + SMEMBERS x2 of the token's keys in one pipeline.
+    connection pool), per check HGETALL + SMEMBERS x2 of the token's keys in one pipeline
+    (on a Redis Cluster, `RedisCluster`'s pipeline: the keys share a hash tag, so one node).
 
-    redis-py's default pool refuses a 101st connection; with `blocking`, callers beyond 100 wait
-    for a free connection instead (`BlockingConnectionPool`), as one would configure for bursts."""
+    redis-py's default pool refuses a 101st connection; with `blocking` (one server only),
+    callers beyond 100 wait for a free connection instead (`BlockingConnectionPool`), as one
+    would configure for bursts."""
 
     def __init__(self, url: str, store: Store, *, blocking: bool = False) -> None:
+        self.client: aioredis.Redis | RedisCluster
         if blocking:
             pool = aioredis.BlockingConnectionPool.from_url(url, decode_responses=True, max_connections=100)
             self.client = aioredis.Redis(connection_pool=pool)
         else:
-            self.client = aioredis.Redis.from_url(url, decode_responses=True)
+            self.client = plain_client(url)
         self.store = store
 
     async def check(self, token: str, origin: str | None, client_ip: str | None) -> bool:
@@ -92,15 +96,15 @@ class RedisPyCheck:
 
 class RawCheck:
     """The floor of a Redis read from Python: the same three commands, written together on one
-    multiplexed connection (`RawRedis`), parsed by hiredis."""
+    multiplexed connection (`RawRedis`) to the node that serves them, parsed by hiredis."""
 
-    def __init__(self, client: RawRedis, store: Store) -> None:
-        self.client = client
+    def __init__(self, router: RawRouter, store: Store) -> None:
+        self.router = router
         self.store = store
 
     async def check(self, token: str, origin: str | None, client_ip: str | None) -> bool:
         meta_key, domains_key, ips_key = self.store.keys(self.store.token_hash(token))
-        flat, domains, ips = await self.client.pipeline(
+        flat, domains, ips = await self.router.for_key(meta_key).pipeline(
             (("HGETALL", meta_key), ("SMEMBERS", domains_key), ("SMEMBERS", ips_key))
         )
         meta = dict(zip(flat[::2], flat[1::2], strict=True))

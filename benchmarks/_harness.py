@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from benchmarks import MULTI_NODE
+from benchmarks._targets import Kind, forget, kind
+
 if TYPE_CHECKING:
     from validator import Validator
 
@@ -239,22 +242,37 @@ def pinned(pid: int, cpu: int | None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Server:
-    """A Redis server for one benchmark; `pid` is None for one given with --store."""
+    """The Redis of one benchmark: `kind` "redis" (one server), "cluster" or "sentinel"; `host`
+    and `port` name a single server only, and `pid` is None for one given with --store."""
 
     url: str
+    kind: Kind
     host: str
     port: int
     pid: int | None
 
 
+class UnsupportedStore(SystemExit):
+    """--store names a Redis Cluster or Sentinel for a benchmark that measures one server."""
+
+
 @contextlib.contextmanager
-def redis_server(config: Config) -> Iterator[Server]:
+def redis_server(config: Config, *, multi_node: bool = False) -> Iterator[Server]:
     """A Redis server for one benchmark: --store if given, else a throwaway redis-server (never
-    the system one on 6379), stopped and removed afterwards."""
+    the system one on 6379), stopped and removed afterwards. `multi_node`: the benchmark also
+    runs on a Redis Cluster or a Sentinel-managed master (`redis+cluster://`, `redis+sentinel://`)."""
     if config.store:
-        parts = urlsplit(config.store)
+        target = kind(config.store)
+        if target != "redis" and not multi_node:
+            raise UnsupportedStore(
+                f"this benchmark measures one Redis server; --store {target} URLs serve "
+                f"{', '.join(MULTI_NODE)} only"
+            )
+        parts = urlsplit(config.store) if target == "redis" else None
+        host = (parts.hostname if parts else None) or "127.0.0.1"
+        port = (parts.port if parts else None) or 6379
         try:
-            yield Server(config.store, parts.hostname or "127.0.0.1", parts.port or 6379, None)
+            yield Server(config.store, target, host, port, None)
         finally:
             _forget_prefixes(config.store)
         return
@@ -264,7 +282,7 @@ def redis_server(config: Config) -> Iterator[Server]:
     process.start()
     assert process.process is not None
     try:
-        yield Server(process.url, "127.0.0.1", process.port, process.process.pid)
+        yield Server(process.url, "redis", "127.0.0.1", process.port, process.process.pid)
     finally:
         process.cleanup()
 
@@ -280,19 +298,16 @@ def unique_prefix(benchmark: str) -> str:
     return prefix
 
 
-def _forget_prefixes(url: str) -> None:
-    import redis
+def prefix_pattern(prefix: str) -> str:
+    """A SCAN MATCH pattern for every key the library keeps under `prefix`, including those
+    beside it (`<prefix>-denials:...`)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix.rstrip(":")) + "*"
 
-    client = redis.Redis.from_url(url)
-    try:
-        while _PREFIXES:
-            # The library also keeps keys beside the prefix (`<prefix>-denials:...`).
-            pattern = re.sub(r"([*?\[\]\\])", r"\\\1", _PREFIXES.pop().rstrip(":")) + "*"
-            keys = list(client.scan_iter(match=pattern, count=1000))
-            for start in range(0, len(keys), 1000):
-                client.unlink(*keys[start : start + 1000])
-    finally:
-        client.close()
+
+def _forget_prefixes(url: str) -> None:
+    patterns = [prefix_pattern(prefix) for prefix in _PREFIXES]
+    _PREFIXES.clear()
+    forget(url, patterns)
 
 
 # ---------------------------------------------------------------------------------------- machine

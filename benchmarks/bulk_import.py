@@ -11,6 +11,9 @@ whole process, Python start-up included; the note adds the CLI's own reported se
 Baseline in the same run, also a subprocess: `benchmarks._plain_import`, what a team would write
 with plain redis-py (same keyed hash and keys, HSET + SADD x2 per record in pipelines of 500, no
 validation, no Lua, no history). Each run writes under a fresh key prefix into an emptied server.
+
+With `--store redis+cluster://...` (or `redis+sentinel://...`) both import into that Redis: the
+CLI through the library's cluster client, the baseline through redis-py's `RedisCluster`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import time
 from pathlib import Path
 
 import msgspec
-import redis
 
 from benchmarks._data import SECRET, domains, ips, token
 from benchmarks._harness import (
@@ -33,10 +35,12 @@ from benchmarks._harness import (
     Result,
     interleaved,
     module_main,
+    prefix_pattern,
     progress,
     redis_server,
     unique_prefix,
 )
+from benchmarks._targets import flush, forget
 
 NAME = "import"
 OURS = "CLI import (python -m validator import)"
@@ -70,25 +74,15 @@ def _run(command: list[str]) -> tuple[float, dict[str, object]]:
     return elapsed, report
 
 
-def _forget(url: str, prefix: str, own_server: bool) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        if own_server:
-            client.flushdb()
-            return
-        keys = [*client.scan_iter(match=prefix.replace("*", "\\*") + "*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            client.unlink(*keys[start : start + 1000])
-    finally:
-        client.close()
-
-
 def run(config: Config) -> list[Result]:
     n = config.pick(100_000, 5_000)
     runs = config.runs_or(3, 1)
     samples: dict[str, list[float]] = {}
     own: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="tav-import-") as tmp, redis_server(config) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="tav-import-") as tmp,
+        redis_server(config, multi_node=True) as server,
+    ):
         path = Path(tmp) / "tokens.jsonl"
         _write_file(path, n)
         progress(NAME, f"{n:,} records, {path.stat().st_size / 1e6:.1f} MB")
@@ -123,7 +117,10 @@ def run(config: Config) -> list[Result]:
                 samples.setdefault(name, []).append(n / elapsed)
                 if name == OURS:
                     own.append(float(report["seconds"]))  # type: ignore[arg-type]
-                _forget(server.url, prefix, server.pid is not None)
+                if server.pid is not None:
+                    flush(server.url)
+                else:
+                    forget(server.url, [prefix_pattern(prefix)])
     own_rates = ", ".join(f"{n / s:,.0f}" for s in own)
     return [
         Result(NAME, PLAIN, "tokens/s", samples[PLAIN]),

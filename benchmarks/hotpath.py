@@ -109,7 +109,7 @@ async def _main(config: Config) -> list[Result]:
         for case, (front, allow) in CASES.items()
     }
     table: FloorTable = {token(i): (frozenset(domains(i)), frozenset(ips(i))) for i in range(n)}
-    with redis_server(config) as server:
+    with redis_server(config, multi_node=True) as server:
         url = server.url
         prefix = unique_prefix(NAME)
         admin = Admin.from_url(url, secret=SECRET, key_prefix=prefix)

@@ -1,5 +1,9 @@
 """miss: cold checks (nothing cached) against a real redis-server, with 1 and 100 concurrent tasks.
 
+With `--store redis+cluster://...` (or `redis+sentinel://...`) the same run goes to that Redis:
+the library and redis-py (`RedisCluster`) through their cluster clients, the raw floor on one
+connection per primary, each read sent to the primary of the token's slot.
+
 Each run checks a set of stored tokens (5,000; 500 with --quick; 5 domains and 5 IPs each, half
 the requests front-end, half back-end, all allowed) once each, with the validator's cache
 cleared before the run, so every check reads Redis. Alternatives, in the same run and order
@@ -33,7 +37,7 @@ from benchmarks._harness import (
     run_async,
     unique_prefix,
 )
-from benchmarks._rawclient import RawRedis
+from benchmarks._targets import RawRouter
 from validator import Admin, Validator
 
 NAME = "miss"
@@ -48,7 +52,7 @@ async def _main(config: Config) -> list[Result]:
     runs = config.runs_or(7, 2)
     requests = [allowed_request(i, front_end=i % 2 == 0) for i in range(n)]
     samples: dict[str, list[float]] = {}
-    with redis_server(config) as server:
+    with redis_server(config, multi_node=True) as server:
         prefix = unique_prefix(NAME)
         admin = Admin.from_url(server.url, secret=SECRET, key_prefix=prefix)
         progress(NAME, f"seeding {n:,} tokens")
@@ -56,7 +60,7 @@ async def _main(config: Config) -> list[Result]:
         await admin.close()
         validator = Validator.from_url(server.url, secret=SECRET, key_prefix=prefix)
         redis_py = RedisPyCheck(server.url, validator.store)
-        raw = RawCheck(await RawRedis.connect(server.host, server.port), validator.store)
+        raw = RawCheck(await RawRouter.connect(server.url), validator.store)
 
         async def ours(token: str, origin: str | None, client_ip: str | None) -> bool:
             return (await validator.check(token, origin=origin, client_ip=client_ip)).allowed
@@ -77,7 +81,7 @@ async def _main(config: Config) -> list[Result]:
                             raise RuntimeError("miss: not every check read the store")
                         samples.setdefault(f"{concurrency} task(s): {name}", []).append(n / elapsed * 1e9)
         await redis_py.close()
-        raw.client.close()
+        raw.router.close()
     results: list[Result] = []
     for concurrency in CONCURRENCY:
         label = f"{concurrency} task(s): "
@@ -86,7 +90,8 @@ async def _main(config: Config) -> list[Result]:
             Result(NAME, label + RAW, "checks/s", samples[label + RAW], vs=(label + REDIS_PY,)),
             Result(NAME, label + OURS, "checks/s", samples[label + OURS], vs=(label + REDIS_PY, label + RAW)),
         ]
-    results[0].note = f"{n:,} cold tokens per run, each checked once"
+    where = "one server" if server.kind == "redis" else f"a {server.kind}"
+    results[0].note = f"{n:,} cold tokens per run, each checked once, on {where}"
     return results
 
 

@@ -62,7 +62,7 @@ async def _main(config: Config) -> list[Result]:
     cold = list(range(hot, hot + misses_needed))
     rng.shuffle(cold)
     samples: dict[str, list[float]] = {}
-    with redis_server(config) as server:
+    with redis_server(config, multi_node=True) as server:
         prefix = unique_prefix(NAME)
         admin = Admin.from_url(server.url, secret=SECRET, key_prefix=prefix)
         progress(NAME, f"seeding {hot + len(cold):,} tokens")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import BENCHMARKS
+from tests.redis_cluster import LocalCluster, LocalSentinel, redis_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,3 +39,55 @@ def test_quick_run_reports_every_benchmark(tmp_path: Path) -> None:
         assert result["samples"], result
         assert all(name in result["ratios"] for name in result["vs"]), result
     assert report["environment"]["python"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_miss_and_import_run_on_cluster_and_sentinel_beside_standalone(
+    tmp_path: Path, redis_cluster: LocalCluster, redis_sentinel: LocalSentinel
+) -> None:
+    out = tmp_path / "out.json"
+    stores = ["--store", "local", "--store", redis_cluster.url, "--store", redis_sentinel.url]
+    command = [sys.executable, "-m", "benchmarks", "miss", "import", "--quick", "--runs", "1"]
+    done = subprocess.run(
+        [*command, *stores, "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    cases = {result["case"]: result for result in report["results"]}
+    for label in ("standalone", "cluster", "sentinel"):
+        assert f"{label}: 100 task(s): Validator.check()" in cases
+        assert f"{label}: CLI import (python -m validator import)" in cases
+    # Each case on another store is compared with the same case on the first.
+    ours = cases["cluster: 100 task(s): Validator.check()"]
+    assert ours["ratios"]["standalone: 100 task(s): Validator.check()"] > 0
+    assert ours["ratios"]["cluster: 100 task(s): raw client (floor)"] > 0
+    # Nothing of the runs is left behind on the shared cluster and sentinel.
+    leftovers = [
+        key for port in [node.port for node in redis_cluster.primaries()] for key in _keys(port, "bench:*")
+    ]
+    leftovers += _keys(redis_sentinel.current_master().port, "bench:*")
+    assert leftovers == []
+
+
+@pytest.mark.timeout(60)
+def test_a_cluster_store_is_refused_by_a_single_server_benchmark() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "memory", "--store", "redis+cluster://127.0.0.1:1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "memory measure(s) one Redis server" in done.stderr
+
+
+def _keys(port: int, pattern: str) -> list[str]:
+    return redis_cli(port, "--scan", "--pattern", pattern).split()
