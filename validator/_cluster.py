@@ -13,6 +13,7 @@ import contextlib
 import functools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -22,8 +23,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from validator._urls import MultiHostURL
+from validator._wire import Multiplexer
 
-__all__ = ["MARKER_STRIDE", "SLOTS", "ClusterTopology", "Layout", "cluster_client", "probe_slot", "slot_tags"]
+__all__ = [
+    "MARKER_STRIDE",
+    "SLOTS",
+    "ClusterTopology",
+    "ClusterWires",
+    "Layout",
+    "cluster_client",
+    "probe_slot",
+    "slot_tags",
+]
 
 SLOTS = 16384
 # The wiped-store marker is kept in every MARKER_STRIDE-th slot (1,024 keys): a resharding moves
@@ -179,3 +190,89 @@ class ClusterTopology:
         for probe in probes.values():
             with contextlib.suppress(RedisError, OSError, RuntimeError):
                 await probe.aclose()
+
+
+# Replies and failures of a read on a node's own connection that mean "ask redis-py": the slot
+# moved (MOVED, ASK), is moving (TRYAGAIN), the cluster is reconfiguring (CLUSTERDOWN), or the
+# node is gone (or left the layout: its connection was "closed"). A timeout is not among them:
+# waiting longer belongs to the circuit breaker.
+_REDIRECTIONS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN", "cannot connect", "connection lost", "closed")
+
+
+class ClusterWires:
+    """Cache-miss reads on a Redis Cluster, each on one multiplexed connection (`Multiplexer`) to
+    the primary of the token's slot.
+
+    Slots map to primaries by the topology's layout (CLUSTER SLOTS, refreshed by the
+    invalidation listener every few seconds) and by the MOVED replies seen since. Until a layout
+    is known, and for any read that is redirected or whose node is gone, reads go through
+    redis-py's `RedisCluster`, which follows redirections and failovers; a stale route costs one
+    round trip more, never a wrong answer (a node that does not serve a slot answers MOVED).
+    """
+
+    def __init__(
+        self, topology: ClusterTopology, url: MultiHostURL, *, timeout: float, connect_timeout: float
+    ) -> None:
+        self._topology = topology
+        self._auth = ""
+        if url.password is not None:
+            user = quote(url.username or "", safe="")
+            self._auth = f"{user}:{quote(url.password, safe='')}@"
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._layout: Layout | None = None
+        self._nodes: dict[str, Multiplexer] = {}
+        self._by_slot: list[Multiplexer | None] = [None] * SLOTS
+
+    def for_tag(self, tag: str) -> Multiplexer | None:
+        if self._topology.layout is not self._layout:
+            self._follow(self._topology.layout)
+        return self._by_slot[binascii.crc_hqx(tag.encode(), 0) % SLOTS]
+
+    def redirected(self, tag: str, error: BaseException) -> bool:
+        text = str(error)
+        if not text.startswith(_REDIRECTIONS):
+            return False
+        if text.startswith("MOVED "):
+            # "MOVED <slot> <host>:<port>": the slot's primary now; later reads go there.
+            _, slot, node = text.split(" ", 2)
+            with contextlib.suppress(ValueError, IndexError):
+                self._by_slot[int(slot)] = self._node(node)
+        return True
+
+    def _follow(self, layout: Layout) -> None:
+        # The listener polls the layout every few seconds, each time a new mapping; only a
+        # different one replaces the routes (and the MOVED replies learnt since).
+        unchanged = layout == self._layout
+        self._layout = layout
+        if unchanged:
+            return
+        by_slot: list[Multiplexer | None] = [None] * SLOTS
+        for node, ranges in layout.items():
+            wire = self._node(node)
+            for start, end in ranges:
+                by_slot[start : end + 1] = [wire] * (end - start + 1)
+        self._by_slot = by_slot
+        # Nodes that left the layout (replaced, demoted, removed) lose their connections; one
+        # a MOVED reply pointed to stays until the next layout says otherwise.
+        for node in [node for node in self._nodes if node not in layout]:
+            self._nodes.pop(node).close()
+
+    def _node(self, node: str) -> Multiplexer:
+        wire = self._nodes.get(node)
+        if wire is None:
+            host, _, port = node.rpartition(":")
+            host = host.strip("[]")
+            address = f"[{host}]" if ":" in host else host
+            wire = self._nodes[node] = Multiplexer(
+                f"redis://{self._auth}{address}:{int(port)}",
+                timeout=self._timeout,
+                connect_timeout=self._connect_timeout,
+            )
+        return wire
+
+    def close(self) -> None:
+        nodes, self._nodes = self._nodes, {}
+        self._by_slot = [None] * SLOTS
+        for wire in nodes.values():
+            wire.close()

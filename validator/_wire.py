@@ -8,7 +8,9 @@ hiredis, resolve plain futures in the same order (Redis answers in order on a co
 No task, no pool, no per-request timer.
 
 Only what the read path needs: connect (TCP, TLS or unix socket), AUTH, SELECT, and commands.
-Everything else (writes, admin, pub/sub, Cluster, Sentinel) stays on redis-py.
+Everything else (writes, admin, pub/sub, Sentinel) stays on redis-py. A Redis Cluster gets one
+multiplexed connection per primary (`validator._cluster.ClusterWires`), behind the same `Wires`
+interface as one server's (`SingleWire`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import collections
 import select
 import ssl
 import time
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-__all__ = ["Multiplexer", "WireError"]
+__all__ = ["Multiplexer", "SingleWire", "WireError", "Wires"]
 
 
 def _pack(args: tuple[str | int, ...]) -> bytes:
@@ -205,3 +207,32 @@ class Multiplexer:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+
+
+class Wires(Protocol):
+    """The multiplexed connections of a store's read path, chosen by a token's hash tag."""
+
+    def for_tag(self, tag: str) -> Multiplexer | None:
+        """The connection that serves the keys tagged `tag`, or None: use redis-py."""
+
+    def redirected(self, tag: str, error: BaseException) -> bool:
+        """Whether a read of `tag` that failed with `error` belongs on redis-py instead (a
+        Redis Cluster redirection or a node gone: redis-py follows them); learns from it."""
+
+    def close(self) -> None: ...
+
+
+class SingleWire:
+    """One server: every read on its one connection; nothing to redirect."""
+
+    def __init__(self, multiplexer: Multiplexer) -> None:
+        self.multiplexer = multiplexer
+
+    def for_tag(self, tag: str) -> Multiplexer:
+        return self.multiplexer
+
+    def redirected(self, tag: str, error: BaseException) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.multiplexer.close()

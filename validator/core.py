@@ -478,8 +478,9 @@ class Validator:
         self._fast_reads -= 1
         self._observe_read(started)
         error = raw.exception() if not raw.cancelled() else WireError("cancelled")
-        if error is not None and str(error).startswith("NOSCRIPT"):
-            # A restarted Redis lost the script: the general path loads it again.
+        if error is not None and self.store.read_again(token_hash, error):
+            # A restarted Redis lost the script, or a Redis Cluster redirected the read: the
+            # general path loads the script again, or reads through redis-py.
             fallback = asyncio.ensure_future(self._read(token_hash))
             fallback.add_done_callback(functools.partial(_copy_outcome, result))
             return

@@ -39,7 +39,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from validator import _cluster, _sentinel
 from validator._urls import parse_multihost
-from validator._wire import Multiplexer, WireError
+from validator._wire import Multiplexer, SingleWire, WireError, Wires
 from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
 from validator.invalidation import SingleServer, Topology
 from validator.model import Mode, Restrictions
@@ -134,7 +134,7 @@ class Store:
         url: str = "",
         topology: Topology | None = None,
         local_listeners: list[Callable[[str], None]] | None = None,
-        wire: Multiplexer | None = None,
+        wires: Wires | None = None,
     ) -> None:
         if limit < 1:
             raise ConfigurationError(f"limit must be at least 1, not {limit}")
@@ -148,8 +148,8 @@ class Store:
         # The Redis nodes whose invalidations keep caches coherent (None: nothing to listen to).
         self.topology = topology
         self._cluster = topology if isinstance(topology, _cluster.ClusterTopology) else None
-        # Cache-miss reads go through `wire` (one multiplexed connection) when there is one.
-        self._wire = wire
+        # Cache-miss reads go through `wires` (multiplexed connections) when there are some.
+        self._wires = wires
         self.local_listeners = [] if local_listeners is None else local_listeners
         self.marker_key = f"{key_prefix}marker"
         self._marked = False
@@ -208,7 +208,13 @@ class Store:
             topology = _cluster.ClusterTopology(
                 cluster, parsed, timeout=timeout, connect_timeout=connect_timeout
             )
-            return cls(cluster, topology=topology, **common)
+            # Over TLS, reads stay on redis-py: the multiplexer knows no certificate options.
+            wires = (
+                None
+                if parsed.tls
+                else _cluster.ClusterWires(topology, parsed, timeout=timeout, connect_timeout=connect_timeout)
+            )
+            return cls(cluster, topology=topology, wires=wires, **common)
         if scheme in ("redis+sentinel", "rediss+sentinel"):
             parsed = parse_multihost(url, default_port=_sentinel.DEFAULT_PORT, options=_sentinel.URL_OPTIONS)
             service = _sentinel.service_name(parsed, url)
@@ -251,7 +257,7 @@ class Store:
         return cls(
             client,
             topology=SingleServer(listener_client),
-            wire=Multiplexer(url, timeout=timeout, connect_timeout=connect_timeout),
+            wires=SingleWire(Multiplexer(url, timeout=timeout, connect_timeout=connect_timeout)),
             **common,
         )
 
@@ -282,31 +288,45 @@ class Store:
 
     async def read(self, token_hash: str) -> Restrictions | None:
         """One token's restrictions (one round trip), or None if the token is unknown."""
-        if self._wire is not None:
-            reply = await self._wire_read(self._wire, token_hash)
+        wire = self._wires.for_tag(token_hash) if self._wires is not None else None
+        if wire is not None:
+            reply = await self._wire_read(wire, token_hash)
         else:
             with _store_errors():
                 reply = await self._read(keys=self.keys(token_hash))
         return parse_read(reply)
 
     def read_now(self, token_hash: str) -> asyncio.Future[Any] | None:
-        """Start a read on the multiplexed connection, if it is up: the future of the raw reply
-        (for `parse_read`; it fails with `WireError`), else None (use `read`)."""
-        if self._wire is None:
+        """Start a read on a multiplexed connection, if it is up: the future of the raw reply
+        (for `parse_read`; it fails with `WireError`: see `read_again`), else None (use `read`)."""
+        wire = self._wires.for_tag(token_hash) if self._wires is not None else None
+        if wire is None:
             return None
-        return self._wire.send_now("EVALSHA", self._read.sha, 3, *self.keys(token_hash))
+        return wire.send_now("EVALSHA", self._read.sha, 3, *self.keys(token_hash))
+
+    def read_again(self, token_hash: str, error: BaseException) -> bool:
+        """Whether a `read_now` that failed with `error` is for `read` to do again rather than a
+        failure: the server lost the script, or the cluster redirected the read."""
+        if str(error).startswith("NOSCRIPT"):
+            return True
+        return self._wires is not None and self._wires.redirected(token_hash, error)
 
     async def _wire_read(self, wire: Multiplexer, token_hash: str) -> Any:
+        keys = self.keys(token_hash)
         try:
             try:
-                return await wire.execute("EVALSHA", self._read.sha, 3, *self.keys(token_hash))
+                return await wire.execute("EVALSHA", self._read.sha, 3, *keys)
             except WireError as error:
                 if not str(error).startswith("NOSCRIPT"):
                     raise
                 # A restarted (or flushed-scripts) Redis: load the script once, then read again.
                 await wire.execute("SCRIPT", "LOAD", self._read.script)  # type: ignore[arg-type]
-                return await wire.execute("EVALSHA", self._read.sha, 3, *self.keys(token_hash))
+                return await wire.execute("EVALSHA", self._read.sha, 3, *keys)
         except WireError as error:
+            if self._wires is not None and self._wires.redirected(token_hash, error):
+                # A Redis Cluster moved the slot or lost the node: redis-py follows it.
+                with _store_errors():
+                    return await self._read(keys=keys)
             raise StoreUnavailable(f"restriction store unavailable: {error}") from error
 
     async def write(self, token_hash: str, op: str, *args: str) -> tuple[Restrictions, bool]:
@@ -409,8 +429,8 @@ class Store:
             await self.client.ping()
 
     async def close(self) -> None:
-        if self._wire is not None:
-            self._wire.close()
+        if self._wires is not None:
+            self._wires.close()
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
             if isinstance(self.client, RedisCluster):

@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from tests.redis_cluster import Backend
 from validator import Admin, LimitExceeded, Reason, Restrictions, StoreUnavailable, Validator
+from validator._cluster import ClusterWires
 from validator.admin import ImportLine
 
 SECRET = "backend-secret"
@@ -269,3 +270,57 @@ async def test_a_recorded_denial_does_not_evict_the_token(admin: Admin, validato
     assert validator.denial_log.recorded == 1
     await validator.sync()  # the denial stream's own invalidation has arrived
     assert validator.check_cached(TOKEN, client_ip="198.51.100.1") is not None
+
+
+@pytest.mark.parametrize("backend", ["cluster"], indirect=True)
+async def test_cluster_misses_read_on_one_connection_per_primary(
+    backend: Backend, admin: Admin, validator: Validator
+) -> None:
+    tokens = await _spread_ip_tokens(admin)
+    await validator.sync()
+    assert validator.listener is not None
+    # The listener has told the store the cluster's layout; a first read per node connects.
+    for token in tokens:
+        assert (await validator.check(token, client_ip=CLIENT_IP)).reason is Reason.IP_LISTED
+    validator.cache.clear()
+    decisions = await asyncio.wait_for(
+        asyncio.gather(*(validator.check(token, client_ip="198.51.100.1") for token in tokens)), timeout=30
+    )
+    assert all(d.reason is Reason.IP_NOT_LISTED for d in decisions)
+    wires = validator.store._wires
+    assert isinstance(wires, ClusterWires)
+    expected = {f"127.0.0.1:{port}" for port in backend.write_ports()}
+    assert set(wires._nodes) == expected
+    assert all(wire._protocol is not None for wire in wires._nodes.values())
+
+
+@pytest.mark.parametrize("backend", ["cluster"], indirect=True)
+async def test_cluster_reads_on_a_stale_route_follow_moved(
+    backend: Backend, admin: Admin, validator: Validator
+) -> None:
+    tokens = await _spread_ip_tokens(admin)
+    await validator.sync()
+    for token in tokens:
+        await validator.check(token, client_ip=CLIENT_IP)
+    wires = validator.store._wires
+    assert isinstance(wires, ClusterWires)
+    # As after a resharding the listener has not seen yet: every slot routed to one primary.
+    wrong = next(iter(wires._nodes.values()))
+    wires._by_slot = [wrong] * len(wires._by_slot)
+    validator.cache.clear()
+    for token in tokens:
+        assert (await validator.check(token, client_ip=CLIENT_IP)).reason is Reason.IP_LISTED
+        assert (await validator.check(token, client_ip="198.51.100.1")).reason is Reason.IP_NOT_LISTED
+    # The MOVED replies put each token's slot back on its primary.
+    hashes = [validator.store.token_hash(token) for token in tokens]
+    assert len({id(wires.for_tag(h)) for h in hashes}) == len(backend.write_ports())
+    validator.cache.clear()
+    assert (await validator.check(tokens[0], client_ip=CLIENT_IP)).reason is Reason.IP_LISTED
+
+
+async def _spread_ip_tokens(admin: Admin) -> list[str]:
+    """SPREAD tokens (so some on every node), each allowing CLIENT_IP only."""
+    tokens = [f"{TOKEN}-{n}" for n in range(SPREAD)]
+    lines = [ImportLine(token=token, ip_enabled=True, ips=[CLIENT_IP]) for token in tokens]
+    await admin.put_many([admin.prepare(line) for line in lines])
+    return tokens

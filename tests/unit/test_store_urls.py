@@ -11,9 +11,18 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.crc import key_slot
 
 from validator import ConfigurationError, Store
-from validator._cluster import MARKER_STRIDE, SLOTS, ClusterTopology, parse_slots, probe_slot, slot_tags
+from validator._cluster import (
+    MARKER_STRIDE,
+    SLOTS,
+    ClusterTopology,
+    ClusterWires,
+    parse_slots,
+    probe_slot,
+    slot_tags,
+)
 from validator._sentinel import SentinelTopology
 from validator._urls import parse_multihost
+from validator._wire import SingleWire
 from validator.invalidation import SingleServer
 
 OPTIONS = {"db", "sentinel_password", "max_connections"}
@@ -83,7 +92,7 @@ def test_cluster_url_builds_a_cluster_store() -> None:
     store = Store.from_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001?max_connections=7", secret="s")
     assert isinstance(store.client, RedisCluster)
     assert isinstance(store.topology, ClusterTopology)
-    assert store._wire is None  # the multiplexed read path is for one server only
+    assert isinstance(store._wires, ClusterWires)  # one multiplexed connection per primary
     assert {(n.host, n.port) for n in store.client.startup_nodes} == {
         ("127.0.0.1", 7000),
         ("127.0.0.1", 7001),
@@ -99,6 +108,7 @@ def test_tls_cluster_url_passes_tls_options() -> None:
     kwargs = store.client.connection_kwargs
     assert (kwargs["ssl_cert_reqs"], kwargs["ssl_ca_certs"], kwargs["password"]) == ("none", "/ca.pem", "pw")
     assert kwargs["connection_class"].__name__ == "SSLConnection"
+    assert store._wires is None  # the multiplexer knows no certificate options
 
 
 @pytest.mark.parametrize(
@@ -112,7 +122,7 @@ def test_tls_cluster_url_passes_tls_options() -> None:
 def test_sentinel_url_builds_a_master_store(url: str, connection: str, sentinel_password: str | None) -> None:
     store = Store.from_url(url, secret="s")
     assert isinstance(store.topology, SentinelTopology)
-    assert store._wire is None
+    assert store._wires is None
     assert not isinstance(store.client, RedisCluster)
     pool = store.client.connection_pool
     assert isinstance(pool, SentinelConnectionPool)
@@ -127,7 +137,7 @@ def test_sentinel_url_builds_a_master_store(url: str, connection: str, sentinel_
 def test_standalone_url_keeps_one_server_and_the_multiplexer() -> None:
     store = Store.from_url("redis://127.0.0.1:6379/0", secret="s")
     assert isinstance(store.topology, SingleServer)
-    assert store._wire is not None
+    assert isinstance(store._wires, SingleWire)
 
 
 def test_every_slot_has_a_tag_that_maps_to_it() -> None:
@@ -166,3 +176,45 @@ def test_cluster_slots_reply_becomes_a_layout() -> None:
         "127.0.0.1:7001": ((5461, 10922),),
         "127.0.0.1:7002": ((10923, 16383),),
     }
+
+
+def _wires(url: str = "redis+cluster://:p%40ss@127.0.0.1:7000") -> tuple[ClusterTopology, ClusterWires]:
+    store = Store.from_url(url, secret="s")
+    assert isinstance(store.topology, ClusterTopology)
+    assert isinstance(store._wires, ClusterWires)
+    return store.topology, store._wires
+
+
+def test_cluster_reads_wait_for_a_layout_then_follow_it() -> None:
+    topology, wires = _wires()
+    assert wires.for_tag("abc") is None  # no layout yet: redis-py
+    topology.layout = {"127.0.0.1:7000": ((0, 8191),), "127.0.0.1:7001": ((8192, 16383),)}
+    low = next(tag for tag in map(str, range(1000)) if key_slot(tag.encode()) < 8192)
+    high = next(tag for tag in map(str, range(1000)) if key_slot(tag.encode()) >= 8192)
+    first, second = wires.for_tag(low), wires.for_tag(high)
+    assert first is not None and second is not None and first is not second
+    assert (first._host, first._port, first._password) == ("127.0.0.1", 7000, "p@ss")
+    assert (second._host, second._port) == ("127.0.0.1", 7001)
+    # A new layout: the node that left loses its connection, the slots go to the new owner.
+    topology.layout = {"127.0.0.1:7001": ((0, 16383),)}
+    assert wires.for_tag(low) is second
+    assert first._protocol is None and "127.0.0.1:7000" not in wires._nodes
+
+
+def test_a_moved_reply_reroutes_its_slot_and_redirections_go_to_redis_py() -> None:
+    topology, wires = _wires("redis+cluster://127.0.0.1:7000")
+    topology.layout = {"127.0.0.1:7000": ((0, 16383),)}
+    assert wires.for_tag("abc") is not None
+    slot = key_slot(b"abc")
+    assert wires.redirected("abc", Exception(f"MOVED {slot} [::1]:7005"))
+    moved = wires.for_tag("abc")
+    assert moved is not None and (moved._host, moved._port) == ("::1", 7005)
+    # The listener's next poll finds the same layout: what MOVED taught stays.
+    topology.layout = {"127.0.0.1:7000": ((0, 16383),)}
+    assert wires.for_tag("abc") is moved
+    for text in ("ASK 1 h:1", "TRYAGAIN keys", "CLUSTERDOWN down", "cannot connect: x", "connection lost: y"):
+        assert wires.redirected("abc", Exception(text)), text
+    for text in ("no reply within 0.5s", "ERR unknown", "WRONGTYPE x"):
+        assert not wires.redirected("abc", Exception(text)), text
+    wires.close()
+    assert wires.for_tag("abc") is None
