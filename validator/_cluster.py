@@ -13,7 +13,6 @@ import contextlib
 import functools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -23,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from validator._urls import MultiHostURL
-from validator._wire import Multiplexer
+from validator._wire import Multiplexer, WireError
 
 __all__ = [
     "MARKER_STRIDE",
@@ -192,11 +191,18 @@ class ClusterTopology:
                 await probe.aclose()
 
 
-# Replies and failures of a read on a node's own connection that mean "ask redis-py": the slot
-# moved (MOVED, ASK), is moving (TRYAGAIN), the cluster is reconfiguring (CLUSTERDOWN), or the
-# node is gone (or left the layout: its connection was "closed"). A timeout is not among them:
-# waiting longer belongs to the circuit breaker.
-_REDIRECTIONS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN", "cannot connect", "connection lost", "closed")
+# Error replies to a read on a node's own connection that mean "ask redis-py", which follows
+# them: the slot moved (MOVED, ASK), is moving (TRYAGAIN), or the cluster is reconfiguring.
+_REDIRECTIONS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def _address(node: str) -> tuple[str, int]:
+    """("host", port) of a node name "host:port", "[v6]:port" or "v6:port"; ValueError if bad."""
+    host, _, port_text = node.rpartition(":")
+    port = int(port_text)
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"not a node address: {node!r}")
+    return host.strip("[]"), port
 
 
 class ClusterWires:
@@ -214,30 +220,37 @@ class ClusterWires:
         self, topology: ClusterTopology, url: MultiHostURL, *, timeout: float, connect_timeout: float
     ) -> None:
         self._topology = topology
-        self._auth = ""
-        if url.password is not None:
-            user = quote(url.username or "", safe="")
-            self._auth = f"{user}:{quote(url.password, safe='')}@"
+        self._url = url
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._layout: Layout | None = None
-        self._nodes: dict[str, Multiplexer] = {}
+        self._nodes: dict[tuple[str, int], Multiplexer] = {}
         self._by_slot: list[Multiplexer | None] = [None] * SLOTS
+        self._closed = False
 
     def for_tag(self, tag: str) -> Multiplexer | None:
-        if self._topology.layout is not self._layout:
+        if self._topology.layout is not self._layout and not self._closed:
             self._follow(self._topology.layout)
         return self._by_slot[binascii.crc_hqx(tag.encode(), 0) % SLOTS]
 
     def redirected(self, tag: str, error: BaseException) -> bool:
+        # A refused or lost connection (a dead node), or one closed because the node left the
+        # layout, goes to redis-py too; a timeout does not (waiting belongs to the breaker), nor
+        # does a store that is closing.
+        kind = getattr(error, "kind", None)
+        if kind in ("connection", "left"):
+            return True
         text = str(error)
-        if not text.startswith(_REDIRECTIONS):
+        if kind != "reply" or not text.startswith(_REDIRECTIONS):
             return False
-        if text.startswith("MOVED "):
-            # "MOVED <slot> <host>:<port>": the slot's primary now; later reads go there.
-            _, slot, node = text.split(" ", 2)
-            with contextlib.suppress(ValueError, IndexError):
-                self._by_slot[int(slot)] = self._node(node)
+        if text.startswith("MOVED ") and not self._closed:
+            # "MOVED <slot> <host>:<port>": the slot's primary now; later reads go there. An
+            # empty or "?" host means "the host you asked": not worth guessing, redis-py knows.
+            with contextlib.suppress(ValueError):
+                _, slot_text, node = text.split(" ", 2)
+                slot = int(slot_text)
+                if 0 <= slot < SLOTS and not node.startswith((":", "?")):
+                    self._by_slot[slot] = self._node(node)
         return True
 
     def _follow(self, layout: Layout) -> None:
@@ -249,29 +262,36 @@ class ClusterWires:
             return
         by_slot: list[Multiplexer | None] = [None] * SLOTS
         for node, ranges in layout.items():
-            wire = self._node(node)
-            for start, end in ranges:
-                by_slot[start : end + 1] = [wire] * (end - start + 1)
+            with contextlib.suppress(ValueError):  # a node name we cannot use: redis-py's slots
+                wire = self._node(node)
+                for start, end in ranges:
+                    by_slot[start : end + 1] = [wire] * (end - start + 1)
         self._by_slot = by_slot
-        # Nodes that left the layout (replaced, demoted, removed) lose their connections; one
-        # a MOVED reply pointed to stays until the next layout says otherwise.
-        for node in [node for node in self._nodes if node not in layout]:
-            self._nodes.pop(node).close()
+        # Nodes that left the layout (replaced, demoted, removed) lose their connections, and
+        # their pending reads go to redis-py; one a MOVED reply pointed to stays until the next
+        # layout says otherwise.
+        keep = set()
+        for node in layout:
+            with contextlib.suppress(ValueError):
+                keep.add(_address(node))
+        for address in [address for address in self._nodes if address not in keep]:
+            self._nodes.pop(address).close(WireError("the node left the cluster layout", "left"))
 
     def _node(self, node: str) -> Multiplexer:
-        wire = self._nodes.get(node)
+        """The connection to `node` ("host:port", IPv6 hosts bare or in brackets), made once.
+        Raises ValueError for a name that is not one."""
+        address = _address(node)
+        wire = self._nodes.get(address)
         if wire is None:
-            host, _, port = node.rpartition(":")
-            host = host.strip("[]")
-            address = f"[{host}]" if ":" in host else host
-            wire = self._nodes[node] = Multiplexer(
-                f"redis://{self._auth}{address}:{int(port)}",
+            wire = self._nodes[address] = Multiplexer(
+                self._url.node_url(*address),
                 timeout=self._timeout,
                 connect_timeout=self._connect_timeout,
             )
         return wire
 
     def close(self) -> None:
+        self._closed = True
         nodes, self._nodes = self._nodes, {}
         self._by_slot = [None] * SLOTS
         for wire in nodes.values():

@@ -26,9 +26,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from validator._urls import MultiHostURL
+from validator._wire import Multiplexer, WireError
 from validator.errors import ConfigurationError
 
-__all__ = ["SentinelTopology", "sentinel_client"]
+__all__ = ["SentinelTopology", "SentinelWire", "sentinel_client"]
 
 DEFAULT_PORT = 26379
 URL_OPTIONS = {"db", "sentinel_username", "sentinel_password"}
@@ -155,20 +156,21 @@ class SentinelTopology:
         self._sentinel = sentinel
         self._service = service
         self._master = master
-        self._seen: tuple[str, int] | None = None
+        # The master the sentinels named last (host, port).
+        self.master_address: tuple[str, int] | None = None
         self._node_kwargs = url.node_kwargs()
-        self._db = url.options.get("db", 0)
+        self.db: int = url.options.get("db", 0)
         self._connect_timeout = connect_timeout
 
     async def discover(self) -> Mapping[str, Hashable]:
         host, port = await self._sentinel.discover_master(self._service)
-        if self._seen is not None and self._seen != (host, port):
+        if self.master_address is not None and self.master_address != (host, port):
             # A failover that left the old master up (demoted later, or cut off) leaves the
             # store's pooled connections on it, reading what the new master no longer says.
             # Closing them all, busy ones too, before the listener subscribes to the new master
             # and the cache is refilled makes every later read ask the sentinels again.
             await self._master.connection_pool.disconnect(inuse_connections=True)
-        self._seen = (host, port)
+        self.master_address = (host, port)
         return {f"{host}:{port}": "master"}
 
     def subscriber(self, node: str) -> aioredis.Redis:
@@ -176,7 +178,7 @@ class SentinelTopology:
         return aioredis.Redis(
             host=host,
             port=int(port),
-            db=self._db,
+            db=self.db,
             decode_responses=True,
             protocol=2,
             socket_connect_timeout=self._connect_timeout,
@@ -187,3 +189,58 @@ class SentinelTopology:
     async def aclose(self) -> None:
         with contextlib.suppress(RedisError, OSError, RuntimeError):
             await self._sentinel.aclose()
+
+
+# Error replies to a read on the master's own connection that mean "ask redis-py", which asks
+# the sentinels again: the server is no longer a writable master, or is loading.
+_ELSEWHERE = ("READONLY", "MASTERDOWN", "LOADING")
+
+
+class SentinelWire:
+    """Cache-miss reads on one multiplexed connection (`Multiplexer`) to the master the
+    sentinels named last, as the invalidation listener asks them every few seconds.
+
+    Until a master is known, and for any read whose master is gone, reads go through redis-py,
+    which asks the sentinels. When the sentinels name another master, the connection to the old
+    one is closed (its pending reads go to redis-py) and the next read connects to the new one.
+    """
+
+    def __init__(
+        self, topology: SentinelTopology, url: MultiHostURL, *, timeout: float, connect_timeout: float
+    ) -> None:
+        self._topology = topology
+        self._url = url
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._address: tuple[str, int] | None = None
+        self._wire: Multiplexer | None = None
+        self._closed = False
+
+    def for_tag(self, tag: str) -> Multiplexer | None:
+        if self._topology.master_address != self._address and not self._closed:
+            self._follow(self._topology.master_address)
+        return self._wire
+
+    def redirected(self, tag: str, error: BaseException) -> bool:
+        # The master is gone (refused, lost) or was left for a new one; not a timeout (waiting
+        # belongs to the breaker), nor a store that is closing.
+        kind = getattr(error, "kind", None)
+        return kind in ("connection", "left") or (kind == "reply" and str(error).startswith(_ELSEWHERE))
+
+    def _follow(self, address: tuple[str, int] | None) -> None:
+        old, self._wire, self._address = self._wire, None, address
+        if old is not None:
+            old.close(WireError("the sentinels name another master", "left"))
+        if address is not None:
+            host, port = address
+            self._wire = Multiplexer(
+                self._url.node_url(host, port, self._topology.db),
+                timeout=self._timeout,
+                connect_timeout=self._connect_timeout,
+            )
+
+    def close(self) -> None:
+        self._closed = True
+        if self._wire is not None:
+            self._wire.close()
+            self._wire = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from validator.errors import ConfigurationError
 
@@ -31,6 +31,15 @@ class MultiHostURL:
     password: str | None
     tls: bool
     options: dict[str, Any] = field(default_factory=dict)
+
+    def node_url(self, host: str, port: int, db: int = 0) -> str:
+        """A `redis://` URL of one node with the URL's credentials (for `Multiplexer`)."""
+        auth = ""
+        if self.password is not None:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password, safe='')}@"
+        host = host.strip("[]")
+        address = f"[{host}]" if ":" in host else host
+        return f"redis://{auth}{address}:{int(port)}/{int(db)}"
 
     def node_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of redis-py for a connection to one Redis node (auth, TLS)."""

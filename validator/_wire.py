@@ -8,9 +8,10 @@ hiredis, resolve plain futures in the same order (Redis answers in order on a co
 No task, no pool, no per-request timer.
 
 Only what the read path needs: connect (TCP, TLS or unix socket), AUTH, SELECT, and commands.
-Everything else (writes, admin, pub/sub, Sentinel) stays on redis-py. A Redis Cluster gets one
-multiplexed connection per primary (`validator._cluster.ClusterWires`), behind the same `Wires`
-interface as one server's (`SingleWire`).
+Everything else (writes, admin, pub/sub) stays on redis-py. A Redis Cluster gets one multiplexed
+connection per primary (`validator._cluster.ClusterWires`), a Sentinel deployment one to the
+current master (`validator._sentinel.SentinelWire`), behind the same `Wires` interface as one
+server's (`SingleWire`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,16 @@ def _pack(args: tuple[str | int, ...]) -> bytes:
 
 
 class WireError(Exception):
-    """The connection failed, timed out, or Redis answered with an error."""
+    """The connection failed, timed out, or Redis answered with an error.
+
+    `kind` says which: "reply" (Redis answered an error: the message is its text), "timeout"
+    (no reply, or no connection, in time), "connection" (refused, lost, or broken), "closed"
+    (the store is closing), "left" (the node no longer serves us: see `Wires`).
+    """
+
+    def __init__(self, message: str, kind: str = "connection") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class _Protocol(asyncio.Protocol):
@@ -62,7 +72,7 @@ class _Protocol(asyncio.Protocol):
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(WireError(str(reply)))
+                future.set_exception(WireError(str(reply), "reply"))
             else:
                 future.set_result(reply)
 
@@ -94,11 +104,14 @@ class Multiplexer:
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
+        self._closed: WireError | None = None
 
     async def execute(self, *args: str | int) -> Any:
         """Send one command and wait for its reply. Raises `WireError`."""
         protocol = self._protocol
         if protocol is None:
+            if self._closed is not None:
+                raise self._closed
             protocol = await self._connect()
         return await self._send(protocol, _pack(args))
 
@@ -143,7 +156,7 @@ class Multiplexer:
             # waiting in the socket. Let the loop read them, then look again.
             self._watchdog = loop.call_later(0.001, self._check_timeouts)
         else:
-            self._fail(WireError(f"no reply within {self.timeout}s"))
+            self._fail(WireError(f"no reply within {self.timeout}s", "timeout"))
 
     def _unread_data(self) -> bool:
         protocol = self._protocol
@@ -198,12 +211,22 @@ class Multiplexer:
                 if self._db:
                     await self._send(protocol, _pack(("SELECT", self._db)))
         except (OSError, TimeoutError, WireError) as error:
-            self._fail(WireError(f"cannot connect: {error or 'timeout'}"))
-            raise WireError(f"cannot connect to Redis: {error or 'timeout'}") from error
+            kind = error.kind if isinstance(error, WireError) else "connection"
+            if isinstance(error, TimeoutError):
+                kind, error = "timeout", TimeoutError(f"no connection within {self.connect_timeout}s")
+            self._fail(WireError(f"cannot connect: {error}", kind))
+            raise WireError(f"cannot connect to Redis: {error}", kind) from error
+        if self._closed is not None:
+            # Closed while connecting: nothing may stay open behind its owner's back.
+            self._fail(self._closed)
+            raise self._closed
         return protocol
 
-    def close(self) -> None:
-        self._fail(WireError("closed"))
+    def close(self, error: WireError | None = None) -> None:
+        """Fail every pending request with `error` (default: kind "closed") and stay closed:
+        later requests fail at once with it."""
+        self._closed = error or WireError("closed", "closed")
+        self._fail(self._closed)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

@@ -478,13 +478,13 @@ class Validator:
         self._fast_reads -= 1
         self._observe_read(started)
         error = raw.exception() if not raw.cancelled() else WireError("cancelled")
-        if error is not None and self.store.read_again(token_hash, error):
-            # A restarted Redis lost the script, or a Redis Cluster redirected the read: the
-            # general path loads the script again, or reads through redis-py.
-            fallback = asyncio.ensure_future(self._read(token_hash))
-            fallback.add_done_callback(functools.partial(_copy_outcome, result))
-            return
         try:
+            if error is not None and self.store.read_again(token_hash, error):
+                # A restarted Redis lost the script, or the cluster or the sentinels sent the
+                # read elsewhere: the general path loads the script again, or uses redis-py.
+                fallback = asyncio.ensure_future(self._read(token_hash))
+                fallback.add_done_callback(functools.partial(_copy_outcome, result))
+                return
             if error is not None:
                 self.store_errors += 1
                 self.breaker.failure()

@@ -224,7 +224,14 @@ class Store:
             sentinel_topology = _sentinel.SentinelTopology(
                 sentinel, service, client, parsed, connect_timeout=connect_timeout
             )
-            return cls(client, topology=sentinel_topology, **common)
+            master_wire = (
+                None
+                if parsed.tls
+                else _sentinel.SentinelWire(
+                    sentinel_topology, parsed, timeout=timeout, connect_timeout=connect_timeout
+                )
+            )
+            return cls(client, topology=sentinel_topology, wires=master_wire, **common)
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(
                 f"unsupported store URL {url!r}: use memory://, redis://, rediss://, unix://, "

@@ -18,6 +18,8 @@ from redis.exceptions import ResponseError
 from tests.redis_cluster import Backend
 from validator import Admin, LimitExceeded, Reason, Restrictions, StoreUnavailable, Validator
 from validator._cluster import ClusterWires
+from validator._sentinel import SentinelWire
+from validator._wire import SingleWire
 from validator.admin import ImportLine
 
 SECRET = "backend-secret"
@@ -272,14 +274,12 @@ async def test_a_recorded_denial_does_not_evict_the_token(admin: Admin, validato
     assert validator.check_cached(TOKEN, client_ip="198.51.100.1") is not None
 
 
-@pytest.mark.parametrize("backend", ["cluster"], indirect=True)
-async def test_cluster_misses_read_on_one_connection_per_primary(
+async def test_misses_read_on_multiplexed_connections_to_every_write_node(
     backend: Backend, admin: Admin, validator: Validator
 ) -> None:
     tokens = await _spread_ip_tokens(admin)
     await validator.sync()
-    assert validator.listener is not None
-    # The listener has told the store the cluster's layout; a first read per node connects.
+    # The listener has told the store the layout (or master); a first read per node connects.
     for token in tokens:
         assert (await validator.check(token, client_ip=CLIENT_IP)).reason is Reason.IP_LISTED
     validator.cache.clear()
@@ -288,10 +288,14 @@ async def test_cluster_misses_read_on_one_connection_per_primary(
     )
     assert all(d.reason is Reason.IP_NOT_LISTED for d in decisions)
     wires = validator.store._wires
-    assert isinstance(wires, ClusterWires)
-    expected = {f"127.0.0.1:{port}" for port in backend.write_ports()}
-    assert set(wires._nodes) == expected
-    assert all(wire._protocol is not None for wire in wires._nodes.values())
+    if isinstance(wires, ClusterWires):
+        connections = list(wires._nodes.values())
+    else:
+        assert isinstance(wires, SingleWire | SentinelWire)
+        connection = wires.multiplexer if isinstance(wires, SingleWire) else wires._wire
+        assert connection is not None
+        connections = [connection]
+    assert {wire._port for wire in connections if wire._protocol is not None} == set(backend.write_ports())
 
 
 @pytest.mark.parametrize("backend", ["cluster"], indirect=True)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from tests.redis_servers import RedisProcess
+from tests.redis_servers import RedisProcess, free_port
 from validator import Admin, Store, StoreUnavailable
 from validator._wire import Multiplexer, WireError
 
@@ -111,3 +111,32 @@ async def test_a_stuck_server_fails_every_queued_request_after_the_timeout() -> 
     finally:
         wire.close()
         server.cleanup()
+
+
+async def test_closed_while_connecting_leaves_nothing_open(redis_url: str) -> None:
+    wire = Multiplexer(redis_url, timeout=1.0, connect_timeout=1.0)
+    connecting = asyncio.ensure_future(wire.execute("PING"))
+    await asyncio.sleep(0)  # let the connection attempt start
+    wire.close(WireError("the node left the cluster layout", "left"))
+    with pytest.raises(WireError) as caught:
+        await asyncio.wait_for(connecting, timeout=5)
+    assert caught.value.kind == "left"
+    assert wire._protocol is None
+    # And it stays closed: no reconnection behind its owner's back.
+    with pytest.raises(WireError) as again:
+        await asyncio.wait_for(wire.execute("PING"), timeout=5)
+    assert again.value.kind == "left"
+    assert wire.send_now("PING") is None
+
+
+async def test_error_kinds_tell_a_reply_from_a_dead_server(redis_url: str) -> None:
+    wire = Multiplexer(redis_url, timeout=1.0, connect_timeout=1.0)
+    with pytest.raises(WireError) as reply:
+        await asyncio.wait_for(wire.execute("NOSUCHCOMMAND"), timeout=5)
+    assert reply.value.kind == "reply" and str(reply.value).startswith("ERR")
+    wire.close()
+    refused = Multiplexer(f"redis://127.0.0.1:{free_port()}", timeout=1.0, connect_timeout=1.0)
+    with pytest.raises(WireError) as caught:
+        await asyncio.wait_for(refused.execute("PING"), timeout=5)
+    assert caught.value.kind == "connection"
+    refused.close()

@@ -20,9 +20,9 @@ from validator._cluster import (
     probe_slot,
     slot_tags,
 )
-from validator._sentinel import SentinelTopology
+from validator._sentinel import SentinelTopology, SentinelWire
 from validator._urls import parse_multihost
-from validator._wire import SingleWire
+from validator._wire import SingleWire, WireError
 from validator.invalidation import SingleServer
 
 OPTIONS = {"db", "sentinel_password", "max_connections"}
@@ -122,7 +122,8 @@ def test_tls_cluster_url_passes_tls_options() -> None:
 def test_sentinel_url_builds_a_master_store(url: str, connection: str, sentinel_password: str | None) -> None:
     store = Store.from_url(url, secret="s")
     assert isinstance(store.topology, SentinelTopology)
-    assert store._wires is None
+    # Reads on the master's own multiplexed connection, except over TLS (no certificate options).
+    assert isinstance(store._wires, SentinelWire) is (connection == "_MasterConnection")
     assert not isinstance(store.client, RedisCluster)
     pool = store.client.connection_pool
     assert isinstance(pool, SentinelConnectionPool)
@@ -198,7 +199,7 @@ def test_cluster_reads_wait_for_a_layout_then_follow_it() -> None:
     # A new layout: the node that left loses its connection, the slots go to the new owner.
     topology.layout = {"127.0.0.1:7001": ((0, 16383),)}
     assert wires.for_tag(low) is second
-    assert first._protocol is None and "127.0.0.1:7000" not in wires._nodes
+    assert first._protocol is None and ("127.0.0.1", 7000) not in wires._nodes
 
 
 def test_a_moved_reply_reroutes_its_slot_and_redirections_go_to_redis_py() -> None:
@@ -206,15 +207,56 @@ def test_a_moved_reply_reroutes_its_slot_and_redirections_go_to_redis_py() -> No
     topology.layout = {"127.0.0.1:7000": ((0, 16383),)}
     assert wires.for_tag("abc") is not None
     slot = key_slot(b"abc")
-    assert wires.redirected("abc", Exception(f"MOVED {slot} [::1]:7005"))
+    assert wires.redirected("abc", WireError(f"MOVED {slot} [::1]:7005", "reply"))
     moved = wires.for_tag("abc")
     assert moved is not None and (moved._host, moved._port) == ("::1", 7005)
     # The listener's next poll finds the same layout: what MOVED taught stays.
     topology.layout = {"127.0.0.1:7000": ((0, 16383),)}
     assert wires.for_tag("abc") is moved
-    for text in ("ASK 1 h:1", "TRYAGAIN keys", "CLUSTERDOWN down", "cannot connect: x", "connection lost: y"):
-        assert wires.redirected("abc", Exception(text)), text
-    for text in ("no reply within 0.5s", "ERR unknown", "WRONGTYPE x"):
-        assert not wires.redirected("abc", Exception(text)), text
+    redirected = [("ASK 1 h:1", "reply"), ("TRYAGAIN k", "reply"), ("CLUSTERDOWN d", "reply"),
+                  ("cannot connect: refused", "connection"), ("connection lost", "connection"),
+                  ("the node left the cluster layout", "left")]  # fmt: skip
+    for text, kind in redirected:
+        assert wires.redirected("abc", WireError(text, kind)), text
+    not_redirected = [("no reply within 0.5s", "timeout"), ("cannot connect: no connection", "timeout"),
+                      ("ERR unknown", "reply"), ("closed", "closed")]  # fmt: skip
+    for text, kind in not_redirected:
+        assert not wires.redirected("abc", WireError(text, kind)), text
+    # Malformed or unusable MOVED replies teach nothing, and raise nothing.
+    for text in ("MOVED 12", "MOVED -1 h:1", "MOVED 99999 h:1", f"MOVED {slot} :7001", f"MOVED {slot} ?:7001",
+                 f"MOVED {slot} h:99999", "MOVED x h:1"):  # fmt: skip
+        assert wires.redirected("abc", WireError(text, "reply")), text
+        assert wires.for_tag("abc") is moved
+    # IPv6 with or without brackets names one node.
+    assert wires.redirected("abc", WireError(f"MOVED {slot} ::1:7005", "reply"))
+    assert wires.for_tag("abc") is moved
     wires.close()
     assert wires.for_tag("abc") is None
+    topology.layout = {"127.0.0.1:7000": ((0, 16383),)}  # a late poll opens nothing after close
+    assert wires.for_tag("abc") is None and not wires._nodes
+
+
+def test_sentinel_reads_follow_the_master_the_sentinels_name() -> None:
+    store = Store.from_url("redis+sentinel://u:p%2Fw@127.0.0.1:26379/svc?db=2", secret="s")
+    topology, wire = store.topology, store._wires
+    assert isinstance(topology, SentinelTopology) and isinstance(wire, SentinelWire)
+    assert wire.for_tag("abc") is None  # no master known yet: redis-py asks the sentinels
+    topology.master_address = ("10.0.0.1", 6379)
+    first = wire.for_tag("abc")
+    assert first is not None and wire.for_tag("xyz") is first
+    assert (first._host, first._port, first._db, first._username, first._password) == (
+        "10.0.0.1",
+        6379,
+        2,
+        "u",
+        "p/w",
+    )
+    topology.master_address = ("::1", 6380)  # a failover
+    second = wire.for_tag("abc")
+    assert second is not None and second is not first and (second._host, second._port) == ("::1", 6380)
+    for text, kind in [("cannot connect", "connection"), ("left", "left"), ("READONLY no", "reply")]:
+        assert wire.redirected("abc", WireError(text, kind)), text
+    for text, kind in [("no reply", "timeout"), ("ERR unknown", "reply"), ("closed", "closed")]:
+        assert not wire.redirected("abc", WireError(text, kind)), text
+    wire.close()
+    assert wire.for_tag("abc") is None
