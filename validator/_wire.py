@@ -136,9 +136,16 @@ class Multiplexer:
 
     def _flush(self, protocol: _Protocol) -> None:
         self._flush_scheduled = False
-        data, self._outgoing = b"".join(self._outgoing), []
+        outgoing, self._outgoing = self._outgoing, []
         if protocol.transport is not None and not protocol.transport.is_closing():
-            protocol.transport.write(data)
+            protocol.transport.write(b"".join(outgoing))
+        # A request's clock starts when it is written, not when it was queued: a loop kept busy
+        # between the two (a burst of tasks on a starved CPU) is not Redis being slow. Each
+        # queued command has one pending entry, in order, so these are the last len(outgoing).
+        pending = self._pending
+        now = time.monotonic()
+        for i in range(max(0, len(pending) - len(outgoing)), len(pending)):
+            pending[i] = (pending[i][0], now)
 
     def _check_timeouts(self) -> None:
         self._watchdog = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -140,3 +141,15 @@ async def test_error_kinds_tell_a_reply_from_a_dead_server(redis_url: str) -> No
         await asyncio.wait_for(refused.execute("PING"), timeout=5)
     assert caught.value.kind == "connection"
     refused.close()
+
+
+async def test_a_busy_loop_before_the_write_is_not_a_redis_timeout(redis_url: str) -> None:
+    wire = Multiplexer(redis_url, timeout=0.2, connect_timeout=1.0)
+    assert await asyncio.wait_for(wire.execute("PING"), timeout=5) == "PONG"
+    queued = wire.send_now("PING")
+    assert queued is not None
+    # The loop is kept busy past the timeout after the request was queued but before it was
+    # written (a burst of tasks on a starved CPU): the clock starts at the write.
+    time.sleep(0.3)  # noqa: ASYNC251 - blocking the loop is the point
+    assert await asyncio.wait_for(queued, timeout=5) == "PONG"
+    wire.close()
