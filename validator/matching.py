@@ -7,22 +7,32 @@ when restrictions are written and must be strict and explain every refusal.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
 from collections.abc import Callable, Collection, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import idna
 
-from validator.errors import InvalidEntry
+from validator.errors import ConfigurationError, InvalidEntry
+
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
 
 __all__ = [
+    "DEFAULT_MIN_PREFIX_V4",
+    "DEFAULT_MIN_PREFIX_V6",
     "DEFAULT_PORTS",
     "DomainSet",
     "IPSet",
     "Normalized",
+    "canonical_domain",
+    "canonical_ip",
+    "check_min_prefixes",
     "host_of",
+    "ip_removals",
     "is_hostname",
     "normalize_domain",
     "normalize_ip",
@@ -41,6 +51,12 @@ MAX_HOST_LENGTH = 253
 # Letters, digits and hyphens per label (RFC 1123), plus `_`, which browsers accept in hosts.
 _HOSTNAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
 _PORT_DIGITS = frozenset("0123456789")
+# SPEC.md, "Origin must be an origin": RFC 3986 section 3.1, scheme = ALPHA *( ALPHA / DIGIT /
+# "+" / "-" / "." ), then "://" and the authority (`ht!tp://`, `://x`, `https:x` have no host).
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+# A browser serialises Origin and Referer without spaces or control characters (the WHATWG URL
+# parser strips or percent-encodes them); a value holding one was made by hand and is malformed.
+_NOT_IN_URL = re.compile(r"[\x00-\x20\x7f]")
 
 # The schemes a domain entry may be qualified with, and the port an entry or request without
 # an explicit port has under each (a web origin's default port).
@@ -56,17 +72,18 @@ def host_of(url: str) -> str | None:
     """The normalised host of an `Origin` or `Referer` value, or None if it has none.
 
     Scheme, userinfo, port, path, query and fragment are dropped: the host is what follows the
-    last `@` of the authority (`https://example.com@evil.test/` has host `evil.test`). The
+    last `@` of the authority (`https://example.com@evil.test/` has host `evil.test`). A value
+    without a valid scheme and `://`, or with a space or control character, has none. The
     result is lower case, without a trailing dot, IDNA-encoded; it is not checked to be a valid
     hostname (an exact match against validated entries needs no check; `DomainSet` checks
     before a wildcard match). Never raises.
     """
     if len(url) > MAX_URL_LENGTH:
         return None
-    sep = url.find("://")
-    if sep <= 0:
+    scheme = _URL_START.match(url)
+    if scheme is None or _NOT_IN_URL.search(url) is not None:
         return None
-    start = sep + 3
+    start = scheme.end()
     end = len(url)
     # WHATWG URL parsing ends the authority at any of these; `\` counts as `/` for http(s).
     for delimiter in "/?#\\":
@@ -424,8 +441,55 @@ def _port(text: str, entry: str) -> str:
     return str(int(text))
 
 
+# Names that RFC 6761, RFC 6762 and ICANN (`internal`, 2024) reserve: nobody can register a site
+# under them, so `*.localhost` opens nothing to the public, unlike an unlisted top-level domain.
+_SPECIAL_USE = frozenset({"example", "internal", "invalid", "local", "localhost", "test"})
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    # Imported here: loading the list takes ~60 ms, and only the admin side needs it.
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList(accept_unknown=False)
+
+
+def _public_suffix_refusal(entry: str, stored: str) -> str | None:
+    """Why a stored domain entry would admit sites nobody vouches for, or None.
+
+    SPEC.md: no wildcard directly over a public suffix (the Public Suffix List, private section
+    included), where anyone can register a site. The list's default rule makes a top-level
+    domain it does not know a public suffix too (one delegated after the shipped list was cut),
+    except the special-use names. A plain entry that is a public suffix is refused as well:
+    nobody owns `com` or `github.io` as a site.
+    """
+    pattern, _ = _split_entry(stored)
+    wildcard = pattern.startswith("*.")
+    host = pattern[2:] if wildcard else pattern
+    listed = _public_suffixes().is_public(host)
+    if wildcard and (listed or ("." not in host and host not in _SPECIAL_USE)):
+        kind = "a public suffix" if listed else "a top-level domain"
+        return f"{entry!r} would admit every site under {host}, {kind}: list the exact host"
+    if listed:
+        return f"{entry!r} is a public suffix, which no single site owns: list the exact host"
+    return None
+
+
 def normalize_domain(entry: str) -> Normalized:
-    """Normalise an admin's domain entry to its stored form.
+    """Normalise an admin's domain entry to its stored form (`canonical_domain`), refusing a
+    public suffix and a wildcard directly over one (`*.com`, `*.co.uk`, `*.github.io`).
+    Raises `InvalidEntry` with a reason a person understands.
+    """
+    result = canonical_domain(entry)
+    why = _public_suffix_refusal(entry, result.stored)
+    if why is not None:
+        raise InvalidEntry(why)
+    return result
+
+
+def canonical_domain(entry: str) -> Normalized:
+    """The stored form of an admin's domain entry, by its syntax alone (so that an entry stored
+    before a rule of `normalize_domain` existed can still be removed).
 
     Accepted: `example.com`, `*.example.com`, either optionally qualified by a scheme
     (`https://app.example.com`: http or https only) and/or a port (`localhost:3000`,
@@ -507,8 +571,12 @@ def normalize_domain(entry: str) -> Normalized:
 
 
 # Ranges that are not a "static public address" (SPEC.md). Documentation ranges (RFC 5737,
-# RFC 3849) are accepted: SPEC.md itself uses 203.0.113.7 and 2001:db8::/48 as examples, and
-# they are never routed, so listing one opens nothing. `ipaddress.is_private` would refuse them.
+# RFC 3849, RFC 9637) are accepted, IPv4 and IPv6 alike: SPEC.md itself uses 203.0.113.7 and
+# 2001:db8::/48 as examples, and they are never routed, so listing one opens nothing.
+# `ipaddress.is_private` would refuse them. IPv6 special-purpose ranges (IANA's registry) are
+# refused as their IPv4 counterparts are: IETF protocol assignments (192.0.0.0/24; 2001::/23,
+# which holds Teredo, benchmarking and ORCHID), benchmarking, and the tunnels whose addresses
+# stand for another host (6to4 on both sides, NAT64).
 _REFUSED: tuple[tuple[str, str], ...] = (
     ("0.0.0.0/8", "unspecified ('this network')"),
     ("10.0.0.0/8", "private (RFC 1918)"),
@@ -517,6 +585,7 @@ _REFUSED: tuple[tuple[str, str], ...] = (
     ("169.254.0.0/16", "link-local"),
     ("172.16.0.0/12", "private (RFC 1918)"),
     ("192.0.0.0/24", "reserved for IETF protocol assignments"),
+    ("192.88.99.0/24", "the deprecated 6to4 relay anycast range (RFC 7526)"),
     ("192.168.0.0/16", "private (RFC 1918)"),
     ("198.18.0.0/15", "reserved for benchmarking (RFC 2544)"),
     ("224.0.0.0/4", "multicast"),
@@ -524,13 +593,32 @@ _REFUSED: tuple[tuple[str, str], ...] = (
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
     ("::ffff:0:0/96", "IPv4-mapped"),
+    ("64:ff9b::/96", "the NAT64 prefix (RFC 6052): its addresses stand for IPv4 hosts"),
     ("64:ff9b:1::/48", "reserved for local NAT64"),
     ("100::/64", "a discard prefix"),
+    ("2001::/23", "reserved for IETF protocol assignments (RFC 2928)"),
+    ("2001::/32", "Teredo (RFC 4380): its addresses follow a client's NAT mapping, not a static host"),
+    ("2001:2::/48", "reserved for benchmarking (RFC 5180)"),
+    ("2001:10::/28", "ORCHID (RFC 4843): identifiers, not routable addresses"),
+    ("2001:20::/28", "ORCHIDv2 (RFC 7343): identifiers, not routable addresses"),
+    ("2002::/16", "6to4 (RFC 3056, deprecated by RFC 7526): its addresses stand for IPv4 hosts"),
     ("fc00::/7", "private (unique local, RFC 4193)"),
     ("fe80::/10", "link-local"),
     ("fec0::/10", "reserved (deprecated site-local)"),
     ("ff00::/8", "multicast"),
 )
+
+# SPEC.md: networks have a minimum prefix length (a site), so that no entry admits the public
+# at large. Settings of `Admin` (`min_prefix_v4`, `min_prefix_v6`); allow_private does not lift them.
+DEFAULT_MIN_PREFIX_V4 = 16
+DEFAULT_MIN_PREFIX_V6 = 48
+
+
+def check_min_prefixes(min_prefix_v4: int, min_prefix_v6: int) -> None:
+    """Raise `ConfigurationError` unless both settings are prefix lengths of their version."""
+    for name, value, longest in (("min_prefix_v4", min_prefix_v4, 32), ("min_prefix_v6", min_prefix_v6, 128)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= longest:
+            raise ConfigurationError(f"{name} must be a prefix length from 0 to {longest}, not {value!r}")
 
 
 def _span(network: IPNetwork) -> tuple[int, int, int]:
@@ -540,53 +628,183 @@ def _span(network: IPNetwork) -> tuple[int, int, int]:
     return network.version, first, first | ((1 << (network.max_prefixlen - network.prefixlen)) - 1)
 
 
-_REFUSED_SPANS: tuple[tuple[tuple[int, int, int], str], ...] = tuple(
-    (_span(ipaddress.ip_network(net)), f"{net} is {why}") for net, why in _REFUSED
+# Smallest range first, so that an entry inside several (Teredo inside 2001::/23) gets the
+# most specific reason.
+_REFUSED_SPANS: tuple[tuple[tuple[int, int, int], str, str], ...] = tuple(
+    sorted(
+        ((_span(ipaddress.ip_network(net)), net, why) for net, why in _REFUSED),
+        key=lambda refused: refused[0][2] - refused[0][1],
+    )
 )
 _GLOBAL_UNICAST_V6 = _span(ipaddress.IPv6Network("2000::/3"))
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_v4(network: IPNetwork) -> str:
+    """`; list <IPv4> instead` for a 6to4 or NAT64 entry that names one IPv4 host, else ``."""
+    if not isinstance(network, ipaddress.IPv6Network):
+        return ""
+    address = network.network_address
+    if network.prefixlen >= 48 and address in _SIX_TO_FOUR:
+        return f"; list {address.sixtofour} instead"
+    if network.prefixlen == 128 and address in _NAT64:
+        return f"; list {ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)} instead"
+    return ""
 
 
 def _refusal(network: IPNetwork) -> str | None:
+    """Why `network` lies wholly in a range that is not static public addresses, or None."""
     version, first, last = _span(network)
-    for (refused_version, low, high), why in _REFUSED_SPANS:
-        if refused_version == version and first <= high and low <= last:
-            return why
+    for (refused_version, low, high), net, why in _REFUSED_SPANS:
+        if refused_version == version and low <= first and last <= high:
+            return f"{net} is {why}{_embedded_v4(network)}"
     _, low, high = _GLOBAL_UNICAST_V6
-    if version == 6 and not low <= first <= last <= high:
+    if version == 6 and (last < low or high < first):
         return "only global unicast IPv6 (2000::/3) is public"
     return None
 
 
-def normalize_ip(entry: str, *, allow_private: bool = False) -> Normalized:
-    """Normalise an admin's IP entry: an address or a CIDR network, IPv4 or IPv6.
+def _reaches(network: IPNetwork) -> str | None:
+    """Which non-public range `network` reaches into without lying in it, or None."""
+    version, first, last = _span(network)
+    for (refused_version, low, high), net, why in _REFUSED_SPANS:
+        if refused_version == version and first <= high and low <= last:
+            return f"{net}, which is {why}"
+    _, low, high = _GLOBAL_UNICAST_V6
+    if version == 6 and not low <= first <= last <= high:
+        return "addresses outside 2000::/3, and only global unicast IPv6 is public"
+    return None
 
-    Private, loopback, link-local, multicast, reserved and unspecified ranges are refused
-    (with the reason) unless `allow_private`. Raises `InvalidEntry`.
-    """
+
+def _too_large(network: IPNetwork, min_prefix_v4: int, min_prefix_v6: int) -> str | None:
+    minimum, setting = (
+        (min_prefix_v4, "min_prefix_v4") if network.version == 4 else (min_prefix_v6, "min_prefix_v6")
+    )
+    if network.prefixlen >= minimum:
+        return None
+    bits = network.max_prefixlen - network.prefixlen
+    count = f"{1 << bits:,}" if bits <= 32 else f"2^{bits}"
+    return (
+        f"network too large: /{network.prefixlen} covers {count} addresses; the minimum prefix is "
+        f"/{minimum} (setting {setting}, --{setting.replace('_', '-')})"
+    )
+
+
+def _ip_network(entry: str, *, drop_zone: bool) -> IPNetwork:
+    """An IP entry as a network (an address is a /32 or /128), IPv4-mapped IPv6 collapsed to
+    IPv4 as `parse_ip` does at request time. A zone is refused, or dropped if `drop_zone`."""
     text = entry.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     if not text or len(text) > 100:
         raise InvalidEntry(f"{entry!r} is not an IP address or network")
+    address, percent, rest = text.partition("%")
+    if percent and ":" in address:
+        zone, slash, prefix = rest.partition("/")
+        text = address + slash + prefix
+        if not drop_zone:
+            # SPEC.md, "one address, one entry": `%eth0` names an interface of one host, and
+            # the same address under five zones would fill five slots of the list.
+            raise InvalidEntry(
+                f"{entry!r} has an IPv6 zone identifier (%{zone}), which names a network interface "
+                f"of one host and is no part of the address: give {text!r} alone"
+            )
     try:
         network: IPNetwork = ipaddress.ip_network(text, strict=True)
     except ValueError as error:
-        message = str(error)
-        if "has host bits set" in message:
+        if "has host bits set" in str(error):
             loose = ipaddress.ip_network(text, strict=False)
-            raise InvalidEntry(f"{entry!r} has host bits set: did you mean the network {loose}?") from None
+            raise InvalidEntry(
+                f"{entry!r} has host bits set: did you mean the network {loose}, "
+                f"or the address {text.partition('/')[0]}?"
+            ) from None
         raise InvalidEntry(f"{entry!r} is not an IP address or CIDR network") from None
-    if isinstance(network, ipaddress.IPv6Network) and "/" not in text:
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
         mapped = network.network_address.ipv4_mapped
         if mapped is not None:
-            network = ipaddress.IPv4Network(mapped)
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
+def _stored_ip(network: IPNetwork) -> str:
+    return str(network.network_address) if network.num_addresses == 1 else str(network)
+
+
+def normalize_ip(
+    entry: str,
+    *,
+    allow_private: bool = False,
+    min_prefix_v4: int = DEFAULT_MIN_PREFIX_V4,
+    min_prefix_v6: int = DEFAULT_MIN_PREFIX_V6,
+) -> Normalized:
+    """Normalise an admin's IP entry: an address or a CIDR network, IPv4 or IPv6, stored in
+    canonical form (compressed IPv6; IPv4-mapped IPv6 as IPv4).
+
+    Refused, with the reason: an IPv6 zone identifier; a network with host bits set or shorter
+    than the minimum prefix; private, loopback, link-local, multicast, reserved, unspecified and
+    special-purpose ranges (Teredo, 6to4, NAT64, ORCHID, benchmarking), unless `allow_private`,
+    which does not lift the minimum prefix. Raises `InvalidEntry`.
+    """
+    network = _ip_network(entry, drop_zone=False)
+    override = " (use allow_private / --allow-private to store it anyway)"
     if not allow_private:
         why = _refusal(network)
         if why is not None:
+            raise InvalidEntry(f"{entry!r} is not a static public address: {why}{override}")
+    why = _too_large(network, min_prefix_v4, min_prefix_v6)
+    if why is not None:
+        raise InvalidEntry(f"{entry!r}: {why}")
+    if not allow_private:
+        why = _reaches(network)
+        if why is not None:
             raise InvalidEntry(
-                f"{entry!r} is not a static public address: {why} "
-                "(use allow_private / --allow-private to store it anyway)"
+                f"{entry!r} reaches beyond static public addresses: it includes {why}{override}"
             )
-    stored = str(network.network_address) if network.num_addresses == 1 else str(network)
+    stored = _stored_ip(network)
     note = f"stored {stored!r}" if stored != entry.strip() else None
     return Normalized(entry, stored, note)
+
+
+def canonical_ip(entry: str) -> Normalized:
+    """The canonical form of any IP entry, whatever was allowed when it was stored: no range or
+    size rule, and a zone dropped. What a removal compares. Raises `InvalidEntry`."""
+    stored = _stored_ip(_ip_network(entry, drop_zone=True))
+    return Normalized(entry, stored, f"the same entry as {stored!r}" if stored != entry.strip() else None)
+
+
+def ip_removals(entries: Iterable[str], stored: Iterable[str]) -> dict[str, Normalized]:
+    """What to remove from an IP list holding `stored` so that each of `entries` is gone,
+    however it was typed and however it was stored: keyed by the stored text to remove.
+
+    An entry matches its canonical form and every stored entry with the same canonical form
+    (older versions stored entries as typed, zones included); text that is not an IP entry
+    matches only itself, if it is stored. Raises `InvalidEntry` for text that is neither.
+    """
+    held: dict[str, list[str]] = {}
+    for text in stored:
+        try:
+            held.setdefault(canonical_ip(text).stored, []).append(text)
+        except InvalidEntry:
+            held.setdefault(text, []).append(text)
+    removals: dict[str, Normalized] = {}
+    problems: list[str] = []
+    for entry in entries:
+        try:
+            result = canonical_ip(entry)
+        except InvalidEntry as error:
+            raw = entry.strip()
+            if raw in held:
+                removals.setdefault(raw, Normalized(entry, raw, None))
+            else:
+                problems.append(str(error))
+            continue
+        removals.setdefault(result.stored, result)
+        for text in held.get(result.stored, ()):
+            if text not in removals:
+                removals[text] = Normalized(
+                    entry, text, f"also removed {text!r}, stored in that form earlier"
+                )
+    if problems:
+        raise InvalidEntry("; ".join(problems) + " (nothing was changed)")
+    return removals

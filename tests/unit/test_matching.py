@@ -294,7 +294,7 @@ def test_normalize_ip(entry: str, stored: str) -> None:
         ("255.255.255.255", "reserved"),
         ("100.64.0.1", "carrier-grade NAT"),
         ("fd00::1", "unique local"),
-        ("0.0.0.0/0", "not a static public address"),
+        ("0.0.0.0/0", "network too large: /0 covers 4,294,967,296 addresses"),
         ("8.0.0.0/4", "host bits set"),
         ("203.0.113.7/24", "did you mean the network 203.0.113.0/24"),
         ("203.0.113", "not an IP address"),
