@@ -3,9 +3,10 @@
     app = TokenAccessMiddleware(app, validator=Validator.from_url(url, secret=...))
 
 The token comes from `Authorization: Bearer ...`, an `X-API-Key` header or an `api_key` query
-parameter; the source signals from `Origin`, `Referer` and `Sec-Fetch-*`; the client address
-from the connection, or from `X-Forwarded-For` / `Forwarded` when (and only when) the
-connection comes from a configured trusted proxy. Denied requests get SPEC.md's 403 body.
+parameter (every one present must carry the same token); the source signals from `Origin`,
+`Referer` and `Sec-Fetch-*`; the client address from the connection, or from `X-Forwarded-For` /
+`Forwarded` when (and only when) the connection comes from a configured trusted proxy. Denied
+requests get SPEC.md's 403 body.
 
 Run uvicorn with `--no-proxy-headers` when `trusted_proxies` is set here, or leave
 `trusted_proxies` empty and let uvicorn's `--proxy-headers --forwarded-allow-ips` rewrite the
@@ -26,7 +27,7 @@ from typing import Any, Literal
 from validator.core import Validator
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.matching import IPAddress, IPNetwork, parse_ip
-from validator.model import Decision, Source
+from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision, Source
 from validator.rules import classify
 from validator.store import fingerprint
 
@@ -67,8 +68,6 @@ _UNAVAILABLE = _Reply(503, "Access check unavailable. Try again later.")
 # Header kinds the one pass over the request headers looks for.
 _ORIGIN, _REFERER, _AUTHORIZATION, _TOKEN_HEADER, _PROXY, _PREFLIGHT = range(6)
 _SEC_FETCH = b"sec-fetch-"
-# A token longer than this is no token anyone issued; refusing it keeps such keys out of the cache.
-DEFAULT_MAX_TOKEN_LENGTH = 512
 # Only an Origin made of visible ASCII is echoed back in Access-Control-Allow-Origin.
 _ECHOABLE = re.compile(rb"[!-~]+")
 # RFC 9110 `token`: what a header field name or a method may be made of.
@@ -239,11 +238,13 @@ class _Request:
 class TokenAccessMiddleware:
     """Checks the API token of every HTTP request and WebSocket handshake (SPEC.md).
 
-    - `token_sources`: where to look for the token, first match wins: `"bearer"`
-      (`Authorization: Bearer ...`), `"header"` (`token_header`), `"query"` (`token_query`).
+    - `token_sources`: where to look for the token: `"bearer"` (`Authorization: Bearer ...`),
+      `"header"` (`token_header`), `"query"` (`token_query`). Every one of them is read; when
+      two carry different tokens (a decoy beside a stolen token), the request is refused (403).
     - `require_token`: without a token, answer 401; if False, pass the request to the app
       (for public routes) with `scope["state"]["token_access"] = None`.
-    - `max_token_length`: a longer token is refused (403) without a look-up.
+    - `max_token_length`: a longer token is refused (403) without a look-up (default: the
+      validator's `max_token_length`). So is a token with a byte outside `!`..`~` (SPEC.md).
     - `trusted_proxies`: addresses or CIDR networks of proxies whose `proxy_header`
       (`"x-forwarded-for"` or `"forwarded"`) names the client. None by default.
     - `preflight`: a CORS preflight carries no token: `"pass"` it to the app, or `"answer"` it
@@ -255,8 +256,9 @@ class TokenAccessMiddleware:
       (`decision.reported`), and logged and counted as a would-be denial.
 
     Repeated or conflicting `Origin`, `Referer` or token values are refused with 403. The
-    decision goes to `scope["state"]["token_access"]` and the token to
-    `scope["state"]["api_token"]`: the app should read the token from there, not re-parse it.
+    decision goes to `scope["state"]["token_access"]` and the token checked to
+    `scope["state"]["api_token"]` (Starlette: `request.state.api_token`): the app should
+    authenticate with that token, not parse the request again.
     The store being unreachable with nothing cached answers 503; build the validator with
     `fail_open=True` to allow instead.
     """
@@ -270,7 +272,7 @@ class TokenAccessMiddleware:
         token_header: str = "X-API-Key",
         token_query: str = "api_key",
         require_token: bool = True,
-        max_token_length: int = DEFAULT_MAX_TOKEN_LENGTH,
+        max_token_length: int | None = None,
         trusted_proxies: Iterable[str] | str = (),
         proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for",
         preflight: Literal["pass", "answer"] = "pass",
@@ -298,8 +300,10 @@ class TokenAccessMiddleware:
             ("sec-fetch-", "access-control-")
         ):
             raise ConfigurationError(f"token_header {token_header!r} already has a meaning here")
-        if max_token_length < 1:
-            raise ConfigurationError("max_token_length must be at least 1")
+        if max_token_length is None:
+            max_token_length = validator.max_token_length
+        if not 1 <= max_token_length <= MAX_TOKEN_LENGTH:
+            raise ConfigurationError(f"max_token_length must be between 1 and {MAX_TOKEN_LENGTH}")
         if proxy_header not in ("x-forwarded-for", "forwarded"):
             raise ConfigurationError(
                 f"proxy_header must be 'x-forwarded-for' or 'forwarded', not {proxy_header!r}"
@@ -321,6 +325,7 @@ class TokenAccessMiddleware:
         self.cors = cors
         self.report_only = report_only
         self._query_name = token_query.encode("utf-8")
+        self._read_query = "query" in sources
         kinds = {b"origin": _ORIGIN, b"referer": _REFERER, b"access-control-request-method": _PREFLIGHT}
         if "bearer" in sources:
             kinds[b"authorization"] = _AUTHORIZATION
@@ -464,32 +469,43 @@ class TokenAccessMiddleware:
         return request
 
     def _token(self, scope: Scope, request: _Request) -> str | None:
-        """The first token found in `token_sources` order; marks the request malformed when a
-        source repeats with different values or the token is implausibly long."""
-        for source in self.token_sources:
-            raw: bytes | None
-            if source == "bearer":
-                value = request.authorization
-                raw = value[7:] if value is not None and value[:7].lower() == b"bearer " else None
-            elif source == "header":
-                raw = request.token_header
-            else:
-                raw = self._query_token(scope.get("query_string", b""), request)
-            if raw is None:
-                continue
-            raw = raw.strip()
-            if not raw:
-                continue
-            if len(raw) > self.max_token_length:
+        """The token of the request: the one value every source in `token_sources` that holds a
+        token agrees on (SPEC.md, "One token per request"). Marks the request malformed when two
+        differ or the token is longer than `max_token_length`."""
+        found: bytes | None = None
+        # Straight-line code, not a loop over the sources: the common request holds one token
+        # and pays a test or two for the others (README, middleware cost).
+        value = request.authorization
+        if value is not None and value[:7].lower() == b"bearer ":
+            found = value[7:].strip() or None
+        value = request.token_header
+        if value is not None and (value := value.strip()):
+            if found is not None and value != found:
+                # Which one would the app use? A decoy beside a stolen token must not pass.
                 request.malformed = True
                 return None
-            return raw.decode("latin-1")
-        return None
+            found = value
+        query = scope.get("query_string") if self._read_query else None
+        if query and (self._query_name in query or b"%" in query):
+            # Compared decoded: `api_key=a%62` is the token `ab`, as the app's framework reads it.
+            value = self._query_token(query, request)
+            if value:
+                if found is not None and value != found:
+                    request.malformed = True
+                    return None
+                found = value
+        if found is None:
+            return None
+        if len(found) > self.max_token_length:
+            request.malformed = True
+            return None
+        # A byte outside `!`..`~` decodes to a character `Validator.check` refuses before any
+        # look-up (SPEC.md, "Tokens are visible ASCII"); only checked tokens are ever cached, so
+        # a cache hit needs no such test.
+        return found.decode("latin-1")
 
     def _query_token(self, query: bytes, request: _Request) -> bytes | None:
         name = self._query_name
-        if not query or (name not in query and b"%" not in query):
-            return None
         found: bytes | None = None
         for pair in query.split(b"&"):
             key, _, value = pair.partition(b"=")

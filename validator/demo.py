@@ -20,6 +20,7 @@ from validator.asgi import ASGIApp, Receive, Scope, Send, TokenAccessMiddleware
 from validator.core import Validator
 from validator.errors import ConfigurationError
 from validator.model import Restrictions
+from validator.redaction import uvicorn_log_config
 
 __all__ = ["SEED", "DemoApp", "main"]
 
@@ -218,7 +219,9 @@ def _metrics(validator: Validator) -> Callable[[], bytes] | None:
 
 
 async def seed(admin: Admin) -> None:
-    """Store the example tokens' restrictions (loopback addresses included, for the demo)."""
+    """Mark the store and store the example tokens' restrictions (loopback addresses included,
+    for the demo): asking for a seed is asking for a store the demo may initialise."""
+    await admin.init()
     for t in SEED:
         await admin.put(t.token, t.restrictions, allow_private=True)
 
@@ -279,7 +282,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="serve the API unprotected (to measure what the middleware costs)",
     )
-    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request (tokens in the query redacted)"
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -316,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         proxy_headers=False,
         lifespan="on",
         access_log=args.access_log,
+        # `?api_key=<token>` would stand in clear in the request lines uvicorn logs.
+        log_config=uvicorn_log_config(),
     )
 
 

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import enum
+import re
 
 import msgspec
 
-__all__ = ["ALL_DECISIONS", "Decision", "Mode", "Reason", "Restrictions", "Source", "decision", "reported"]
+__all__ = [
+    "ALL_DECISIONS",
+    "DEFAULT_MAX_TOKEN_LENGTH",
+    "MAX_TOKEN_LENGTH",
+    "Decision",
+    "Mode",
+    "Reason",
+    "Restrictions",
+    "Source",
+    "decision",
+    "is_token",
+    "reported",
+    "token_rule",
+]
+
+# SPEC.md, "Tokens are visible ASCII": 1 to N characters from `!` to `~`. N is the validators'
+# `max_token_length` (DEFAULT_MAX_TOKEN_LENGTH, at most MAX_TOKEN_LENGTH). The admin tools accept
+# up to MAX_TOKEN_LENGTH, so any token a validator may be configured to check can be restricted;
+# one too long for a given validator is refused there (fail closed), never opened.
+DEFAULT_MAX_TOKEN_LENGTH = 512
+MAX_TOKEN_LENGTH = 4096
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
 class Source(enum.Enum):
@@ -21,6 +43,7 @@ class Reason(enum.Enum):
 
     UNRESTRICTED = "unrestricted"
     UNKNOWN_TOKEN = "unknown_token"
+    MALFORMED_TOKEN = "malformed_token"
     DOMAIN_LISTED = "domain_listed"
     DOMAIN_NOT_LISTED = "domain_not_listed"
     NO_DOMAIN = "no_domain"
@@ -30,6 +53,16 @@ class Reason(enum.Enum):
     NO_IP = "no_ip"
     BACK_END_NOT_ALLOWED = "back_end_not_allowed"
     STORE_UNAVAILABLE = "store_unavailable"
+
+
+def is_token(token: str, max_length: int = DEFAULT_MAX_TOKEN_LENGTH) -> bool:
+    """Whether `token` could have been issued: 1 to `max_length` visible ASCII characters."""
+    return len(token) <= max_length and _VISIBLE_ASCII.fullmatch(token) is not None
+
+
+def token_rule(max_length: int = DEFAULT_MAX_TOKEN_LENGTH) -> str:
+    """The rule `is_token` checks, in words, for error messages (which never repeat the token)."""
+    return f"tokens are visible ASCII characters (! to ~), at most {max_length} long"
 
 
 class Mode(enum.Enum):
