@@ -1,5 +1,13 @@
-"""The denial log: each denial (or would-be denial in report-only mode) recorded per token in a
-capped Redis stream, off the request path, and logged at a bounded rate.
+"""The denial log: each denial (or would-be denial in report-only mode) recorded in Redis, off
+the request path, and logged at a bounded rate.
+
+A stored token's denials go to a capped stream of its own. Denials of tokens without a stored
+record (unknown or malformed) go to one shared, capped unknown-token log under the token's
+fingerprint: anyone can invent tokens, so they must not get a key each (SPEC.md, "Unknown tokens
+cannot grow the store"). Every stream expires `ttl` seconds after its last write. In all, Redis
+holds about (stored tokens denied within `ttl`) x `stream_length` + `unknown_length` entries, each
+under 1 KB (what was seen and the origin are truncated); trimming is approximate, so each stream
+may exceed its cap by one stream node (at most 100 entries or 4 KB with Redis's defaults).
 
 Recording is a deque append; a background task writes batches in one pipelined round trip.
 When the queue is full (a flood of denied requests, or Redis down), new denials are dropped
@@ -17,7 +25,7 @@ from typing import NamedTuple
 
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.matching import origin_of, request_host
-from validator.model import Decision, Source
+from validator.model import Decision, Reason, Source
 from validator.store import Store, fingerprint
 
 __all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]
@@ -36,6 +44,9 @@ class DeniedRequest(NamedTuple):
     mode: str  # "enforce": it was denied; "report": report-only let it through
     origin: str  # front end: scheme://host[:port] of Origin/Referer (never a path), for replay
 
+
+# Reasons that mean the token has no stored record: its denials go to the unknown-token log.
+_NOT_STORED = frozenset({Reason.UNKNOWN_TOKEN.value, Reason.MALFORMED_TOKEN.value})
 
 # What the request path queues: (time.time(), token hash, decision, Origin or Referer, client IP).
 _Queued = tuple[float, str, Decision, str | None, str | None]
@@ -96,14 +107,20 @@ class DenialLog:
         queue_size: int = 10_000,
         batch_size: int = 500,
         stream_length: int = 1000,
+        unknown_length: int = 1000,
+        ttl: float = 7 * 24 * 3600.0,
         log_rate: float = 10.0,
     ) -> None:
-        if queue_size < 1 or batch_size < 1 or stream_length < 1:
-            raise ConfigurationError("denial queue, batch and stream sizes must be at least 1")
+        if min(queue_size, batch_size, stream_length, unknown_length) < 1:
+            raise ConfigurationError("denial queue, batch, stream and unknown-log sizes must be at least 1")
+        if not ttl >= 0.001:
+            raise ConfigurationError(f"denial_ttl must be positive (seconds), not {ttl!r}")
         self.store = store
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.stream_length = stream_length
+        self.unknown_length = unknown_length
+        self.ttl = ttl
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -188,8 +205,16 @@ class DenialLog:
     async def _write_batch(self) -> None:
         count = min(len(self._queue), self.batch_size)
         batch = [_described(*self._queue.popleft()) for _ in range(count)]
+        stored = [denial for denial in batch if denial.reason not in _NOT_STORED]
+        unknown = [denial for denial in batch if denial.reason in _NOT_STORED]
         try:
-            await self.store.append_denials(batch, max_length=self.stream_length)
+            await self.store.append_denials(
+                stored,
+                unknown,
+                max_length=self.stream_length,
+                unknown_length=self.unknown_length,
+                ttl=self.ttl,
+            )
         except StoreUnavailable as error:
             self.failed += len(batch)
             log.debug("denial log: %d denials not written: %s", len(batch), error)

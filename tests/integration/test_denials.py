@@ -3,27 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import binascii
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, generate_latest
 
-from validator import Admin, Reason, Validator
+from tests.integration.test_cli_support import SECRET, Cli
+from tests.redis_cluster import Backend
+from validator import Admin, ConfigurationError, Reason, Store, Validator
 from validator.metrics import install
+from validator.store import fingerprint
 
 TOKEN = "tok_live_denials_do_not_print"
 CLIENT_IP = "198.51.100.77"
+DAY_MS = 24 * 3600 * 1000
+
+
+async def restricted(validator: Validator, token: str = TOKEN) -> None:
+    """Store `token` as IP-restricted to 203.0.113.7 (on an initialised store) and wait for it."""
+    admin = Admin(validator.store)
+    await admin.init()
+    await admin.set_ips(token, ["203.0.113.7"])
+    await admin.enable(token, "ip")
+    await validator.sync()
 
 
 @pytest.fixture
 async def validator(redis_url: str) -> AsyncIterator[Validator]:
     async with Validator.from_url(redis_url, secret="s", denial_queue_size=100) as validator:
-        admin = Admin(validator.store)
-        await admin.set_ips(TOKEN, ["203.0.113.7"])
-        await admin.enable(TOKEN, "ip")
-        await validator.sync()
+        await restricted(validator)
         yield validator
+
+
+@pytest.fixture
+async def denying(redis_url: str) -> AsyncIterator[Validator]:
+    """A validator that denies unknown tokens, with a one-day denial TTL, and TOKEN stored."""
+    async with Validator.from_url(
+        redis_url, secret=SECRET, unknown_token="deny", denial_ttl=DAY_MS / 1000
+    ) as validator:
+        await restricted(validator)
+        yield validator
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
 
 
 async def drained(validator: Validator) -> None:
@@ -115,5 +144,134 @@ async def test_metrics_count_decisions_with_bounded_labels(validator: Validator)
     assert "token_access_store_read_seconds_bucket" in text
     assert "token_access_invalidation_connected 1.0" in text
     assert "do_not_print" not in text
-    for fingerprint in (validator.store.token_hash(TOKEN)[:10],):
-        assert fingerprint not in text
+    assert fingerprint(validator.store.token_hash(TOKEN)) not in text
+
+
+# ------------------------------------------------------------------------------ bounded in total
+
+
+def test_unknown_log_shards_spread_over_the_cluster_slots() -> None:
+    # Shard k's hash tag lands in the k-th sixteenth of the slots (CRC16, as Redis Cluster hashes).
+    sixteenths = [binascii.crc_hqx(tag.encode(), 0) % 16384 // 1024 for tag in Store.UNKNOWN_SHARD_TAGS]
+    assert sixteenths == list(range(16))
+
+
+async def test_unknown_tokens_get_no_stream_of_their_own(denying: Validator, raw: aioredis.Redis) -> None:
+    store = denying.store
+    keys_before = set(await raw.keys("*"))
+    tokens = [f"tok_random_{n}_do_not_print" for n in range(300)]
+    for token in tokens:
+        assert (await denying.check(token, client_ip=CLIENT_IP)).reason is Reason.UNKNOWN_TOKEN
+    await drained(denying)
+    assert set(await raw.keys("*")) - keys_before <= set(store.unknown_denials_keys())
+    entries = await store.unknown_denials(count=1000)
+    assert {e["token"] for e in entries} == {fingerprint(store.token_hash(t)) for t in tokens}
+    assert {(e["reason"], e["seen"], e["mode"]) for e in entries} == {("unknown_token", CLIENT_IP, "enforce")}
+    assert not any("do_not_print" in value for e in entries for value in e.values())
+
+
+@pytest.mark.parametrize("kind", ["stored token", "unknown token"])
+async def test_every_denial_stream_expires(denying: Validator, raw: aioredis.Redis, kind: str) -> None:
+    token = TOKEN if kind == "stored token" else "tok_never_issued_do_not_print"
+    store = denying.store
+    assert not (await denying.check(token, client_ip=CLIENT_IP)).allowed
+    await drained(denying)
+    key = (store.denials_key if token == TOKEN else store.unknown_denials_key)(store.token_hash(token))
+    assert await raw.xlen(key) == 1
+    assert 0 < await raw.pttl(key) <= DAY_MS
+
+
+async def test_one_expiry_per_stream_per_batch(denying: Validator, raw: aioredis.Redis) -> None:
+    unknown = "tok_never_issued_do_not_print"
+    for token in (TOKEN, unknown):  # cached from here on: the loop below never yields to the writer
+        await denying.check(token, client_ip=CLIENT_IP)
+    await drained(denying)
+    await raw.config_resetstat()
+    for _ in range(200):
+        for token in (TOKEN, unknown):
+            assert not (await denying.check(token, client_ip=CLIENT_IP)).allowed
+    await drained(denying)
+    stats: dict[str, Any] = await raw.info("commandstats")
+    assert stats["cmdstat_xadd"]["calls"] == 400
+    assert stats["cmdstat_pexpire"]["calls"] == 2
+
+
+async def test_a_tokens_denials_include_those_it_got_while_unknown(denying: Validator) -> None:
+    store, admin = denying.store, Admin(denying.store)
+    token = "tok_issued_later_do_not_print"
+    shard = store.unknown_denials_key(store.token_hash(token))
+    neighbour = next(
+        t for n in range(1000) if store.unknown_denials_key(store.token_hash(t := f"tok_{n}")) == shard
+    )
+    for unknown in (token, neighbour):
+        assert (await denying.check(unknown, client_ip=CLIENT_IP)).reason is Reason.UNKNOWN_TOKEN
+    await drained(denying)
+    await restricted(denying, token)
+    assert (await denying.check(token, client_ip=CLIENT_IP)).reason is Reason.IP_NOT_LISTED
+    await drained(denying)
+    denials = await admin.denials(token)
+    assert [d["reason"] for d in denials] == ["ip_not_listed", "unknown_token"]
+    assert all("token" not in d for d in denials)
+    assert [d["reason"] for d in await admin.denials(token, count=1)] == ["ip_not_listed"]
+
+
+async def test_denial_log_on_every_deployment(backend: Backend) -> None:
+    async with Validator.from_url(backend.url, secret=SECRET, unknown_token="deny") as validator:
+        store = validator.store
+        await restricted(validator)
+        tokens = [f"tok_spread_{n}_do_not_print" for n in range(60)]
+        for token in (TOKEN, *tokens):
+            assert not (await validator.check(token, client_ip=CLIENT_IP)).allowed
+        await drained(validator)
+        assert [d["reason"] for d in await Admin(store).denials(TOKEN)] == ["ip_not_listed"]
+        listed = await store.unknown_denials(count=100)
+        assert {e["token"] for e in listed} == {fingerprint(store.token_hash(t)) for t in tokens}
+    for node in backend.write_nodes():
+        # On a cluster the shards spread over every primary; everywhere every stream expires.
+        keys = [key async for key in node.scan_iter(match="*-denials:*")]
+        assert any(":unknown:" in key for key in keys)
+        assert all([await node.pttl(key) > 0 for key in keys])
+        await node.aclose()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"denial_ttl": 0.0}, "denial_ttl must be positive"),
+        ({"denial_ttl": -1.0}, "denial_ttl must be positive"),
+        ({"denial_ttl": float("nan")}, "denial_ttl must be positive"),
+        ({"denial_unknown_length": 0}, "unknown-log sizes must be at least 1"),
+    ],
+)
+async def test_denial_log_settings_are_checked(settings: Any, message: str) -> None:
+    store = Store.from_url("memory://denial-settings")
+    with pytest.raises(ConfigurationError, match=message):
+        Validator(store, **settings)
+    await store.close()
+
+
+def test_cli_lists_unknown_denials_by_fingerprint(redis_url: str) -> None:
+    tokens = [f"tok_cli_unknown_{n}_do_not_print" for n in range(3)]
+
+    async def denied() -> list[str]:
+        async with Validator.from_url(redis_url, secret=SECRET, unknown_token="deny") as validator:
+            await Admin(validator.store).init()
+            for token in tokens:
+                await validator.check(token, origin="https://app.example.com")
+            await drained(validator)
+            return [fingerprint(validator.store.token_hash(token)) for token in tokens]
+
+    fingerprints = asyncio.run(denied())
+    cli = Cli(redis_url)
+    listed = cli("denials", "--unknown", "--json")
+    assert listed.code == 0
+    assert {d["token"] for d in listed.json()["denials"]} == set(fingerprints)
+    table = cli("denials", "--unknown")
+    assert all(name in table.out for name in fingerprints)
+    assert "do_not_print" not in listed.out + table.out
+    own = cli("denials", tokens[0], "--json").json()["denials"]
+    assert [(d["reason"], d["seen"]) for d in own] == [("unknown_token", "app.example.com")]
+    for usage in (("denials",), ("denials", tokens[0], "--unknown")):
+        refused = cli(*usage)
+        assert (refused.code, refused.out) == (2, "")
+        assert "--unknown" in refused.err
