@@ -19,7 +19,13 @@ class BreakerState(enum.Enum):
 
 class CircuitBreaker:
     """Opens after `failure_threshold` consecutive failures; after `reset_timeout` lets one
-    trial call through, and closes again when it succeeds."""
+    trial call through, and closes again when it succeeds.
+
+    Every call that `allow()` let through must end in `success()`, `failure()` or, when it ended
+    without an outcome (cancelled), `release()`. A trial that reports nothing within
+    `reset_timeout` is taken for lost, and the next call becomes the trial: a breaker never
+    stays half-open.
+    """
 
     def __init__(
         self,
@@ -35,14 +41,18 @@ class CircuitBreaker:
         self._clock = clock
         self._failures = 0
         self._opened_at = 0.0
+        self._trial_at = 0.0
         self.state = BreakerState.CLOSED
 
     def allow(self) -> bool:
         """Whether a call may go to the store now (False: fail fast)."""
         if self.state is BreakerState.CLOSED:
             return True
-        if self.state is BreakerState.OPEN and self._clock() - self._opened_at >= self.reset_timeout:
+        now = self._clock()
+        since = now - (self._opened_at if self.state is BreakerState.OPEN else self._trial_at)
+        if since >= self.reset_timeout:
             self.state = BreakerState.HALF_OPEN
+            self._trial_at = now
             return True
         return False
 
@@ -50,17 +60,27 @@ class CircuitBreaker:
         """Whether a call would be refused now, without changing state (see `allow`)."""
         if self.state is BreakerState.CLOSED:
             return False
-        return self.state is BreakerState.HALF_OPEN or self._clock() - self._opened_at < self.reset_timeout
+        since = self._opened_at if self.state is BreakerState.OPEN else self._trial_at
+        return self._clock() - since < self.reset_timeout
 
     def success(self) -> None:
+        """A call got an answer from the store."""
         self._failures = 0
         self.state = BreakerState.CLOSED
 
     def failure(self) -> None:
+        """A call failed (the store did not answer, or not in time)."""
         self._failures += 1
         if self.state is BreakerState.HALF_OPEN or self._failures >= self.failure_threshold:
             self.state = BreakerState.OPEN
             self._opened_at = self._clock()
+
+    def release(self) -> None:
+        """A call ended without an outcome (cancelled): if it was the trial, the next call may
+        be the trial at once; otherwise nothing changes."""
+        if self.state is BreakerState.HALF_OPEN:
+            self.state = BreakerState.OPEN
+            self._opened_at = self._clock() - self.reset_timeout
 
     def trip(self) -> None:
         """Open now (e.g. the invalidation connection found the store gone)."""
