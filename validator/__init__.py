@@ -14,6 +14,7 @@ from validator.errors import (
     ConfigurationError,
     InvalidEntry,
     LimitExceeded,
+    StoreNotInitialised,
     StoreUnavailable,
     ValidatorError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "Restrictions",
     "Source",
     "Store",
+    "StoreNotInitialised",
     "StoreUnavailable",
     "Validator",
     "ValidatorError",

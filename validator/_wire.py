@@ -62,7 +62,12 @@ class _Protocol(asyncio.Protocol):
         reader.feed(data)
         pending = self.owner._pending
         while True:
-            reply = reader.gets()
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as error:
+                # Not a Redis server at all (a store URL pointing at an HTTP port, say).
+                self.owner._fail(WireError(f"not a Redis server: {error}"), self)
+                return
             if reply is False:
                 return
             if not pending:

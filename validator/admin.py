@@ -7,24 +7,30 @@ Every entry is validated and normalised before anything is written; every refusa
 from __future__ import annotations
 
 import functools
+import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from typing import Literal
 
 import msgspec
 
-from validator.errors import InvalidEntry, LimitExceeded
+from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreNotInitialised
 from validator.matching import (
+    DEFAULT_MIN_PREFIX_V4,
+    DEFAULT_MIN_PREFIX_V6,
     DomainSet,
     IPSet,
     Normalized,
+    canonical_domain,
+    check_min_prefixes,
     host_of,
+    ip_removals,
     normalize_domain,
     normalize_ip,
     origin_of,
     parse_ip,
 )
-from validator.model import Mode, Reason, Restrictions, Source
+from validator.model import MAX_TOKEN_LENGTH, Mode, Reason, Restrictions, Source, is_token, token_rule
 from validator.rules import TokenRules
 from validator.store import DEFAULT_KEY_PREFIX, List, Store, fingerprint
 
@@ -39,14 +45,22 @@ __all__ = [
     "Restriction",
 ]
 
+log = logging.getLogger("validator")
+
 Restriction = Literal["domain", "ip"]
 _LIST: dict[str, List] = {"domain": "d", "ip": "i"}
+NOTHING_STORED = "nothing is stored for this token: nothing was changed (and no record was created)"
 
 
 class Change(msgspec.Struct, kw_only=True):
-    """The outcome of one admin write: what is stored now, and what the admin should be told."""
+    """The outcome of one admin write: what is stored now, and what the admin should be told.
 
-    restrictions: Restrictions
+    `restrictions` is None when the token has no record: a removal, clear, disable or mode
+    change on such a token changes nothing (`changed` False, a note says so) and creates no
+    record, for an empty record would make a token that validators deny as unknown unrestricted.
+    """
+
+    restrictions: Restrictions | None
     changed: bool
     notes: list[str] = msgspec.field(default_factory=list)
 
@@ -147,8 +161,10 @@ def _cached_domain(entry: str) -> Normalized:
 
 
 @functools.lru_cache(maxsize=65536)
-def _cached_ip(entry: str, allow_private: bool) -> Normalized:
-    return normalize_ip(entry, allow_private=allow_private)
+def _cached_ip(entry: str, allow_private: bool, min_prefix_v4: int, min_prefix_v6: int) -> Normalized:
+    return normalize_ip(
+        entry, allow_private=allow_private, min_prefix_v4=min_prefix_v4, min_prefix_v6=min_prefix_v6
+    )
 
 
 def _normalize_all(entries: Iterable[str], normalize: Callable[[str], Normalized]) -> list[Normalized]:
@@ -172,8 +188,19 @@ def _normalize_all(entries: Iterable[str], normalize: Callable[[str], Normalized
 class Admin:
     """Reads and writes one store's restrictions. Tokens are hashed before they reach Redis."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        min_prefix_v4: int = DEFAULT_MIN_PREFIX_V4,
+        min_prefix_v6: int = DEFAULT_MIN_PREFIX_V6,
+    ) -> None:
+        """`min_prefix_v4`/`min_prefix_v6`: the shortest prefix an IP network entry may have
+        (SPEC.md: no entry may cover the public at large); `allow_private` does not lift them."""
+        check_min_prefixes(min_prefix_v4, min_prefix_v6)
         self.store = store
+        self.min_prefix_v4 = min_prefix_v4
+        self.min_prefix_v6 = min_prefix_v6
 
     @classmethod
     def from_url(
@@ -185,8 +212,11 @@ class Admin:
         limit: int = 5,
         timeout: float = 2.0,
         connect_timeout: float = 2.0,
+        min_prefix_v4: int = DEFAULT_MIN_PREFIX_V4,
+        min_prefix_v6: int = DEFAULT_MIN_PREFIX_V6,
     ) -> Admin:
         """An admin on the store at `url`; use the same `secret` and `key_prefix` as the validators."""
+        check_min_prefixes(min_prefix_v4, min_prefix_v6)
         return cls(
             Store.from_url(
                 url,
@@ -195,7 +225,9 @@ class Admin:
                 limit=limit,
                 timeout=timeout,
                 connect_timeout=connect_timeout,
-            )
+            ),
+            min_prefix_v4=min_prefix_v4,
+            min_prefix_v6=min_prefix_v6,
         )
 
     async def close(self) -> None:
@@ -208,6 +240,9 @@ class Admin:
     def _hash(self, token: str) -> str:
         if not token:
             raise InvalidEntry("the token must not be empty")
+        if not is_token(token, MAX_TOKEN_LENGTH):
+            # SPEC.md: anything else was never issued, and validators refuse it before any look-up.
+            raise InvalidEntry(f"{token_rule(MAX_TOKEN_LENGTH)}; this one is not, and validators refuse it")
         return self.store.token_hash(token)
 
     async def get(self, token: str) -> Restrictions | None:
@@ -230,14 +265,15 @@ class Admin:
             token_hash, op, _LIST[restriction], *(n.stored for n in normalized)
         )
         notes = [f"{n.entry!r}: {n.note}" for n in normalized if n.note]
-        return Change(restrictions=stored, changed=changed, notes=notes)
+        return _change(stored, changed, notes)
 
     async def add_domains(self, token: str, domains: Iterable[str]) -> Change:
         """Add domains (at most `limit` in the list, enforced atomically)."""
         return await self._list_op(token, "add", "domain", domains, normalize_domain)
 
     async def remove_domains(self, token: str, domains: Iterable[str]) -> Change:
-        return await self._list_op(token, "remove", "domain", domains, normalize_domain)
+        # By syntax alone: an entry stored before a rule existed (`*.com`) stays removable.
+        return await self._list_op(token, "remove", "domain", domains, canonical_domain)
 
     async def set_domains(self, token: str, domains: Iterable[str]) -> Change:
         """Replace the whole domain list."""
@@ -246,21 +282,29 @@ class Admin:
     async def clear_domains(self, token: str) -> Change:
         return await self._list_op(token, "set", "domain", (), normalize_domain)
 
-    async def add_ips(self, token: str, ips: Iterable[str], *, allow_private: bool = False) -> Change:
-        """Add IP addresses or networks; non-public ranges are refused unless `allow_private`."""
-        return await self._list_op(
-            token, "add", "ip", ips, lambda e: normalize_ip(e, allow_private=allow_private)
+    def _normalize_ip(self, allow_private: bool) -> Callable[[str], Normalized]:
+        return functools.partial(
+            normalize_ip,
+            allow_private=allow_private,
+            min_prefix_v4=self.min_prefix_v4,
+            min_prefix_v6=self.min_prefix_v6,
         )
 
+    async def add_ips(self, token: str, ips: Iterable[str], *, allow_private: bool = False) -> Change:
+        """Add IP addresses or networks; non-public ranges are refused unless `allow_private`."""
+        return await self._list_op(token, "add", "ip", ips, self._normalize_ip(allow_private))
+
     async def remove_ips(self, token: str, ips: Iterable[str]) -> Change:
-        # Anything stored may be removed, including entries once stored with allow_private.
-        return await self._list_op(token, "remove", "ip", ips, lambda e: normalize_ip(e, allow_private=True))
+        """Remove IP entries however they were typed: `2606:4700:0::1111%eth0` removes
+        `2606:4700::1111`, and entries an older version stored as typed go too."""
+        # Anything stored may be removed, whatever the rules were when it was stored.
+        stored = await self.store.read(self._hash(token))
+        removals = ip_removals(ips, stored.ips if stored is not None else ())
+        return await self._list_op(token, "remove", "ip", removals, removals.__getitem__)
 
     async def set_ips(self, token: str, ips: Iterable[str], *, allow_private: bool = False) -> Change:
         """Replace the whole IP list."""
-        return await self._list_op(
-            token, "set", "ip", ips, lambda e: normalize_ip(e, allow_private=allow_private)
-        )
+        return await self._list_op(token, "set", "ip", ips, self._normalize_ip(allow_private))
 
     async def clear_ips(self, token: str) -> Change:
         return await self._list_op(token, "set", "ip", (), normalize_ip)
@@ -271,7 +315,7 @@ class Admin:
         stored, changed = await self.store.write(
             self._hash(token), "switch", _LIST[restriction], "1" if on else "0"
         )
-        return Change(restrictions=stored, changed=changed)
+        return _change(stored, changed)
 
     async def enable(self, token: str, restriction: Restriction) -> Change:
         """Switch a restriction on; with an empty list it then denies every request of its kind."""
@@ -284,7 +328,7 @@ class Admin:
         """Store a whole record (as an import does); writes nothing if it is already stored."""
         token_hash = self._hash(token)
         domains = _normalize_all(restrictions.domains, normalize_domain)
-        ips = _normalize_all(restrictions.ips, lambda e: normalize_ip(e, allow_private=allow_private))
+        ips = _normalize_all(restrictions.ips, self._normalize_ip(allow_private))
         stored, changed = await self.store.write(
             token_hash,
             *_put_args(restrictions, [n.stored for n in domains], [n.stored for n in ips]),
@@ -300,12 +344,51 @@ class Admin:
         except ValueError:
             raise InvalidEntry(f"unknown mode {mode!r}: use 'enforce' or 'report'") from None
         stored, changed = await self.store.write(self._hash(token), "mode", chosen.value)
-        return Change(restrictions=stored, changed=changed)
+        return _change(stored, changed)
 
-    async def init(self) -> bool:
-        """Mark the store as initialised (validators fail closed on a store without the marker,
-        taking it for wiped). True if it was not marked before; any write also marks it."""
+    async def init(self, *, force: bool = False) -> bool:
+        """Mark the store as initialised for this secret; True if it was not marked before.
+
+        Validators fail closed on a store without the marker (taking it for wiped), and admin
+        writes are refused there (`StoreNotInitialised`): only `init`, or the end of a `restore`,
+        marks a store. Refused (`ConfigurationError`) when Redis may evict keys without a TTL
+        (`maxmemory-policy allkeys-*`), unless `force`; logs a warning when that cannot be
+        checked. Raises `ConfigurationError` if the store is marked for another secret.
+        """
+        await self._check_eviction(force)
         return await self.store.write_marker()
+
+    async def _check_eviction(self, force: bool) -> None:
+        problem, doubt = await self.store.eviction_risk()
+        if problem is not None and not force:
+            raise ConfigurationError(f"{problem}; or go ahead anyway with `init --force` (force=True)")
+        if problem is not None:
+            log.warning("%s (going ahead anyway: forced)", problem)
+        if doubt is not None:
+            log.warning(doubt)
+
+    async def restore(
+        self, batches: Iterable[Sequence[PreparedPut]], *, force: bool = False
+    ) -> AsyncGenerator[list[Change], None]:
+        """Restore a wiped (or new) store from prepared records, typically an export's: writes
+        each batch (yielding its changes), then marks the store after the last record, so that
+        validators fail closed until every record is back. A restore that stops early leaves
+        the store unmarked: run it again.
+
+        On a store already marked for this secret it is a plain import (and logs a warning).
+        Raises `StoreNotInitialised` on a store marked for another secret, `ConfigurationError`
+        when Redis may evict keys without a TTL (see `init`), unless `force`.
+        """
+        state = await self.store.marker_state()
+        if state == "mismatch":
+            raise self.store.not_initialised(state)
+        if state == "ok":
+            log.warning("the store is already initialised for this secret: restoring as a plain import")
+        else:
+            await self._check_eviction(force)
+        for batch in batches:
+            yield await self.put_many(batch, restoring=state != "ok")
+        await self.store.write_marker()
 
     async def delete(self, token: str) -> bool:
         """Remove everything stored for the token; True if anything was there."""
@@ -340,7 +423,9 @@ class Admin:
         else:
             token_hash = self._hash(line.token or "")
         domains = _normalize_all(line.domains, _cached_domain)
-        ips = _normalize_all(line.ips, lambda e: _cached_ip(e, allow_private))
+        ips = _normalize_all(
+            line.ips, lambda e: _cached_ip(e, allow_private, self.min_prefix_v4, self.min_prefix_v6)
+        )
         for name, entries in (("domain", domains), ("IP", ips)):
             if len(entries) > self.store.limit:
                 raise InvalidEntry(
@@ -357,14 +442,16 @@ class Admin:
         notes = tuple(f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note)
         return PreparedPut(token_hash, restrictions, notes)
 
-    async def put_many(self, batch: Sequence[PreparedPut]) -> list[Change]:
+    async def put_many(self, batch: Sequence[PreparedPut], *, restoring: bool = False) -> list[Change]:
         """Write prepared records in one pipelined round trip; each record is atomic, the batch is
-        not. A record already stored as it is is left alone (no new version, no history)."""
+        not. A record already stored as it is is left alone (no new version, no history).
+        `restoring`: written into an unmarked store (see `restore`, which marks it at the end)."""
         replies = await self.store.write_many(
             [
                 (p.token_hash, _put_args(p.restrictions, p.restrictions.domains, p.restrictions.ips))
                 for p in batch
-            ]
+            ],
+            marked=not restoring,
         )
         changes: list[Change] = []
         for prepared, reply in zip(batch, replies, strict=True):
@@ -407,7 +494,19 @@ class Admin:
         client_ip: str | None = None,
         unknown_allowed: bool = True,
     ) -> Explanation:
-        """The decision for such a request, read straight from the store (no cache), with why."""
+        """The decision for such a request, read straight from the store (no cache), with why.
+
+        Raises `StoreNotInitialised` when the store is not marked for this secret: validators
+        then fail closed on every check they have not cached, whatever is stored.
+        """
+        state = await self.store.marker_state()
+        if state != "ok":
+            what = "is marked for another secret"
+            if state == "missing":
+                what = "has no marker (not initialised, or wiped)"
+            raise StoreNotInitialised(
+                f"the store {what}: validators fail closed on every uncached check", state=state
+            )
         return explain(
             await self.get(token),
             origin=origin,
@@ -416,6 +515,12 @@ class Admin:
             client_ip=client_ip,
             unknown_allowed=unknown_allowed,
         )
+
+
+def _change(stored: Restrictions | None, changed: bool, notes: list[str] | None = None) -> Change:
+    if stored is None:
+        return Change(restrictions=None, changed=False, notes=[*(notes or ()), NOTHING_STORED])
+    return Change(restrictions=stored, changed=changed, notes=notes or [])
 
 
 def _put_args(restrictions: Restrictions, domains: Sequence[str], ips: Sequence[str]) -> tuple[str, ...]:

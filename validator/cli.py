@@ -15,8 +15,9 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -24,8 +25,15 @@ from typing import IO, Any, NoReturn
 import msgspec
 
 from validator.admin import Admin, Change, HistoryEntry, ImportLine, PreparedPut
-from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreUnavailable
-from validator.model import Mode, Restrictions
+from validator.errors import (
+    ConfigurationError,
+    InvalidEntry,
+    LimitExceeded,
+    StoreNotInitialised,
+    StoreUnavailable,
+)
+from validator.matching import DEFAULT_MIN_PREFIX_V4, DEFAULT_MIN_PREFIX_V6
+from validator.model import MAX_TOKEN_LENGTH, Mode, Restrictions, is_token, token_rule
 from validator.store import DEFAULT_KEY_PREFIX
 
 __all__ = ["EXIT_CODES", "main"]
@@ -36,14 +44,21 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_CODES = {
     EXIT_OK: "done; for check: the request would be allowed",
-    EXIT_REFUSED: "refused input (domain, IP, limit, import line), or check: the request would be denied",
-    EXIT_USAGE: "usage: bad arguments or settings, no store given",
-    EXIT_UNREACHABLE: "the store is unreachable or answered with an error",
+    EXIT_REFUSED: "refused input (domain, IP, limit, import line), nothing changed (a removal, "
+    "clear, disable or mode on a token with nothing stored), or check: the request would be denied",
+    EXIT_USAGE: "usage: bad arguments, settings or store URL, no store given; or a write refused "
+    "because the store is not initialised for this secret, or init refused for its eviction policy",
+    EXIT_UNREACHABLE: "the store is unreachable or answered with an error, or show/check found it "
+    "not initialised (or wiped) or marked for another secret: validators fail closed",
 }
 
 PROG = "validator-admin"
 _BATCH_SIZE = 500
 _NOTES_SHOWN = 20
+_EXIT_LINES = "\n".join(
+    textwrap.fill(f"  {code}  {meaning}", 96, subsequent_indent="     ")
+    for code, meaning in EXIT_CODES.items()
+)
 
 EPILOG = f"""\
 environment:
@@ -55,7 +70,7 @@ A TOKEN argument of - reads the token from standard input (one line), so that it
 shell history. Output names a token only by its fingerprint.
 
 exit codes:
-{chr(10).join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES.items())}
+{_EXIT_LINES}
 """
 
 
@@ -205,14 +220,41 @@ def _what(entry: HistoryEntry) -> str:
 
 def _token(argument: str) -> str:
     if argument != "-":
-        return argument
-    if sys.stdin.isatty():
-        return getpass.getpass("token: ")
-    return sys.stdin.readline().rstrip("\r\n")
+        token = argument
+    elif sys.stdin.isatty():
+        token = getpass.getpass("token: ")
+    else:
+        token = sys.stdin.readline().rstrip("\r\n")
+    if token and not is_token(token, MAX_TOKEN_LENGTH):
+        # A usage error, as a mistyped argument: the message names the rule, never the token.
+        raise CliError(EXIT_USAGE, f"{token_rule(MAX_TOKEN_LENGTH)}; this one is not (nothing was done)")
+    return token
+
+
+def _unsound(state: str) -> str:
+    """What a validator does on a store whose marker is "missing" or "mismatch", and the fix."""
+    if state == "mismatch":
+        return (
+            "store marked for another secret: validators with this secret fail closed on every "
+            "uncached check; check VALIDATOR_SECRET (it must be the validators' secret)"
+        )
+    return (
+        "store not initialised (or wiped): validators fail closed on every uncached check; run "
+        "`validator-admin init` for a new store, or restore a wiped one from its export with "
+        "`validator-admin import --restore FILE`"
+    )
+
+
+async def _require_sound(admin: Admin) -> None:
+    # A validator would not answer from such a store: neither may show or check.
+    state = await admin.store.marker_state()
+    if state != "ok":
+        raise CliError(EXIT_UNREACHABLE, _unsound(state))
 
 
 async def cmd_show(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     token = _token(args.token)
+    await _require_sound(admin)
     stored = await admin.get(token)
     use, words = _use(stored)
     name = admin.fingerprint(token)
@@ -239,8 +281,18 @@ async def cmd_show(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _nothing_stored(admin: Admin, token: str) -> CliError:
+    return CliError(
+        EXIT_REFUSED,
+        f"token {admin.fingerprint(token)}: nothing is stored for it, so nothing was changed "
+        "(and no record was created)",
+    )
+
+
 def _report_change(admin: Admin, token: str, change: Change, restriction: str, out: Output) -> int:
     r = change.restrictions
+    if r is None:
+        raise _nothing_stored(admin, token)
     name = admin.fingerprint(token)
     if out.json:
         out.data(
@@ -319,6 +371,8 @@ async def cmd_mode(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     change = await admin.set_mode(token, args.mode)
     name = admin.fingerprint(token)
     r = change.restrictions
+    if r is None:
+        raise _nothing_stored(admin, token)
     if out.json:
         out.data({"token": name, "changed": change.changed, "restrictions": _restrictions_json(r)})
         return EXIT_OK
@@ -355,6 +409,10 @@ def _since_ms(text: str | None) -> int:
 
 
 async def cmd_denials(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    if (args.token is None) == (not args.unknown):
+        raise CliError(EXIT_USAGE, "give a TOKEN, or --unknown for the denials of tokens without a record")
+    if args.unknown:
+        return await _unknown_denials(admin, args, out)
     token = _token(args.token)
     entries = await admin.denials(token, since_ms=_since_ms(args.since), count=args.count)
     name = admin.fingerprint(token)
@@ -381,8 +439,35 @@ async def cmd_denials(admin: Admin, args: argparse.Namespace, out: Output) -> in
     return EXIT_OK
 
 
+async def _unknown_denials(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    # Tokens without a record share one capped log, by fingerprint (a token is never stored).
+    entries = await admin.store.unknown_denials(since_ms=_since_ms(args.since), count=args.count)
+    if out.json:
+        out.data({"unknown": True, "denials": [e | {"time": _when(int(e.get("at", 0)))} for e in entries]})
+        return EXIT_OK
+    if not entries:
+        out.line("no denials of unknown tokens recorded" + (f" since {args.since}" if args.since else ""))
+        return EXIT_OK
+    out.table(
+        ("time", "token", "mode", "source", "seen", "rule"),
+        [
+            (
+                _when(int(e.get("at", 0))),
+                e.get("token", "-"),
+                "would deny" if e.get("mode") == "report" else "denied",
+                e.get("source", "-"),
+                e.get("seen", "-"),
+                e.get("reason", "-"),
+            )
+            for e in entries
+        ],
+        title=f"{len(entries)} most recent denials of tokens without a record (by fingerprint), newest first",
+    )
+    return EXIT_OK
+
+
 async def cmd_init(admin: Admin, args: argparse.Namespace, out: Output) -> int:
-    created = await admin.init()
+    created = await admin.init(force=args.force)
     if out.json:
         out.data({"marker": admin.store.marker_key, "created": created})
     elif created:
@@ -411,14 +496,17 @@ async def cmd_check(admin: Admin, args: argparse.Namespace, out: Output) -> int:
             f"replaying the denial of {_when(int(denial.get('at', 0)))} "
             f"({denial.get('source')}, {denial.get('seen')}, {denial.get('reason')})"
         )
-    e = await admin.explain(
-        token,
-        origin=args.origin,
-        referer=args.referer,
-        sec_fetch=args.sec_fetch,
-        client_ip=args.ip,
-        unknown_allowed=not args.deny_unknown,
-    )
+    try:
+        e = await admin.explain(
+            token,
+            origin=args.origin,
+            referer=args.referer,
+            sec_fetch=args.sec_fetch,
+            client_ip=args.ip,
+            unknown_allowed=not args.deny_unknown,
+        )
+    except StoreNotInitialised as error:
+        raise CliError(EXIT_UNREACHABLE, _unsound(error.state)) from None
     name = admin.fingerprint(token)
     if out.json:
         out.data(
@@ -543,27 +631,26 @@ async def cmd_import(admin: Admin, args: argparse.Namespace, out: Output) -> int
         print(f"{PROG}: {note}", file=sys.stderr)
     if len(notes) > _NOTES_SHOWN:
         print(f"{PROG}: ... and {len(notes) - _NOTES_SHOWN} more entries normalised", file=sys.stderr)
+    if args.force and not args.restore:
+        raise CliError(EXIT_USAGE, "--force goes with --restore (it lets a restore mark an evicting store)")
+    if args.dry_run and not args.restore and (state := await admin.store.marker_state()) != "ok":
+        out.warn(f"the import itself would be refused: {_unsound(state)}")
     counts = {"created": 0, "changed": 0, "unchanged": 0}
     batch_size = args.batch_size
+    batches = [prepared[start : start + batch_size] for start in range(0, len(prepared), batch_size)]
     show_progress = sys.stderr.isatty() and not out.json and len(prepared) > batch_size
     with _progress(len(prepared), show_progress) as advance:
-        for start in range(0, len(prepared), batch_size):
-            batch = prepared[start : start + batch_size]
-            if args.dry_run:
-                stored = await admin.read_many([p.token_hash for p in batch])
-                for p, current in zip(batch, stored, strict=True):
-                    kind = "created" if current is None else "unchanged" if p.same_as(current) else "changed"
-                    counts[kind] += 1
-            else:
-                for change in await admin.put_many(batch):
-                    r = change.restrictions
-                    kind = "unchanged" if not change.changed else "created" if r.version == 1 else "changed"
-                    counts[kind] += 1
+        async for kinds in _import_kinds(admin, batches, args):
+            for kind in kinds:
+                counts[kind] += 1
             if advance is not None:
-                advance(len(batch))
+                advance(len(kinds))
     seconds = time.perf_counter() - started
     if out.json:
-        out.data({"records": len(prepared), **counts, "dry_run": args.dry_run, "seconds": round(seconds, 3)})
+        out.data(
+            {"records": len(prepared), **counts, "dry_run": args.dry_run}
+            | {"restore": args.restore, "seconds": round(seconds, 3)}
+        )
     elif args.dry_run:
         out.line(
             f"dry run: {len(prepared)} valid records in {source}; would create {counts['created']}, "
@@ -571,11 +658,45 @@ async def cmd_import(admin: Admin, args: argparse.Namespace, out: Output) -> int
         )
     else:
         rate = len(prepared) / seconds if seconds else 0.0
+        done = "restored" if args.restore else "imported"
+        marked = "; the store is marked: validators trust it again" if args.restore else ""
         out.line(
-            f"imported {len(prepared)} records from {source} in {seconds:.1f} s ({rate:,.0f}/s): "
+            f"{done} {len(prepared)} records from {source} in {seconds:.1f} s ({rate:,.0f}/s): "
             f"{counts['created']} created, {counts['changed']} changed, {counts['unchanged']} unchanged"
+            + marked
         )
     return EXIT_OK
+
+
+async def _import_kinds(
+    admin: Admin, batches: Sequence[Sequence[PreparedPut]], args: argparse.Namespace
+) -> AsyncIterator[list[str]]:
+    """Per batch, what importing each record does: "created", "changed" or "unchanged"."""
+    if args.dry_run:
+        for batch in batches:
+            stored = await admin.read_many([p.token_hash for p in batch])
+            yield [
+                "created" if current is None else "unchanged" if p.same_as(current) else "changed"
+                for p, current in zip(batch, stored, strict=True)
+            ]
+        return
+    # A restore marks the store after its last record, never before: validators fail closed
+    # until every record is back.
+    writes = admin.restore(batches, force=args.force) if args.restore else _put_batches(admin, batches)
+    async for changes in writes:
+        yield [
+            "unchanged"
+            if not change.changed
+            else "created"
+            if change.restrictions is not None and change.restrictions.version == 1
+            else "changed"
+            for change in changes
+        ]
+
+
+async def _put_batches(admin: Admin, batches: Sequence[Sequence[PreparedPut]]) -> AsyncIterator[list[Change]]:
+    for batch in batches:
+        yield await admin.put_many(batch)
 
 
 async def cmd_export(admin: Admin, args: argparse.Namespace, out: Output) -> int:
@@ -638,6 +759,14 @@ def _common_options() -> _Parser:
         default=argparse.SUPPRESS,
         help="Redis connect and socket timeout (default: 5)",
     )
+    for version, default in (("v4", DEFAULT_MIN_PREFIX_V4), ("v6", DEFAULT_MIN_PREFIX_V6)):
+        group.add_argument(
+            f"--min-prefix-{version}",
+            type=int,
+            metavar="N",
+            default=argparse.SUPPRESS,
+            help=f"shortest prefix of an IP{version} network entry (default: /{default})",
+        )
     group.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output for scripts"
     )
@@ -676,8 +805,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("mode", choices=("enforce", "report"))
     mode.set_defaults(handler=cmd_mode)
 
-    denials = command("denials", "show a token's recent denials and would-be denials, newest first")
-    denials.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+    denials = command(
+        "denials",
+        "show a token's recent denials and would-be denials, newest first; --unknown: those of "
+        "tokens without a stored record, by fingerprint",
+    )
+    denials.add_argument("token", metavar="TOKEN", nargs="?", help=_TOKEN_HELP)
+    denials.add_argument(
+        "--unknown", action="store_true", help="the shared log of denied tokens that have no stored record"
+    )
     denials.add_argument(
         "--since", metavar="WHEN", help="a duration back from now (15m, 2h, 1d) or an ISO time"
     )
@@ -686,8 +822,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = command(
         "init",
-        "mark the store as initialised for this secret; validators fail closed on a store without "
-        "the mark (a wiped Redis), and any write also makes it",
+        "mark a new store as initialised for this secret; validators fail closed on a store "
+        "without the mark (a wiped Redis), and writes are refused there (restore a wiped store "
+        "with import --restore instead); refused when Redis may evict keys (allkeys-*)",
+    )
+    init.add_argument(
+        "--force", action="store_true", help="initialise even if Redis's maxmemory-policy may evict keys"
     )
     init.set_defaults(handler=cmd_init)
 
@@ -749,6 +889,17 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
     imports.add_argument("--allow-private", action="store_true", help="accept non-public IPs")
     imports.add_argument("--batch-size", type=int, default=_BATCH_SIZE, help="records per pipeline")
+    imports.add_argument(
+        "--restore",
+        action="store_true",
+        help="restore a wiped (unmarked) store from an export: write every record, then mark the "
+        "store, so validators fail closed until the last record is back",
+    )
+    imports.add_argument(
+        "--force",
+        action="store_true",
+        help="with --restore: mark the store even if Redis's maxmemory-policy may evict keys",
+    )
     imports.set_defaults(handler=cmd_import)
 
     export = command("export", "export every token's record as JSON Lines, named by hash (import reads it)")
@@ -790,6 +941,8 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
         limit=getattr(args, "limit", 5),
         timeout=timeout,
         connect_timeout=timeout,
+        min_prefix_v4=getattr(args, "min_prefix_v4", DEFAULT_MIN_PREFIX_V4),
+        min_prefix_v6=getattr(args, "min_prefix_v6", DEFAULT_MIN_PREFIX_V6),
     )
 
 
@@ -822,7 +975,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidEntry as error:
         out.error(EXIT_REFUSED, str(error))
         return EXIT_REFUSED
-    except ConfigurationError as error:
+    except (ConfigurationError, StoreNotInitialised) as error:
         out.error(EXIT_USAGE, str(error))
         return EXIT_USAGE
     except StoreUnavailable as error:

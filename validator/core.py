@@ -13,19 +13,30 @@ from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any, Literal, TypedDict, Unpack
 
-from validator._wire import WireError
 from validator.breaker import BreakerState, CircuitBreaker
 from validator.cache import Cache
 from validator.denials import DenialLog
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.invalidation import InvalidationListener
-from validator.model import ALL_DECISIONS, Decision, Reason, decision, reported
+from validator.model import (
+    ALL_DECISIONS,
+    DEFAULT_MAX_TOKEN_LENGTH,
+    MAX_TOKEN_LENGTH,
+    Decision,
+    Reason,
+    Restrictions,
+    decision,
+    is_token,
+    reported,
+)
 from validator.rules import TokenRules, classify, compile_rules
-from validator.store import DEFAULT_KEY_PREFIX, Store, parse_read
+from validator.store import DEFAULT_KEY_PREFIX, Store, UnreadableRecord, fingerprint, parse_read, wrong_type
 
 __all__ = ["Settings", "Validator"]
 
 log = logging.getLogger("validator")
+
+_MALFORMED = decision(False, Reason.MALFORMED_TOKEN)
 
 
 class _StoreNotSound(StoreUnavailable):
@@ -36,6 +47,7 @@ class Settings(TypedDict, total=False):
     """Validator settings (all optional; defaults in `DEFAULTS`)."""
 
     unknown_token: Literal["allow", "deny"]
+    max_token_length: int
     fail_open: bool
     cache_size: int
     unknown_cache_size: int
@@ -55,11 +67,15 @@ class Settings(TypedDict, total=False):
     denial_log: bool
     denial_queue_size: int
     denial_stream_length: int
+    denial_unknown_length: int
+    denial_ttl: float
     denial_log_rate: float
 
 
 DEFAULTS: Settings = {
     "unknown_token": "allow",
+    # Longer tokens, or any with a character outside `!`..`~`, are denied without a read.
+    "max_token_length": DEFAULT_MAX_TOKEN_LENGTH,
     "fail_open": False,
     "cache_size": 100_000,
     "unknown_cache_size": 10_000,
@@ -80,11 +96,16 @@ DEFAULTS: Settings = {
     "marker_interval": 5.0,
     "breaker_threshold": 3,
     "breaker_reset": 1.0,
-    # Each denial is kept in a capped per-token stream (validator-admin denials), written in the
-    # background; when the queue is full, denials are dropped and counted.
+    # Each denial of a stored token is kept in a capped per-token stream (validator-admin
+    # denials), written in the background; when the queue is full, denials are dropped and
+    # counted. Denials of tokens without a record share one capped log (denials --unknown), so
+    # a flood of invented tokens costs a bounded amount of Redis memory. Streams expire
+    # `denial_ttl` seconds after their last write.
     "denial_log": True,
     "denial_queue_size": 10_000,
     "denial_stream_length": 1000,
+    "denial_unknown_length": 1000,
+    "denial_ttl": 7 * 24 * 3600.0,
     # Denials logged per second at most (the rest counted, and summarised in the next line).
     "denial_log_rate": 10.0,
 }
@@ -111,9 +132,12 @@ class Validator:
             raise ConfigurationError(
                 "max_concurrent_loads, marker_interval and incoherent_ttl must be positive"
             )
+        if not 1 <= s["max_token_length"] <= MAX_TOKEN_LENGTH:
+            raise ConfigurationError(f"max_token_length must be between 1 and {MAX_TOKEN_LENGTH}")
         self.settings = s
         self.store = store
         self.fail_open = s["fail_open"]
+        self.max_token_length = s["max_token_length"]
         self.require_marker = s["require_marker"]
         self.cache: Cache[TokenRules] = Cache(
             max_entries=s["cache_size"],
@@ -145,6 +169,8 @@ class Validator:
                 store,
                 queue_size=s["denial_queue_size"],
                 stream_length=s["denial_stream_length"],
+                unknown_length=s["denial_unknown_length"],
+                ttl=s["denial_ttl"],
                 log_rate=s["denial_log_rate"],
             )
         self.listener: InvalidationListener | None = None
@@ -163,8 +189,13 @@ class Validator:
         # None: not known (check before the next read); True: marker present; False: missing.
         self._store_sound: bool | None = None if self.require_marker else True
         self._store_checked_at = 0.0
-        self._verifying: asyncio.Task[bool] | None = None
+        self._verifying: asyncio.Task[bool | None] | None = None
+        # Grows whenever the marker may have changed; a verification that started before does
+        # not count (see `_marker_changed`).
+        self._marker_epoch = 0
         self._barriers: dict[str, asyncio.Future[None]] = {}
+        # Hashes of tokens whose unreadable record was logged: once each, until read again.
+        self._unreadable_logged: set[str] = set()
 
     @classmethod
     def from_url(
@@ -213,6 +244,8 @@ class Validator:
         self.store.local_listeners.append(self.cache.invalidate)
         if self.denial_log is not None:
             self.denial_log.start()
+        # An evicted record is a token left unrestricted: say so at start (SPEC.md, "eviction is a wipe").
+        await self.store.log_eviction_risk()
         if self.listener is None:
             if self.store.url.startswith("memory:") and self.require_marker:
                 # An in-process store cannot be wiped behind our back: it is sound by construction.
@@ -247,14 +280,14 @@ class Validator:
                 if not barrier.done():
                     barrier.set_result(None)
             elif self.require_marker and self.store.is_marker_key(key):
-                self._store_sound = None
+                self._marker_changed()
                 self._schedule_verify()
 
     def _on_reset(self) -> None:
         self.cache.expire_all()
         self.cache.coherent = self.listener is not None and self.listener.connected.is_set()
         if self.require_marker:
-            self._store_sound = None
+            self._marker_changed()
 
     async def _on_connected(self) -> None:
         self.cache.coherent = True
@@ -292,14 +325,29 @@ class Validator:
 
     # ------------------------------------------------------------------ wiped-store marker
 
-    def _schedule_verify(self) -> asyncio.Task[bool]:
+    def _marker_changed(self) -> None:
+        # A verification in flight may have read the marker before this change (a FLUSHALL
+        # just after it read "ok"): its answer must not be taken for the store's state.
+        self._store_sound = None
+        self._marker_epoch += 1
+
+    def _schedule_verify(self) -> asyncio.Task[bool | None]:
+        # One marker read at a time: a Cluster `init` writes a thousand marker keys, and each
+        # invalidation must not start a read of its own (they would exhaust the connections).
         if self._verifying is None or self._verifying.done():
             self._verifying = asyncio.ensure_future(self._verify_store())
             self._verifying.add_done_callback(lambda t: t.cancelled() or t.exception())
         return self._verifying
 
-    async def _verify_store(self) -> bool:
-        state = await self.store.marker_state()
+    async def _verify_store(self) -> bool | None:
+        """Whether the store carries our marker (None: it kept changing while being read)."""
+        for _ in range(_MARKER_READS):
+            epoch = self._marker_epoch
+            state = await self.store.marker_state()
+            if epoch == self._marker_epoch:
+                break
+        else:
+            return None
         self._store_checked_at = time.monotonic()
         sound = state == "ok"
         if not sound and self._store_sound is not False:
@@ -315,13 +363,31 @@ class Validator:
         return sound
 
     async def _ensure_store_sound(self) -> None:
+        if not self.require_marker:
+            return
         if self._store_sound is True:
             # Invalidations report the marker's deletion; without them, re-read it now and then.
             live = self.listener is not None and self.listener.connected.is_set()
             if live or time.monotonic() - self._store_checked_at < self.settings["marker_interval"]:
                 return
         # Unknown or missing: ask again (one shared read), so an `init` or restore heals at once.
-        if not await asyncio.shield(self._schedule_verify()):
+        sound: bool | None = None
+        for _ in range(3):
+            verifying = self._schedule_verify()
+            try:
+                sound = await asyncio.shield(verifying)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if verifying.cancelled() and current is not None and not current.cancelling():
+                    # The shared marker read was cancelled, not this read: fail this one as a
+                    # store failure; the next read starts a new marker read.
+                    raise StoreUnavailable("restriction store marker read cancelled") from None
+                raise
+            if sound is not None:
+                break
+        if sound is None:
+            raise StoreUnavailable("restriction store marker kept changing while being read")
+        if not sound:
             raise _StoreNotSound("restriction store has no marker (wiped or not initialised): failing closed")
 
     # ------------------------------------------------------------------ checks
@@ -366,6 +432,8 @@ class Validator:
         any `Sec-Fetch-*` header was present, `client_ip` the client's address as text.
         `report_only` lets a denial through as a reported one (a rollout for every token; one
         token is put in report-only mode with `Admin.set_mode`).
+        A token that is not 1 to `max_token_length` visible ASCII characters was never issued:
+        denied (`Reason.MALFORMED_TOKEN`, even with `report_only`) without a read.
         Raises `StoreUnavailable` when the store cannot be read and nothing usable is cached
         (unless `fail_open`).
         """
@@ -377,6 +445,11 @@ class Validator:
             self._counts[id(result)] += 1
             return result
         self.misses += 1
+        if not is_token(token, self.max_token_length):
+            # No such token was ever issued (SPEC.md): no read, nothing cached, nothing for the
+            # denial log to keep. Only misses pay this: a cached token passed it to be cached.
+            self._counts[id(_MALFORMED)] += 1
+            return _MALFORMED
         error: StoreUnavailable | None = None
         if not self.breaker.blocked():
             token_hash = self.store.token_hash(token)
@@ -477,56 +550,126 @@ class Validator:
     ) -> None:
         self._fast_reads -= 1
         self._observe_read(started)
-        error = raw.exception() if not raw.cancelled() else WireError("cancelled")
+        if raw.cancelled():
+            # No answer and no trial taken (fast reads start only with the breaker closed):
+            # nothing to report to the breaker.
+            _settle(result, StoreUnavailable("restriction store read cancelled"))
+            return
+        error = raw.exception()
+        if error is not None and self.store.read_again(token_hash, error):
+            # A restarted Redis lost the script, or the cluster or the sentinels sent the
+            # read elsewhere: the general path loads the script again, or uses redis-py.
+            fallback = asyncio.ensure_future(self._read(token_hash))
+            fallback.add_done_callback(functools.partial(_copy_outcome, result))
+            return
         try:
-            if error is not None and self.store.read_again(token_hash, error):
-                # A restarted Redis lost the script, or the cluster or the sentinels sent the
-                # read elsewhere: the general path loads the script again, or uses redis-py.
-                fallback = asyncio.ensure_future(self._read(token_hash))
-                fallback.add_done_callback(functools.partial(_copy_outcome, result))
-                return
             if error is not None:
-                self.store_errors += 1
-                self.breaker.failure()
                 raise StoreUnavailable(f"restriction store unavailable: {error}") from error
-            self.breaker.success()
-            restrictions = parse_read(raw.result())
-            outcome = (
-                (self._unknown_rules, False) if restrictions is None else (compile_rules(restrictions), True)
-            )
+            outcome = self._outcome(token_hash, parse_read(raw.result()))
         except Exception as failure:
-            if not isinstance(failure, StoreUnavailable):
-                failure = StoreUnavailable(f"unreadable reply from the restriction store: {failure!r}")
-            result.set_exception(failure)
+            _settle(result, self._read_failed(token_hash, failure))
         else:
-            result.set_result(outcome)
+            self.breaker.success()
+            _settle(result, outcome)
 
     async def _read(self, token_hash: str) -> tuple[TokenRules, bool]:
         async with self._load_slots:
             if not self.breaker.allow():
                 raise StoreUnavailable("restriction store failing: circuit open, not waiting for it")
             started = time.monotonic()
+            # Every way out settles the breaker: a trial that reported nothing would leave it
+            # half-open, failing every uncached check closed until the process restarts.
             try:
                 await self._ensure_store_sound()
-                restrictions = await self.store.read(token_hash)
-            except _StoreNotSound:
+                outcome = self._outcome(token_hash, await self.store.read(token_hash))
+            except Exception as error:
+                failure = self._read_failed(token_hash, error)
+                if failure is error:
+                    raise
+                raise failure from error
+            except BaseException as error:
+                current = asyncio.current_task()
+                if isinstance(error, asyncio.CancelledError) and current and not current.cancelling():
+                    # Cancelled inside the store client, not by our caller: a failed read.
+                    raise self._read_failed(token_hash, error) from error
+                # Cancelled: no outcome. If this was the trial, the next read may be one at once.
+                self.breaker.release()
                 raise
-            except StoreUnavailable:
-                self.store_errors += 1
-                self.breaker.failure()
-                raise
+            else:
+                self.breaker.success()
+                return outcome
             finally:
                 self._observe_read(started)
-            self.breaker.success()
+
+    def _outcome(self, token_hash: str, restrictions: Restrictions | None) -> tuple[TokenRules, bool]:
         if restrictions is None:
             return self._unknown_rules, False
-        return compile_rules(restrictions), True
+        try:
+            rules = compile_rules(restrictions)
+        except Exception as error:
+            # An entry edited by hand into something no admin command stores (`host:port` with
+            # a port that is not a number): the record cannot be enforced as meant.
+            raise UnreadableRecord(f"an entry does not parse: {error}", token_hash) from error
+        if self._unreadable_logged:
+            self._unreadable_logged.discard(token_hash)
+        return rules, True
+
+    def _read_failed(self, token_hash: str, error: BaseException) -> StoreUnavailable:
+        """Report a failed read to the breaker; the error for the caller."""
+        if isinstance(error, _StoreNotSound):
+            # The store answered, so the circuit has nothing to open for: the marker check
+            # alone fails checks closed, and re-reads the marker until an `init` or a restore.
+            self.breaker.success()
+            return error
+        self.store_errors += 1
+        if isinstance(error, UnreadableRecord) or wrong_type(error):
+            # One token's record, not the store: one bad record must not open the circuit for
+            # every token.
+            self.breaker.success()
+            return self._unreadable(token_hash, error)
+        self.breaker.failure()
+        if self.require_marker:
+            # The store may come back wiped (restarted without persistence): read the marker
+            # again before trusting its next answer.
+            self._store_sound = None
+        if isinstance(error, StoreUnavailable):
+            return error
+        log.error("unexpected error reading the restriction store", exc_info=error)
+        return StoreUnavailable(f"unexpected error reading the restriction store: {error!r}")
+
+    def _unreadable(self, token_hash: str, error: BaseException) -> UnreadableRecord:
+        reason = error.reason if isinstance(error, UnreadableRecord) else "a key of another type: WRONGTYPE"
+        if token_hash not in self._unreadable_logged:
+            if len(self._unreadable_logged) >= _UNREADABLE_LOG_MEMORY:
+                self._unreadable_logged.clear()
+            self._unreadable_logged.add(token_hash)
+            log.error(
+                "unreadable record of token %s in the restriction store (%s): its checks are "
+                "refused as on a store failure until the record is fixed, or deleted and stored again",
+                fingerprint(token_hash),
+                reason,
+            )
+        return UnreadableRecord(reason, token_hash)
+
+
+# Marker reads in a row that a marker change may overtake before a verification gives up.
+_MARKER_READS = 5
+
+# How many tokens with an unreadable record are remembered as logged (beyond: logged again).
+_UNREADABLE_LOG_MEMORY = 1000
+
+
+def _settle(target: asyncio.Future[Any], outcome: Any) -> None:
+    if target.done():
+        return
+    if isinstance(outcome, BaseException):
+        target.set_exception(outcome)
+    else:
+        target.set_result(outcome)
 
 
 def _copy_outcome(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
     if source.cancelled():
-        target.set_exception(StoreUnavailable("restriction store read cancelled"))
-    elif (error := source.exception()) is not None:
-        target.set_exception(error)
+        _settle(target, StoreUnavailable("restriction store read cancelled"))
     else:
-        target.set_result(source.result())
+        _settle(target, source.exception() or source.result())

@@ -6,6 +6,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidEntry",
     "LimitExceeded",
+    "StoreNotInitialised",
     "StoreUnavailable",
     "ValidatorError",
 ]
@@ -34,3 +35,16 @@ class LimitExceeded(ValidatorError):
 
 class StoreUnavailable(ValidatorError):
     """The restriction store could not be reached or answered with an error."""
+
+
+class StoreNotInitialised(ValidatorError):
+    """An admin write refused: the store carries no marker (never initialised, or wiped), or the
+    marker of another secret. Nothing was written.
+
+    `state` is "missing" or "mismatch". Validators fail closed on such a store; initialise a new
+    store (`Admin.init`) or restore a wiped one from an export (`validator-admin import --restore`).
+    """
+
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message)
+        self.state = state

@@ -24,10 +24,11 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -35,19 +36,29 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from validator import _cluster, _sentinel
 from validator._urls import parse_multihost
 from validator._wire import Multiplexer, SingleWire, WireError, Wires
-from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
+from validator.errors import ConfigurationError, LimitExceeded, StoreNotInitialised, StoreUnavailable
 from validator.invalidation import SingleServer, Topology
 from validator.model import Mode, Restrictions
 
 if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
     from validator.denials import DeniedRequest
 
-__all__ = ["DEFAULT_KEY_PREFIX", "List", "Store", "fingerprint", "parse_read"]
+__all__ = [
+    "DEFAULT_KEY_PREFIX",
+    "List",
+    "Store",
+    "UnreadableRecord",
+    "fingerprint",
+    "parse_read",
+    "wrong_type",
+]
 
 log = logging.getLogger("validator")
 
@@ -60,6 +71,8 @@ _MEMORY_SERVERS: dict[str, Any] = {}
 # invalidations, so its writes notify the validators of the same process directly.
 _MEMORY_LISTENERS: dict[str, list[Callable[[str], None]]] = {}
 _MEMORY_LOCK = threading.Lock()
+# Seconds between two reads of a Redis Cluster's marker by one admin (see `_require_marker`).
+_MARKER_RECHECK = 1.0
 
 List = Literal["d", "i"]
 _LIST_NAMES: dict[str, str] = {"d": "domain", "i": "IP"}
@@ -82,6 +95,29 @@ def _secret_bytes(secret: str | bytes | None, url_scheme: str) -> bytes:
     return secret.encode() if isinstance(secret, str) else secret
 
 
+def _check_server_url(url: str) -> None:
+    """Refuse a redis://, rediss:// or unix:// URL that redis-py would misread (no host means
+    localhost to it) or fail on only when connecting (a database that is not a number)."""
+    parts = urlsplit(url)
+    shown = url if parts.password is None else url.replace(f":{parts.password}@", ":***@", 1)
+    example = "unix:///path/to/redis.sock?db=0" if parts.scheme == "unix" else "redis://HOST:PORT/DB"
+    try:
+        port = parts.port
+    except ValueError as error:
+        raise ConfigurationError(f"bad store URL {shown!r}: {error} (write {example})") from None
+    if parts.scheme == "unix":
+        db = parse_qs(parts.query).get("db", ["0"])[-1]
+        problem = "no socket path" if not parts.path else None
+    else:
+        path = unquote(parts.path).removeprefix("/")
+        db = parse_qs(parts.query).get("db", [path or "0"])[-1]
+        problem = "no host" if not parts.hostname else "port 0" if port == 0 else None
+    if problem is None and not (db.isascii() and db.isdigit()):
+        problem = f"the database {db!r} is not a number"
+    if problem is not None:
+        raise ConfigurationError(f"bad store URL {shown!r}: {problem} (write {example})")
+
+
 def fingerprint(token_hash: str) -> str:
     """A short, non-reversible name of a token for logs and CLI output."""
     return token_hash[:10]
@@ -101,23 +137,80 @@ def _store_errors() -> Iterator[None]:
         raise StoreUnavailable(f"restriction store unavailable: {error!r}") from error
 
 
+class UnreadableRecord(StoreUnavailable):
+    """A token's stored record cannot be understood (edited by hand, a key of another type): the
+    store answered, but nothing safe can be decided from the record, so checks of that token
+    fail closed like any store failure."""
+
+    def __init__(self, reason: str, token_hash: str | None = None) -> None:
+        record = "record" if token_hash is None else f"record of token {fingerprint(token_hash)}"
+        super().__init__(
+            f"unreadable {record} in the restriction store ({reason}): "
+            "fix it, or delete the token and store it again"
+        )
+        self.reason = reason
+        self.token_hash = token_hash
+
+
+_SWITCHES = {"0": False, "1": True}
+_MODES = {mode.value: mode for mode in Mode}
+_META_FIELDS = frozenset(("d", "i", "v", "r"))
+
+
+def wrong_type(error: BaseException) -> bool:
+    """Whether `error`, or the error it was raised from, is Redis's WRONGTYPE reply: one of the
+    token's keys holds another type than `lua/read.lua` expects (an unreadable record)."""
+    return any(str(cause).startswith("WRONGTYPE") for cause in (error, error.__cause__) if cause is not None)
+
+
 def parse_read(reply: Any) -> Restrictions | None:
-    """Restrictions from the reply of `lua/read.lua` (None: the token is unknown)."""
+    """Restrictions from the reply of `lua/read.lua` (None: the token is unknown).
+
+    Raises `UnreadableRecord` for a reply that is not a record as `lua/write.lua` writes it.
+    """
     if reply is None:
         return None
+    if not isinstance(reply, list) or len(reply) != 3:
+        raise UnreadableRecord(f"unexpected reply {reply!r:.80}")
     meta, domains, ips = reply
     return _restrictions(meta, domains, ips)
 
 
+def _texts(part: object) -> bool:
+    # Everything `write.lua` stores is ASCII (domains in IDNA form): anything else was not
+    # written by an admin command.
+    return isinstance(part, (list, tuple)) and all(isinstance(item, str) and item.isascii() for item in part)
+
+
 def _restrictions(meta: Sequence[str], domains: Sequence[str], ips: Sequence[str]) -> Restrictions:
+    # Strict on purpose: a record edited by hand into something `write.lua` never writes (a switch
+    # "yes", an unknown mode) could otherwise read as *less* restricted than its owner meant.
+    if not all(_texts(part) for part in (meta, domains, ips)):
+        raise UnreadableRecord("its keys do not hold a hash and two sets of ASCII text")
+    if not meta:
+        return Restrictions(domains=sorted(domains), ips=sorted(ips))
+    if len(meta) % 2:
+        raise UnreadableRecord("its hash came back with an odd number of items")
     fields = dict(zip(meta[::2], meta[1::2], strict=True))
+    unknown = sorted(set(fields) - _META_FIELDS)
+    if unknown:
+        raise UnreadableRecord(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    for switch, name in (("d", "domain"), ("i", "IP")):
+        if fields.get(switch) not in _SWITCHES:
+            raise UnreadableRecord(f"{name} switch {fields.get(switch)!r} is not '0' or '1'")
+    version = fields.get("v", "")
+    if not version.isascii() or not version.isdigit():
+        raise UnreadableRecord(f"version {version!r} is not a number")
+    mode = _MODES.get(fields.get("r", Mode.ENFORCE.value))
+    if mode is None:
+        raise UnreadableRecord(f"mode {fields['r']!r} is not 'enforce' or 'report'")
     return Restrictions(
-        domain_enabled=fields.get("d") == "1",
-        ip_enabled=fields.get("i") == "1",
+        domain_enabled=_SWITCHES[fields["d"]],
+        ip_enabled=_SWITCHES[fields["i"]],
         domains=sorted(domains),
         ips=sorted(ips),
-        version=int(fields.get("v", 0)),
-        mode=Mode.REPORT if fields.get("r") == "report" else Mode.ENFORCE,
+        version=int(version),
+        mode=mode,
     )
 
 
@@ -152,7 +245,10 @@ class Store:
         self._wires = wires
         self.local_listeners = [] if local_listeners is None else local_listeners
         self.marker_key = f"{key_prefix}marker"
-        self._marked = False
+        # On a Redis Cluster the marker lives in other slots than a token's keys, out of reach of
+        # the write script: writes read it first (see `_require_marker`).
+        self._marker_in_script = not isinstance(client, RedisCluster)
+        self._marker_checked_at = -float("inf")
         # The marker's value proves the secret too: a validator configured with another secret
         # would see every token as unknown (unrestricted), so it must not take the store as sound.
         self.marker_value = hmac.new(secret, b"token-access-validator marker", hashlib.sha256).hexdigest()[
@@ -199,7 +295,13 @@ class Store:
                 server = _MEMORY_SERVERS.setdefault(name, fakeredis.FakeServer())
                 listeners = _MEMORY_LISTENERS.setdefault(name, [])
             client = fakeredis.FakeAsyncRedis(server=server, decode_responses=True)
-            return cls(client, local_listeners=listeners, **common)
+            store = cls(client, local_listeners=listeners, **common)
+            # An in-process store cannot be wiped behind our back: it is marked when created, so
+            # the demo and unit tests need no `init`.
+            fakeredis.FakeRedis(server=server, decode_responses=True).set(
+                store.marker_key, store.marker_value, nx=True
+            )
+            return store
         if scheme in ("redis+cluster", "rediss+cluster"):
             parsed = parse_multihost(url, default_port=6379, options=_cluster.URL_OPTIONS)
             if parsed.path not in ("", "/", "/0"):
@@ -237,6 +339,7 @@ class Store:
                 f"unsupported store URL {url!r}: use memory://, redis://, rediss://, unix://, "
                 "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
             )
+        _check_server_url(url)
         try:
             client = aioredis.Redis.from_url(
                 url,
@@ -336,14 +439,17 @@ class Store:
                     return await self._read(keys=keys)
             raise StoreUnavailable(f"restriction store unavailable: {error}") from error
 
-    async def write(self, token_hash: str, op: str, *args: str) -> tuple[Restrictions, bool]:
-        """Run one atomic change (see `lua/write.lua`); returns the stored state and whether it changed.
+    async def write(self, token_hash: str, op: str, *args: str) -> tuple[Restrictions | None, bool]:
+        """Run one atomic change (see `lua/write.lua`); returns the stored state and whether it
+        changed. The state is None when the token has no record and the change only takes
+        away (remove, clear, disable, mode): such a change creates nothing.
 
-        Raises `LimitExceeded` (nothing written) or `StoreUnavailable`.
+        Raises `StoreNotInitialised` or `LimitExceeded` (nothing written), or `StoreUnavailable`.
         """
-        await self._mark_once()
+        await self._require_marker()
+        keys, argv = self._write_call(token_hash, op, args)
         with _store_errors():
-            reply = await self._write(keys=self._write_keys(token_hash), args=[op, self.limit, *args])
+            reply = await self._write(keys=keys, args=argv)
         result = self._write_result(reply)
         if result[1]:
             self._notify(token_hash)
@@ -373,13 +479,33 @@ class Store:
         """Whether `key` is (one of) the store's marker key(s)."""
         return key == self.marker_key or (self._cluster is not None and key.startswith(self.marker_key + "{"))
 
-    async def _mark_once(self) -> None:
-        # Any admin write initialises the store implicitly (and refuses a store that was
-        # initialised with another secret).
-        if not self._marked:
-            if await self.marker_state() != "ok":
-                await self.write_marker()
-            self._marked = True
+    def not_initialised(self, state: str) -> StoreNotInitialised:
+        """The error that refuses a write on a store whose marker is "missing" or "mismatch"."""
+        if state == "mismatch":
+            message = (
+                "this store is marked for another secret: check VALIDATOR_SECRET (it must be the "
+                "validators' secret); nothing was written"
+            )
+        else:
+            message = (
+                "this store has no marker (never initialised, or wiped): run `validator-admin init` "
+                "for a new store, or restore a wiped one from an export with "
+                "`validator-admin import --restore FILE`; nothing was written"
+            )
+        return StoreNotInitialised(message, state=state)
+
+    async def _require_marker(self) -> None:
+        # Only `init` (or the end of a restore) marks a store: a write never does, so a wiped
+        # store stays failing closed whatever is written to it. One server checks the marker in
+        # the write script itself. A Cluster's marker is read before a write, at most once a
+        # second: a wipe within that second is not seen by this admin's next writes, which then
+        # create records (never the marker) that the restore of the wiped data may overwrite.
+        if self._marker_in_script or time.monotonic() - self._marker_checked_at < _MARKER_RECHECK:
+            return
+        state = await self.marker_state()
+        if state != "ok":
+            raise self.not_initialised(state)
+        self._marker_checked_at = time.monotonic()
 
     async def _probe_keys(self) -> list[str]:
         if self._cluster is None:
@@ -426,10 +552,79 @@ class Store:
             values = await pipe.execute() if existing else []
         if any(value != self.marker_value for value in values):
             raise ConfigurationError(
-                f"the store at {self.url or 'this URL'} was initialised with another secret "
-                f"(marker {self.marker_key!r} does not match): check VALIDATOR_SECRET"
+                f"this store was initialised with another secret (marker {self.marker_key!r} does "
+                "not match): check VALIDATOR_SECRET (it must be the validators' secret)"
             )
         return any(created)
+
+    async def eviction_policies(self) -> dict[str, str | None]:
+        """The `maxmemory-policy` of every server that holds tokens: {"": policy} for one server,
+        {"host:port": policy} per primary of a Cluster; None where `CONFIG GET` is refused (a
+        managed Redis, a renamed command, an ACL). Empty for `memory://`. Raises `StoreUnavailable`.
+        """
+        if urlsplit(self.url).scheme == "memory":
+            return {}
+        calls: dict[str, Awaitable[Any]] = {}
+        if isinstance(self.client, RedisCluster):
+            with _store_errors():
+                try:
+                    await self.client.initialize()
+                except RedisClusterException as error:  # not a RedisError: no node answered
+                    raise RedisConnectionError(str(error)) from error
+            for node in self.client.get_primaries():
+                calls[node.name] = self.client.config_get("maxmemory-policy", target_nodes=node)
+        else:
+            calls[""] = self.client.config_get("maxmemory-policy")
+        names = list(calls)
+        with _store_errors():
+            replies = await asyncio.gather(*calls.values(), return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                    raise reply
+        return {
+            name: None if isinstance(reply, BaseException) else reply.get("maxmemory-policy") or None
+            for name, reply in zip(names, replies, strict=True)
+        }
+
+    async def eviction_risk(self) -> tuple[str | None, str | None]:
+        """(problem, doubt) about the eviction policy, each a sentence or None: the problem when
+        Redis may evict keys without a TTL (`allkeys-*`), for an evicted record makes its token
+        unrestricted; the doubt when `CONFIG GET` is refused so the policy is unknown.
+        Raises `StoreUnavailable`."""
+        policies = await self.eviction_policies()
+        evicting = [
+            f"{policy} on {node}" if node else policy
+            for node, policy in policies.items()
+            if policy is not None and policy.startswith("allkeys-")
+        ]
+        refused = [node or "the server" for node, policy in policies.items() if policy is None]
+        problem = doubt = None
+        if evicting:
+            problem = (
+                f"Redis may evict token records (maxmemory-policy {', '.join(evicting)}), and an "
+                "evicted record leaves its token unrestricted: run `CONFIG SET maxmemory-policy "
+                "noeviction` (or a volatile-* policy) and keep it in the Redis configuration"
+            )
+        if refused:
+            doubt = (
+                f"could not check Redis's maxmemory-policy (CONFIG GET refused on {', '.join(refused)}): "
+                "make sure it is noeviction or volatile-*, since allkeys-* may evict token records "
+                "and leave those tokens unrestricted"
+            )
+        return problem, doubt
+
+    async def log_eviction_risk(self) -> None:
+        """Log `eviction_risk`: the problem as an error, the doubt as a warning. Never raises: an
+        unreachable store is not this check's business (checks fail closed until it answers)."""
+        try:
+            problem, doubt = await self.eviction_risk()
+        except StoreUnavailable as error:
+            log.debug("eviction policy not checked: %s", error)
+            return
+        if problem is not None:
+            log.error(problem)
+        if doubt is not None:
+            log.warning(doubt)
 
     async def ping(self) -> None:
         with _store_errors():
@@ -454,10 +649,21 @@ class Store:
         """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
         return f"{self.key_prefix}{{{token_hash}}}:h"
 
-    def _write_keys(self, token_hash: str) -> tuple[str, str, str, str]:
-        return (*self.keys(token_hash), self.history_key(token_hash))
+    def _write_call(
+        self, token_hash: str, op: str, args: Sequence[str], *, marked: bool = True
+    ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of `lua/write.lua` for one change; `marked`: refused on a store without
+        this secret's marker (checked by the script where it can reach the marker)."""
+        keys = [*self.keys(token_hash), self.history_key(token_hash)]
+        if marked and self._marker_in_script:
+            return [*keys, self.marker_key], [op, self.limit, self.marker_value, *args]
+        return keys, [op, self.limit, "", *args]
 
-    def _write_result(self, reply: list[Any]) -> tuple[Restrictions, bool]:
+    def _write_result(self, reply: list[Any]) -> tuple[Restrictions | None, bool]:
+        if reply[0] == "marker":
+            raise self.not_initialised(reply[1])
+        if reply[0] == "absent":
+            return None, False
         if reply[0] == "limit":
             list_name = _LIST_NAMES[reply[1]]
             stored = sorted(reply[2])
@@ -477,20 +683,22 @@ class Store:
         return [entry if isinstance(entry, str) else entry.decode() for entry in entries]
 
     async def write_many(
-        self, changes: Sequence[tuple[str, Sequence[str]]]
-    ) -> list[tuple[Restrictions, bool] | LimitExceeded]:
+        self, changes: Sequence[tuple[str, Sequence[str]]], *, marked: bool = True
+    ) -> list[tuple[Restrictions | None, bool] | LimitExceeded]:
         """Run many `write` changes, each `(token_hash, (op, *args))`, pipelined in one round trip.
 
         Each change is atomic on its own, the batch is not. A change refused for the limit comes
-        back as its `LimitExceeded` (nothing of it written); raises `StoreUnavailable`.
+        back as its `LimitExceeded` (nothing of it written); raises `StoreNotInitialised` (unless
+        `marked` is False: a restore, which writes into an unmarked store) or `StoreUnavailable`.
         """
-        results: list[tuple[Restrictions, bool] | LimitExceeded] = []
-        await self._mark_once()
+        results: list[tuple[Restrictions | None, bool] | LimitExceeded] = []
+        if marked:
+            await self._require_marker()
         with _store_errors():
             replies = await self._evalsha_many(
                 self._write,
                 [
-                    (self._write_keys(token_hash), (op, self.limit, *args))
+                    self._write_call(token_hash, op, args, marked=marked)
                     for token_hash, (op, *args) in changes
                 ],
             )
@@ -552,8 +760,16 @@ class Store:
 
     # -------------------------------------------------------------------------- denial log
 
+    # The unknown-token log is 16 capped streams, one per hash tag below: tag k hashes (CRC16,
+    # as Redis Cluster does) into the k-th sixteenth of the 16,384 slots, so on a cluster the
+    # shards spread over the primaries instead of making one slot hot during a flood. Elsewhere
+    # the tags mean nothing. tests/integration/test_denials.py checks the slots.
+    UNKNOWN_SHARD_TAGS = (
+        "10", "3", "61", "43", "11", "2", "60", "42", "12", "1", "63", "41", "13", "0", "62", "40",
+    )  # fmt: skip
+
     def denials_key(self, token_hash: str) -> str:
-        """The token's capped stream of recent denials (see `validator.denials`).
+        """The stored token's capped, expiring stream of recent denials (see `validator.denials`).
 
         Deliberately outside `key_prefix`: validators track that prefix for invalidations, and a
         flood of denied requests must not become a flood of invalidation messages (nor evict the
@@ -561,37 +777,102 @@ class Store:
         """
         return f"{self.key_prefix.rstrip(':')}-denials:{{{token_hash}}}"
 
-    async def append_denials(self, batch: Sequence[DeniedRequest], *, max_length: int) -> None:
-        """Append denials to their tokens' streams, trimmed to about `max_length` each, in one
-        pipelined round trip."""
+    def unknown_denials_key(self, token_hash: str) -> str:
+        """The shard of the unknown-token log that holds the denials of `token_hash` while it
+        has no stored record: all of one token's in one shard, so a single noisy token pushes
+        out only a sixteenth of the others' history."""
+        # Any deterministic spread will do: the hash is already uniform.
+        tag = self.UNKNOWN_SHARD_TAGS[sum(token_hash.encode()) % len(self.UNKNOWN_SHARD_TAGS)]
+        return f"{self.key_prefix.rstrip(':')}-denials:unknown:{{{tag}}}"
+
+    def unknown_denials_keys(self) -> list[str]:
+        """Every shard of the unknown-token log."""
+        prefix = self.key_prefix.rstrip(":")
+        return [f"{prefix}-denials:unknown:{{{tag}}}" for tag in self.UNKNOWN_SHARD_TAGS]
+
+    async def append_denials(
+        self,
+        stored: Sequence[DeniedRequest],
+        unknown: Sequence[DeniedRequest] = (),
+        *,
+        max_length: int,
+        unknown_length: int,
+        ttl: float,
+    ) -> None:
+        """Write one batch of denials in one pipelined round trip (one per node on a cluster).
+
+        `stored`: denials of stored tokens, each appended to its token's stream, trimmed to about
+        `max_length`; `unknown`: denials of tokens without a record (unknown or malformed), to
+        the unknown-token log under the token's fingerprint, about `unknown_length` in all.
+        Every stream written expires `ttl` seconds after its last write.
+        """
+        shard_length = -(-unknown_length // len(self.UNKNOWN_SHARD_TAGS))
+        written: dict[str, None] = {}
         with _store_errors():
             pipe = self.client.pipeline(transaction=False)
-            for denial in batch:
-                pipe.xadd(
-                    self.denials_key(denial.token_hash),
-                    {
-                        "at": denial.at_ms,
-                        "source": denial.source,
-                        "seen": denial.seen,
-                        "reason": denial.reason,
-                        "mode": denial.mode,
-                        "origin": denial.origin,
-                    },
-                    maxlen=max_length,
-                    approximate=True,
-                )
-            await pipe.execute()
+            for denial in stored:
+                key = self.denials_key(denial.token_hash)
+                pipe.xadd(key, _denial_fields(denial), maxlen=max_length, approximate=True)
+                written[key] = None
+            for denial in unknown:
+                key = self.unknown_denials_key(denial.token_hash)
+                fields = _denial_fields(denial, token=fingerprint(denial.token_hash))
+                pipe.xadd(key, fields, maxlen=shard_length, approximate=True)
+                written[key] = None
+            # One expiry per stream and batch, after its last XADD: a flood of denials of one
+            # token costs one command per denial, not two.
+            for key in written:
+                pipe.pexpire(key, max(1, int(ttl * 1000)))
+            if written:
+                await pipe.execute()
 
     async def denials(self, token_hash: str, *, since_ms: int = 0, count: int = 100) -> list[dict[str, str]]:
-        """The token's most recent denials (newest first), at or after `since_ms`."""
+        """The token's most recent denials (newest first), at or after `since_ms`: those of its
+        own stream, and those it got while it had no stored record (from the unknown-token log)."""
+        low = f"{since_ms}-0" if since_ms else "-"
         with _store_errors():
-            entries = await self.client.xrevrange(
-                self.denials_key(token_hash), max="+", min=f"{since_ms}-0" if since_ms else "-", count=count
-            )
-        return [
-            {str(name): str(value) for name, value in (fields or {}).items()} for _, fields in entries or []
-        ]
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xrevrange(self.denials_key(token_hash), max="+", min=low, count=count)
+            # The whole shard (bounded by its cap): the token's entries are among the others'.
+            pipe.xrevrange(self.unknown_denials_key(token_hash), max="+", min=low)
+            own, shard = await pipe.execute()
+        name = fingerprint(token_hash)
+        unknown = [(id_, fields) for id_, fields in shard or [] if (fields or {}).get("token") == name]
+        entries = _newest_first([own or [], unknown])[:count]
+        return [{k: v for k, v in fields.items() if k != "token"} for fields in entries]
+
+    async def unknown_denials(self, *, since_ms: int = 0, count: int = 100) -> list[dict[str, str]]:
+        """The most recent denials of tokens without a stored record (newest first), at or after
+        `since_ms`, each naming its token by fingerprint (`token`)."""
+        with _store_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for key in self.unknown_denials_keys():
+                pipe.xrevrange(key, max="+", min=f"{since_ms}-0" if since_ms else "-", count=count)
+            shards = await pipe.execute()
+        return _newest_first([shard or [] for shard in shards])[:count]
 
     async def delete_denials(self, token_hash: str) -> None:
+        """Delete the token's own stream (its entries in the unknown-token log age out there)."""
         with _store_errors():
             await self.client.delete(self.denials_key(token_hash))
+
+
+def _denial_fields(denial: DeniedRequest, token: str | None = None) -> dict[FieldT, EncodableT]:
+    # The per-token stream's format, which `validator-admin denials` and `check --replay` read;
+    # the unknown-token log's entries also name their `token` (by fingerprint).
+    fields: dict[FieldT, EncodableT] = {
+        "at": denial.at_ms,
+        "source": denial.source,
+        "seen": denial.seen,
+        "reason": denial.reason,
+        "mode": denial.mode,
+        "origin": denial.origin,
+    }
+    return fields if token is None else {"token": token, **fields}
+
+
+def _newest_first(streams: Sequence[Sequence[tuple[str, Mapping[str, str] | None]]]) -> list[dict[str, str]]:
+    """The entries of several XREVRANGE replies as one list, newest first (by stream ID)."""
+    merged = [(id_, fields) for stream in streams for id_, fields in stream]
+    merged.sort(key=lambda entry: tuple(int(part) for part in str(entry[0]).split("-")), reverse=True)
+    return [{str(name): str(value) for name, value in (fields or {}).items()} for _, fields in merged]

@@ -3,17 +3,24 @@
 --
 -- KEYS: meta (hash: d, i = switches "0"/"1"; v = version; r = mode "enforce"/"report",
 --       absent meaning enforce), domains (set), ips (set),
---       history (list of JSON entries, newest first, capped at HISTORY_LENGTH)
--- ARGV[1] = op, ARGV[2] = limit, then per op:
---   add | remove | set   ARGV[3] = "d" or "i", ARGV[4..] = normalised entries
---   switch               ARGV[3] = "d" or "i", ARGV[4] = "0" or "1"
---   mode                 ARGV[3] = "enforce" or "report"
---   put                  ARGV[3] = d switch, ARGV[4] = i switch, ARGV[5] = mode,
---                        ARGV[6] = number of domains, then the domains, then the ips
+--       history (list of JSON entries, newest first, capped at HISTORY_LENGTH),
+--       and optionally the store's marker (not on a Redis Cluster: it lives in another slot)
+-- ARGV[1] = op, ARGV[2] = limit, ARGV[3] = the marker's expected value when KEYS[5] is given,
+-- then per op:
+--   add | remove | set   ARGV[4] = "d" or "i", ARGV[5..] = normalised entries
+--   switch               ARGV[4] = "d" or "i", ARGV[5] = "0" or "1"
+--   mode                 ARGV[4] = "enforce" or "report"
+--   put                  ARGV[4] = d switch, ARGV[5] = i switch, ARGV[6] = mode,
+--                        ARGV[7] = number of domains, then the domains, then the ips
 --                        (a whole record, as import writes it)
 --   delete
 -- Returns {"ok", changed (0/1), meta, domains, ips} after the change,
--- or {"limit", "d" or "i", members now stored} when the limit would be exceeded (nothing written).
+-- or {"limit", "d" or "i", members now stored} when the limit would be exceeded (nothing written),
+-- or {"marker", "missing" or "mismatch"} when KEYS[5] is given and does not hold ARGV[3]: the
+-- store was wiped, never initialised, or initialised for another secret (nothing written),
+-- or {"absent"} when the op only takes away (remove, set with no entries, switch off, mode) and
+-- the token has no record: such an op creates nothing, because an empty record with both
+-- switches off would turn a token that validators deny as unknown into an unrestricted one.
 --
 -- Every call that changes something pushes one history entry in the same atomic step, so the
 -- history never misses or invents a change: {"at": ms since the epoch (server clock), "op",
@@ -69,6 +76,13 @@ local function record(entry)
   redis.call('LTRIM', history_key, 0, HISTORY_LENGTH - 1)
 end
 
+if #KEYS >= 5 then
+  local marker = redis.call('GET', KEYS[5])
+  if marker ~= ARGV[3] then
+    return {'marker', marker and 'mismatch' or 'missing'}
+  end
+end
+
 -- Delete forgets the token completely, its history included: nothing stays behind in Redis.
 if op == 'delete' then
   local removed = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], history_key)
@@ -76,16 +90,27 @@ if op == 'delete' then
 end
 
 local changed = false
-if redis.call('EXISTS', meta_key) == 0 then
-  redis.call('HSET', meta_key, 'd', '0', 'i', '0', 'v', '0')
-  changed = true
+local exists = redis.call('EXISTS', meta_key) == 1
+local creates = op == 'add' or op == 'put' or (op == 'set' and #ARGV > 4)
+  or (op == 'switch' and ARGV[5] == '1')
+if not exists and not creates then
+  return {'absent'}
+end
+
+-- Called once a change is known to be allowed (limits checked), before writing it.
+local function create_if_absent()
+  if not exists then
+    redis.call('HSET', meta_key, 'd', '0', 'i', '0', 'v', '0')
+    exists = true
+    changed = true
+  end
 end
 
 local entry = {op = op}
 if op == 'add' or op == 'remove' or op == 'set' then
-  local list = ARGV[3]
+  local list = ARGV[4]
   local key = set_key[list]
-  local entries = slice(4, #ARGV)
+  local entries = slice(5, #ARGV)
   entry.restriction = list_name[list]
   if op == 'add' then
     local new = {}
@@ -94,10 +119,11 @@ if op == 'add' or op == 'remove' or op == 'set' then
         new[#new + 1] = member
       end
     end
+    if #new > 0 and redis.call('SCARD', key) + #new > limit then
+      return {'limit', list, redis.call('SMEMBERS', key)}
+    end
+    create_if_absent()
     if #new > 0 then
-      if redis.call('SCARD', key) + #new > limit then
-        return {'limit', list, redis.call('SMEMBERS', key)}
-      end
       redis.call('SADD', key, unpack(new))
       entry.entries = new
       changed = true
@@ -117,6 +143,7 @@ if op == 'add' or op == 'remove' or op == 'set' then
     if #entries > limit then
       return {'limit', list, redis.call('SMEMBERS', key)}
     end
+    create_if_absent()
     if not same_members(key, entries) then
       replace(key, entries)
       changed = true
@@ -126,47 +153,49 @@ if op == 'add' or op == 'remove' or op == 'set' then
     end
   end
 elseif op == 'switch' then
-  entry.op = ARGV[4] == '1' and 'enable' or 'disable'
-  entry.restriction = list_name[ARGV[3]]
-  if redis.call('HGET', meta_key, ARGV[3]) ~= ARGV[4] then
-    redis.call('HSET', meta_key, ARGV[3], ARGV[4])
+  entry.op = ARGV[5] == '1' and 'enable' or 'disable'
+  entry.restriction = list_name[ARGV[4]]
+  create_if_absent()
+  if redis.call('HGET', meta_key, ARGV[4]) ~= ARGV[5] then
+    redis.call('HSET', meta_key, ARGV[4], ARGV[5])
     changed = true
   end
 elseif op == 'mode' then
-  entry.mode = ARGV[3]
-  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[3] then
-    redis.call('HSET', meta_key, 'r', ARGV[3])
+  entry.mode = ARGV[4]
+  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[4] then
+    redis.call('HSET', meta_key, 'r', ARGV[4])
     changed = true
   end
 elseif op == 'put' then
-  local n = tonumber(ARGV[6])
-  local domains = slice(7, 6 + n)
-  local ips = slice(7 + n, #ARGV)
+  local n = tonumber(ARGV[7])
+  local domains = slice(8, 7 + n)
+  local ips = slice(8 + n, #ARGV)
   if #domains > limit then
     return {'limit', 'd', redis.call('SMEMBERS', KEYS[2])}
   end
   if #ips > limit then
     return {'limit', 'i', redis.call('SMEMBERS', KEYS[3])}
   end
-  for list, value in pairs({d = ARGV[3], i = ARGV[4]}) do
+  create_if_absent()
+  for list, value in pairs({d = ARGV[4], i = ARGV[5]}) do
     if redis.call('HGET', meta_key, list) ~= value then
       redis.call('HSET', meta_key, list, value)
       changed = true
     end
   end
-  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[5] then
-    redis.call('HSET', meta_key, 'r', ARGV[5])
+  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[6] then
+    redis.call('HSET', meta_key, 'r', ARGV[6])
     changed = true
   end
-  entry.mode = ARGV[5]
+  entry.mode = ARGV[6]
   for list, entries in pairs({d = domains, i = ips}) do
     if not same_members(set_key[list], entries) then
       replace(set_key[list], entries)
       changed = true
     end
   end
-  entry.domain_enabled = ARGV[3] == '1'
-  entry.ip_enabled = ARGV[4] == '1'
+  entry.domain_enabled = ARGV[4] == '1'
+  entry.ip_enabled = ARGV[5] == '1'
   entry.domains = #domains > 0 and domains or nil
   entry.ips = #ips > 0 and ips or nil
 else
