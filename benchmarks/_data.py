@@ -67,7 +67,9 @@ async def seed(admin: Admin, indices: Sequence[int], kind: str = "live", batch: 
     """Store the records of `indices` with `Admin.put_many` (what `import` uses), in pipelined batches.
 
     The entries are generated in their normal form, so they go in as `PreparedPut` directly.
+    The store is initialised first (admin writes are refused on an unmarked store).
     """
+    await admin.init(force=True)
     for start in range(0, len(indices), batch):
         await admin.put_many(
             [PreparedPut(admin.token_hash(token(i, kind)), record(i)) for i in indices[start : start + batch]]

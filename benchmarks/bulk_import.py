@@ -91,16 +91,9 @@ def run(config: Config) -> list[Result]:
                 progress(NAME, f"run {run_ + 1}/{runs}: {name}")
                 prefix = unique_prefix(NAME)
                 if name == OURS:
-                    command = [
-                        sys.executable,
-                        "-m",
-                        "validator",
-                        "--store",
-                        server.url,
-                        "--key-prefix",
-                        prefix,
-                    ]
-                    command += ["--json", "import", str(path)]
+                    base = [sys.executable, "-m", "validator", "--store", server.url, "--key-prefix", prefix]
+                    _run([*base, "--json", "init", "--force"])  # a new prefix is a new store: untimed
+                    command = [*base, "--json", "import", str(path)]
                 else:
                     command = [
                         sys.executable,

@@ -31,6 +31,7 @@ PROCESSES = 4
 async def _write_latencies(url: str, count: int) -> list[float]:
     admin = Admin.from_url(url, secret="propagation-secret")
     try:
+        await admin.init(force=True)
         latencies = []
         for n in range(-3, count):  # the first writes set up the connection, marker and script
             if n < 0:

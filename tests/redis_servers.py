@@ -97,6 +97,20 @@ class RedisProcess:
             ["redis-cli", "-p", str(self.port), "SAVE"], check=True, capture_output=True, timeout=10
         )
 
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive (it may be stopped by SIGSTOP)."""
+        return self.process is not None and self.process.poll() is None
+
+    def discard_data(self) -> None:
+        """Remove what an earlier `save()` wrote, so that the next `start()` comes back empty."""
+        for name in ("dump.rdb", "appendonlydir", "appendonly.aof"):
+            path = self.dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)

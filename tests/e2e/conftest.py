@@ -120,6 +120,7 @@ def seed(store_url: str, token: str, restrictions: Restrictions) -> None:
     async def put() -> None:
         admin = Admin.from_url(store_url, secret=SECRET)
         try:
+            await admin.init()
             await admin.put(token, restrictions)
         finally:
             await admin.close()

@@ -78,6 +78,7 @@ async def measure(
     time how long each takes to reach every worker."""
     token = f"tok_propagation_{os.getpid()}"
     admin = Admin.from_url(url, secret=secret)
+    await admin.init()
     await admin.set_ips(token, [CLIENT_IP])
     await admin.enable(token, "ip")
     _, _, ips_key = admin.store.keys(admin.store.token_hash(token))

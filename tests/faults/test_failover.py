@@ -44,6 +44,7 @@ def sentinel() -> Iterator[LocalSentinel]:
 async def seed(url: str) -> Tokens:
     """40 restricted tokens (on a cluster: spread over every primary), half of them allowed."""
     admin = Admin.from_url(url, secret=SECRET)
+    await admin.init()
     tokens = Tokens()
     for n in range(40):
         token = f"tok_failover_{n}"

@@ -52,6 +52,7 @@ class Tokens:
 @pytest.fixture
 async def tokens(server: RedisProcess) -> Tokens:
     admin = Admin.from_url(server.url, secret=SECRET)
+    await admin.init()
     tokens = Tokens()
     for n in range(40):
         token = f"tok_fault_{n}"

@@ -97,6 +97,7 @@ async def test_decisions_follow_stored_restrictions(admin: Admin, validator: Val
 
 
 async def test_one_token_lives_in_one_slot_on_one_node(backend: Backend, admin: Admin) -> None:
+    await admin.init()
     await admin.set_domains(TOKEN, ["app.example.com"])
     await admin.set_ips(TOKEN, [CLIENT_IP])
     token_hash = admin.store.token_hash(TOKEN)
@@ -228,6 +229,7 @@ async def test_import_and_export_spread_over_every_node(backend: Backend, admin:
         )
         for n in range(300)
     ]
+    await admin.init()
     changes = await admin.put_many(prepared)
     assert all(change.changed for change in changes)
     per_node = []
@@ -247,6 +249,7 @@ async def test_import_and_export_spread_over_every_node(backend: Backend, admin:
 
 
 async def test_delete_removes_every_key_of_the_token(backend: Backend, admin: Admin) -> None:
+    await admin.init()
     await admin.add_domains(TOKEN, ["app.example.com"])
     await admin.add_ips(TOKEN, [CLIENT_IP])
     assert await admin.get(TOKEN) == Restrictions(domains=["app.example.com"], ips=[CLIENT_IP], version=2)

@@ -13,13 +13,13 @@ TOKEN = "tok_live_report_do_not_print"
 
 
 @pytest.fixture
-def cli(redis_url: str) -> Cli:
-    return Cli(redis_url)
+def cli(initialised: str) -> Cli:
+    return Cli(initialised)
 
 
 @pytest.fixture
-def store(redis_url: str) -> Direct:
-    return Direct(redis_url)
+def store(initialised: str) -> Direct:
+    return Direct(initialised)
 
 
 def deny_through_a_validator(redis_url: str, *requests: dict[str, str]) -> list[bool]:

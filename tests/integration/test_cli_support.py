@@ -85,6 +85,10 @@ class Direct:
 
         return asyncio.run(run())
 
+    def init(self) -> bool:
+        """Mark the store for the test secret (writes are refused on an unmarked store)."""
+        return self._run(lambda admin: admin.init())
+
     def get(self, token: str) -> Restrictions | None:
         return self._run(lambda admin: admin.get(token))
 
@@ -95,4 +99,6 @@ class Direct:
         record = Restrictions(
             domain_enabled="domain" in on, ip_enabled="ip" in on, domains=list(domains), ips=list(ips)
         )
-        return self._run(lambda admin: admin.put(token, record)).restrictions
+        stored = self._run(lambda admin: admin.put(token, record)).restrictions
+        assert stored is not None
+        return stored

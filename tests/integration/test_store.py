@@ -19,6 +19,7 @@ TOKEN = "tok_live_5f3c9a1e2b"
 @pytest.fixture
 async def admin(redis_url: str) -> AsyncIterator[Admin]:
     admin = Admin.from_url(redis_url, secret="test-secret")
+    await admin.init()
     yield admin
     await admin.close()
 
@@ -120,6 +121,7 @@ async def test_secret_changes_every_key(redis_url: str) -> None:
 
 async def test_limit_holds_under_50_concurrent_writers(redis_url: str, raw: aioredis.Redis) -> None:
     admins = [Admin.from_url(redis_url, secret="test-secret") for _ in range(50)]
+    await admins[0].init()
 
     async def add(n: int) -> bool:
         try:
@@ -178,6 +180,7 @@ async def test_refusals_leave_stored_data_untouched(admin: Admin, call: object) 
 
 async def test_admin_is_told_what_was_stored(admin: Admin) -> None:
     change = await admin.add_domains(TOKEN, ["https://Example.com/path"])
+    assert change.restrictions is not None
     assert change.restrictions.domains == ["example.com"]  # SPEC.md: a URL keeps its host alone
     assert len(change.notes) == 1
     assert "'example.com'" in change.notes[0]
@@ -187,6 +190,7 @@ async def test_version_grows_only_with_real_changes(admin: Admin) -> None:
     first = await admin.add_domains(TOKEN, ["app.example.com"])
     again = await admin.add_domains(TOKEN, ["app.example.com"])
     assert first.changed and not again.changed
+    assert again.restrictions is not None and first.restrictions is not None
     assert again.restrictions.version == first.restrictions.version
 
 
@@ -201,6 +205,7 @@ async def test_delete_removes_every_key(admin: Admin, raw: aioredis.Redis) -> No
 
 async def test_key_prefix_is_configurable(redis_url: str, raw: aioredis.Redis) -> None:
     admin = Admin.from_url(redis_url, secret="s", key_prefix="acme:tav:")
+    await admin.init()
     await admin.add_domains(TOKEN, ["app.example.com"])
     keys = [key async for key in raw.scan_iter(match="*")]
     assert "acme:tav:marker" in keys

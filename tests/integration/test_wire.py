@@ -27,6 +27,7 @@ def private_server() -> Iterator[RedisProcess]:
 
 async def stored_and_read(url: str) -> list[str]:
     admin = Admin.from_url(url, secret="w")
+    await admin.init()
     await admin.set_domains(TOKEN, ["app.example.com"])
     await admin.close()
     store = Store.from_url(url, secret="w")
