@@ -50,7 +50,9 @@ class WireError(Exception):
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: Multiplexer) -> None:
         self.owner = owner
-        self.reader = hiredis.Reader(encoding="utf-8")
+        # A byte that is not UTF-8 (written by hand) must fail that token's record, not the
+        # connection every read shares: it decodes as a surrogate, which parsing refuses.
+        self.reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -129,6 +129,9 @@ def _store_errors() -> Iterator[None]:
         yield
     except (RedisError, OSError) as error:
         raise StoreUnavailable(f"restriction store unavailable: {error}") from error
+    except UnicodeDecodeError as error:
+        # Bytes that are not UTF-8, written by hand: nothing safe can be read from them.
+        raise StoreUnavailable(f"unreadable reply from the restriction store: {error}") from error
     except AttributeError as error:
         # redis-py's asyncio RedisCluster closes every connection when it refreshes its slot map
         # (after a few MOVED, on CLUSTERDOWN), also those that other requests are using; these
@@ -399,11 +402,16 @@ class Store:
     async def read(self, token_hash: str) -> Restrictions | None:
         """One token's restrictions (one round trip), or None if the token is unknown."""
         wire = self._wires.for_tag(token_hash) if self._wires is not None else None
-        if wire is not None:
-            reply = await self._wire_read(wire, token_hash)
-        else:
-            with _store_errors():
-                reply = await self._read(keys=self.keys(token_hash))
+        try:
+            if wire is not None:
+                reply = await self._wire_read(wire, token_hash)
+            else:
+                with _store_errors():
+                    reply = await self._read(keys=self.keys(token_hash))
+        except StoreUnavailable as error:
+            if wrong_type(error):
+                raise UnreadableRecord("a key of another type: WRONGTYPE", token_hash) from error
+            raise
         return parse_read(reply)
 
     def read_now(self, token_hash: str) -> asyncio.Future[Any] | None:

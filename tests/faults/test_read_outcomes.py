@@ -347,6 +347,8 @@ CORRUPTIONS: dict[str, Callable[[aioredis.Redis, Keys], Awaitable[Any]]] = {
     "domain-set-is-a-string": lambda raw, keys: retype(raw, keys[1], lambda k: raw.set(k, "x")),
     "ip-set-is-a-list": lambda raw, keys: retype(raw, keys[2], lambda k: raw.rpush(k, CLIENT_IP)),
     "entry-does-not-parse": lambda raw, keys: raw.sadd(keys[1], "example.com:notaport"),
+    # Not UTF-8: it must fail this record, not the connection that every read shares.
+    "entry-not-utf8": lambda raw, keys: raw.sadd(keys[2], b"\xff"),
 }
 # Corruptions that only the validator's compiled form rejects: the admin still reads the data.
 ADMIN_READABLE = {"entry-does-not-parse"}
