@@ -8,6 +8,8 @@ hiredis, resolve plain futures in the same order (Redis answers in order on a co
 No task, no pool, no per-request timer.
 
 Only what the read path needs: connect (TCP, TLS or unix socket), AUTH, SELECT, and commands.
+TLS takes redis-py's options (`ssl_cert_reqs`, `ssl_ca_certs`, ...) with redis-py's defaults
+(`tls_context`), so both connections to one `rediss://` URL trust and present the same certificates.
 Everything else (writes, admin, pub/sub) stays on redis-py. A Redis Cluster gets one multiplexed
 connection per primary (`validator._cluster.ClusterWires`), a Sentinel deployment one to the
 current master (`validator._sentinel.SentinelWire`), behind the same `Wires` interface as one
@@ -21,12 +23,95 @@ import collections
 import select
 import ssl
 import time
+from collections.abc import Mapping
 from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
+from redis.asyncio.connection import parse_url
 
-__all__ = ["Multiplexer", "SingleWire", "WireError", "Wires"]
+from validator.errors import ConfigurationError
+
+__all__ = ["Multiplexer", "SingleWire", "WireError", "Wires", "tls_context"]
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def _verify_mode(options: Mapping[str, Any]) -> ssl.VerifyMode:
+    """The verify mode `ssl_cert_reqs` asks for; raises `ConfigurationError` for options that
+    mean nothing."""
+    if options.get("ssl_keyfile") and not options.get("ssl_certfile"):
+        raise ConfigurationError("store URL option ssl_keyfile needs ssl_certfile (the certificate)")
+    value = options.get("ssl_cert_reqs", "required")
+    if value is None or isinstance(value, ssl.VerifyMode):
+        return value or ssl.CERT_NONE
+    if value not in _CERT_REQS:
+        raise ConfigurationError(
+            f"store URL option ssl_cert_reqs={value!r} is not one of: none, optional, required"
+        )
+    return _CERT_REQS[value]
+
+
+def tls_context(options: Mapping[str, Any]) -> ssl.SSLContext:
+    """An SSL context from TLS options named, valued and defaulted as redis-py's `SSLConnection`
+    takes them (`ssl_cert_reqs` "required", `ssl_check_hostname` true, `ssl_ca_certs`,
+    `ssl_certfile`, ...), so that it trusts and presents what redis-py's client does.
+
+    Raises `ConfigurationError` for a value that means nothing, `OSError` (naming the option) for
+    a certificate or key that cannot be loaded.
+    """
+    mode = _verify_mode(options)
+    context = ssl.create_default_context()
+    # As redis-py: no name to check on a certificate that is not verified (and check_hostname
+    # must be off before verify_mode may be CERT_NONE).
+    context.check_hostname = mode != ssl.CERT_NONE and bool(options.get("ssl_check_hostname", True))
+    context.verify_mode = mode
+    for flag in options.get("ssl_include_verify_flags") or ():
+        context.verify_flags |= flag
+    for flag in options.get("ssl_exclude_verify_flags") or ():
+        context.verify_flags &= ~flag
+    certfile, keyfile = options.get("ssl_certfile"), options.get("ssl_keyfile")
+    if certfile:
+        try:
+            context.load_cert_chain(certfile, keyfile, options.get("ssl_password"))
+        except OSError as error:
+            shown = f"ssl_certfile={certfile!r}" + (f" ssl_keyfile={keyfile!r}" if keyfile else "")
+            raise OSError(f"TLS: cannot load {shown}: {error.strerror or error}") from error
+    authorities = {name: options.get(name) for name in ("ssl_ca_certs", "ssl_ca_path", "ssl_ca_data")}
+    if any(authorities.values()):
+        try:
+            context.load_verify_locations(*authorities.values())
+        except OSError as error:
+            shown = " ".join(
+                f"{name}={value!r}" for name, value in authorities.items() if value and name != "ssl_ca_data"
+            )
+            raise OSError(f"TLS: cannot load {shown or 'ssl_ca_data'}: {error.strerror or error}") from error
+    if options.get("ssl_min_version") is not None:
+        context.minimum_version = options["ssl_min_version"]
+    if options.get("ssl_ciphers") is not None:
+        context.set_ciphers(options["ssl_ciphers"])
+    return context
+
+
+# What a TLS alert from the server means for the store URL's options (OpenSSL's reason codes).
+_TLS_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
+        "the server requires a client certificate: set ssl_certfile and ssl_keyfile"
+    ),
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the client certificate (ssl_certfile)",
+}
+
+
+def _tls_problem(error: BaseException | None) -> str | None:
+    """What to fix in the TLS options when `error` is a TLS failure, else None."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the server's certificate is refused: {error.verify_message.rstrip('.')}; "
+            "check ssl_ca_certs and the host name in the store URL"
+        )
+    if isinstance(error, ssl.SSLError) and error.reason in _TLS_ALERTS:
+        return f"TLS: {_TLS_ALERTS[error.reason]}"
+    return None
 
 
 def _pack(args: tuple[str | int, ...]) -> bytes:
@@ -84,14 +169,32 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.owner._fail(WireError(f"connection lost: {exc or 'closed by server'}"), self)
+        reason = _tls_problem(exc) or exc or "closed by server"
+        self.owner._fail(WireError(f"connection lost: {reason}"), self)
 
 
 class Multiplexer:
-    """One lazily (re)connected Redis connection shared by every concurrent request."""
+    """One lazily (re)connected Redis connection shared by every concurrent request.
 
-    def __init__(self, url: str, *, timeout: float, connect_timeout: float) -> None:
+    A `rediss://` URL connects over TLS with the options of its query (see `tls_context`);
+    `tls` gives them for any other TCP URL (a node of a multi-host URL).
+    Raises `ConfigurationError` for a TLS option whose value means nothing.
+    """
+
+    def __init__(
+        self, url: str, *, timeout: float, connect_timeout: float, tls: Mapping[str, Any] | None = None
+    ) -> None:
         parts = urlsplit(url)
+        if tls is None and parts.scheme == "rediss":
+            try:
+                # redis-py's own parser: the two connections read the same values from the URL.
+                parsed: Mapping[str, Any] = parse_url(url)
+            except ValueError as error:
+                raise ConfigurationError(f"bad store URL: {error}") from None
+            tls = {name: value for name, value in parsed.items() if name.startswith("ssl_")}
+        if tls is not None:
+            _verify_mode(tls)
+        self._tls = tls
         query = parse_qs(parts.query)
         self._scheme = parts.scheme
         self._host = parts.hostname or "127.0.0.1"
@@ -214,7 +317,9 @@ class Multiplexer:
                 if self._scheme == "unix":
                     _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), self._path)
                 else:
-                    context = ssl.create_default_context() if self._scheme == "rediss" else None
+                    # Made at each connect: a certificate renewed on disk is taken up by the
+                    # next reconnect, and a missing file fails reads, not the construction.
+                    context = tls_context(self._tls) if self._tls is not None else None
                     _, protocol = await loop.create_connection(
                         lambda: _Protocol(self), self._host, self._port, ssl=context
                     )
@@ -226,6 +331,9 @@ class Multiplexer:
                     await self._send(protocol, _pack(("SELECT", self._db)))
         except (OSError, TimeoutError, WireError) as error:
             kind = error.kind if isinstance(error, WireError) else "connection"
+            problem = _tls_problem(error)
+            if problem is not None:
+                error = OSError(problem)
             if isinstance(error, TimeoutError):
                 kind, error = "timeout", TimeoutError(f"no connection within {self.connect_timeout}s")
             self._fail(WireError(f"cannot connect: {error}", kind))
@@ -245,6 +353,10 @@ class Multiplexer:
             self._watchdog.cancel()
             self._watchdog = None
 
+    def reopen(self) -> None:
+        """Undo `close`: the next request connects again (a validator started after a close)."""
+        self._closed = None
+
 
 class Wires(Protocol):
     """The multiplexed connections of a store's read path, chosen by a token's hash tag."""
@@ -257,6 +369,8 @@ class Wires(Protocol):
         Redis Cluster redirection or a node gone: redis-py follows them); learns from it."""
 
     def close(self) -> None: ...
+
+    def reopen(self) -> None: ...
 
 
 class SingleWire:
@@ -273,3 +387,6 @@ class SingleWire:
 
     def close(self) -> None:
         self.multiplexer.close()
+
+    def reopen(self) -> None:
+        self.multiplexer.reopen()
