@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import importlib.util
 import logging
 import os
 import re
@@ -95,12 +96,17 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------------ output
 
 
+def _has_rich() -> bool:
+    return importlib.util.find_spec("rich") is not None
+
+
 class Output:
     """Where results go: JSON, a rich table on a terminal, or plain text for pipes."""
 
     def __init__(self, *, as_json: bool) -> None:
         self.json = as_json
-        self.rich = not as_json and sys.stdout.isatty()
+        # Tables on a terminal need the `cli` extra (rich); without it, the plain text of pipes.
+        self.rich = not as_json and sys.stdout.isatty() and _has_rich()
 
     def data(self, value: Any) -> None:
         sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
@@ -604,7 +610,7 @@ def _read_import(
 
 @contextlib.contextmanager
 def _progress(total: int, show: bool) -> Iterator[Any]:
-    if not show:
+    if not show or not _has_rich():
         yield None
         return
     from rich.console import Console

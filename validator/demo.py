@@ -292,7 +292,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    import uvicorn  # the `demo` extra
+    try:
+        import uvicorn  # the `demo` extra
+        import uvloop  # noqa: F401  # uvicorn runs on it (loop="uvloop")
+    except ImportError:
+        print(
+            "the demo needs the `demo` extra: pip install 'token-access-validator[demo]' "
+            "(or run scripts/demo)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
 
     seed_store = args.seed if args.seed is not None else args.store.startswith("memory://")
     display_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104

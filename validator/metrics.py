@@ -12,14 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import (
-    REGISTRY,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector, CollectorRegistry
+try:
+    from prometheus_client.core import (
+        REGISTRY,
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+    from prometheus_client.registry import Collector, CollectorRegistry
+except ImportError as missing:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "validator.metrics needs the `metrics` extra: pip install 'token-access-validator[metrics]'"
+    ) from missing
 
 from validator.breaker import BreakerState
 from validator.core import READ_LATENCY_BUCKETS, Validator
