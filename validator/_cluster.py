@@ -296,3 +296,8 @@ class ClusterWires:
         self._by_slot = [None] * SLOTS
         for wire in nodes.values():
             wire.close()
+
+    def reopen(self) -> None:
+        """Undo `close`: routes are learnt again from the next layout."""
+        self._closed = False
+        self._layout = None

@@ -244,3 +244,7 @@ class SentinelWire:
         if self._wire is not None:
             self._wire.close()
             self._wire = None
+
+    def reopen(self) -> None:
+        """Undo `close`: the next read connects to the master the sentinels name."""
+        self._closed = False

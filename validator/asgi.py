@@ -345,6 +345,8 @@ class TokenAccessMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
         if scope_type not in ("http", "websocket"):
+            if scope_type == "lifespan":
+                send = self._lifespan_send(send)
             await self.app(scope, receive, send)
             return
         try:
@@ -413,6 +415,24 @@ class TokenAccessMiddleware:
         if self.cors and origin and scope_type == "http" and _ECHOABLE.fullmatch(origin):
             send = _with_cors(send, origin)
         await self.app(scope, receive, send)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        # The app keeps its own lifespan; the validator starts with it and is closed once the
+        # app has shut down, so nobody has to remember `connect()`/`close()`.
+        validator = self.validator
+
+        async def send_through(message: Message) -> None:
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
+                validator.start()
+            elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                try:
+                    await validator.close()
+                except Exception:
+                    log.warning("closing the validator at shutdown failed", exc_info=True)
+            await send(message)
+
+        return send_through
 
     # -------------------------------------------------------------------------- reading
 

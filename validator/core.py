@@ -194,6 +194,9 @@ class Validator:
         # not count (see `_marker_changed`).
         self._marker_epoch = 0
         self._barriers: dict[str, asyncio.Future[None]] = {}
+        self._started = False
+        self._closed = False
+        self._eviction_check: asyncio.Future[None] | None = None
         # Hashes of tokens whose unreadable record was logged: once each, until read again.
         self._unreadable_logged: set[str] = set()
 
@@ -236,30 +239,50 @@ class Validator:
     ) -> None:
         await self.close()
 
-    async def connect(self, *, wait: float | None = 1.0) -> None:
-        """Start listening for invalidations, waiting up to `wait` seconds for the listener.
-
-        An unreachable store is not an error here: checks fail closed until it answers.
-        """
+    def start(self) -> None:
+        """Start what runs beside the checks: the invalidation listener, the denial log writer,
+        the eviction-policy check. Idempotent and synchronous, so the first `check()` calls it
+        itself and a thousand concurrent first requests cannot race: nobody has to remember it.
+        Needs a running event loop."""
+        if self._started:
+            return
+        if self._closed:
+            self.store.reopen()
+            self._closed = False
+        self._started = True
         self.store.local_listeners.append(self.cache.invalidate)
         if self.denial_log is not None:
             self.denial_log.start()
+        if self.listener is not None:
+            self.listener.start()
         # An evicted record is a token left unrestricted: say so at start (SPEC.md, "eviction is a wipe").
-        await self.store.log_eviction_risk()
-        if self.listener is None:
-            if self.store.url.startswith("memory:") and self.require_marker:
-                # An in-process store cannot be wiped behind our back: it is sound by construction.
-                await self.store.write_marker()
-            return
-        self.listener.start()
-        if wait:
+        self._eviction_check = asyncio.ensure_future(self.store.log_eviction_risk())
+        self._eviction_check.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def connect(self, *, wait: float | None = 1.0) -> None:
+        """`start()`, then wait up to `wait` seconds for the invalidation listener (and the
+        eviction-policy check) so that the first checks are already coherent.
+
+        Optional: `check()` starts the validator itself. An unreachable store is not an error
+        here: checks fail closed until it answers.
+        """
+        self.start()
+        if self._eviction_check is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._eviction_check)
+        if self.listener is not None and wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.listener.connected.wait(), wait)
 
     async def close(self) -> None:
-        """Stop listening and release connections."""
+        """Stop listening and release connections (a later `check()` starts again)."""
+        self._started = False
+        self._closed = True
         with contextlib.suppress(ValueError):
             self.store.local_listeners.remove(self.cache.invalidate)
+        if self._eviction_check is not None and not self._eviction_check.done():
+            self._eviction_check.cancel()
+        self._eviction_check = None
         if self.listener is not None:
             await self.listener.stop()
         if self.denial_log is not None:
@@ -445,6 +468,9 @@ class Validator:
             self._counts[id(result)] += 1
             return result
         self.misses += 1
+        if not self._started:
+            # Only a miss can be a first use (a hit needs an earlier miss), so hits pay nothing.
+            self.start()
         if not is_token(token, self.max_token_length):
             # No such token was ever issued (SPEC.md): no read, nothing cached, nothing for the
             # denial log to keep. Only misses pay this: a cached token passed it to be cached.

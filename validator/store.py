@@ -274,7 +274,8 @@ class Store:
         """Build a store from a URL.
 
         - `memory://[name]`: in-process; stores with the same name share data within a process;
-        - `redis://`, `rediss://`, `unix://`: one Redis server (redis-py's URL syntax);
+        - `redis://`, `rediss://`, `unix://`: one Redis server (redis-py's URL syntax; over TLS
+          the options `ssl_cert_reqs`, `ssl_ca_certs`, ... serve both its connections);
         - `redis+cluster://[[user]:password@]host:port[,host:port...]`: a Redis Cluster, found
           from any of the startup nodes; option `max_connections` (per node);
         - `redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name`: the master
@@ -291,7 +292,13 @@ class Store:
         common: dict[str, Any] = {"secret": key, "key_prefix": key_prefix, "limit": limit, "url": url}
         client: aioredis.Redis
         if scheme == "memory":
-            import fakeredis  # in-process store only: not imported for real Redis
+            try:
+                import fakeredis  # in-process store only: not imported for real Redis
+            except ImportError:
+                raise ConfigurationError(
+                    "the memory:// store needs the `memory` extra: "
+                    "pip install 'token-access-validator[memory]'"
+                ) from None
 
             name = url[len("memory://") :]
             with _MEMORY_LOCK:
@@ -313,7 +320,7 @@ class Store:
             topology = _cluster.ClusterTopology(
                 cluster, parsed, timeout=timeout, connect_timeout=connect_timeout
             )
-            # Over TLS, reads stay on redis-py: the multiplexer knows no certificate options.
+            # Over TLS, reads stay on redis-py: multiplexed TLS is tested on one server only.
             wires = (
                 None
                 if parsed.tls
@@ -637,6 +644,11 @@ class Store:
     async def ping(self) -> None:
         with _store_errors():
             await self.client.ping()
+
+    def reopen(self) -> None:
+        """Undo `close` (redis-py's clients reconnect by themselves; the read wires are told)."""
+        if self._wires is not None:
+            self._wires.reopen()
 
     async def close(self) -> None:
         if self._wires is not None:
