@@ -1,7 +1,7 @@
 """The three servers of the `middleware` benchmark, as uvicorn app factories.
 
 `uvicorn --factory benchmarks._apps:NAME`, NAME one of `none`, `ours`, `base_http`: the demo app
-of `validator.demo` (GET /v1/hello) on an in-process `memory://` store seeded with the demo's
+of `validator.web.demo` (GET /v1/hello) on an in-process `memory://` store seeded with the demo's
 tokens, served with no middleware, with `TokenAccessMiddleware` exactly as the demo builds it,
 or with the same check written by hand as a Starlette `BaseHTTPMiddleware`.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from validator import Validator
-from validator.asgi import ASGIApp
-from validator.demo import DemoApp, api
+from validator.web.demo import DemoApp, api
+from validator.web.middleware import ASGIApp
 
 __all__ = ["base_http", "none", "ours"]
 
@@ -25,7 +25,7 @@ def none() -> ASGIApp:
 
 
 def ours() -> ASGIApp:
-    """The demo as `python -m validator.demo` serves it: `TokenAccessMiddleware` around the API."""
+    """The demo as `python -m validator.web.demo` serves it: `TokenAccessMiddleware` around the API."""
     return DemoApp(Validator.from_url("memory://bench"), seed=True)
 
 

@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 
 from validator import Admin, Restrictions
-from validator.admin import PreparedPut
+from validator.admin.api import PreparedPut
 
 __all__ = [
     "SECRET",

@@ -22,8 +22,9 @@ from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 
 from benchmarks._rawclient import RawRedis
-from validator import _cluster, _sentinel
-from validator._urls import MultiHostURL, parse_multihost
+from validator.store import cluster as _cluster
+from validator.store import sentinel as _sentinel
+from validator.store.urls import MultiHostURL, parse_multihost
 
 __all__ = ["Kind", "RawRouter", "forget", "kind", "plain_client"]
 

@@ -62,7 +62,7 @@ def _check_cached(validator: Validator, requests: list[Request]) -> int:
     check = validator.check_cached
     start = time.perf_counter_ns()
     for token_, origin, client_ip in requests:
-        check(token_, origin, None, False, client_ip)
+        check(token_, origin=origin, client_ip=client_ip)
     return time.perf_counter_ns() - start
 
 
@@ -92,7 +92,7 @@ async def _warm(validator: Validator, requests: list[Request]) -> None:
 
 def _verify(validator: Validator, requests: list[Request], allowed: bool) -> None:
     for token_, origin, client_ip in requests:
-        decision = validator.check_cached(token_, origin, None, False, client_ip)
+        decision = validator.check_cached(token_, origin=origin, client_ip=client_ip)
         if decision is None or decision.allowed is not allowed:
             raise RuntimeError(
                 f"hotpath: {token_} gave {decision}, expected allowed={allowed} from the cache"

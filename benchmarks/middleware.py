@@ -2,7 +2,7 @@
 
 Three uvicorn servers run side by side, each a separate process (`uvicorn --factory
 benchmarks._apps:NAME --loop uvloop --http httptools --workers 1 --no-access-log --log-level
-warning --no-proxy-headers`), serving `GET /v1/hello` of `validator.demo`:
+warning --no-proxy-headers`), serving `GET /v1/hello` of `validator.web.demo`:
 
 - no middleware (the ceiling);
 - `TokenAccessMiddleware`, built exactly as the demo builds it;

@@ -9,13 +9,14 @@ async with Validator.from_url("redis://localhost:6379/0", secret="...") as valid
 from __future__ import annotations
 
 from validator.admin import Admin, Change
-from validator.core import Validator
+from validator.core import Settings, Stats, Validator
 from validator.errors import (
     ConfigurationError,
     InvalidEntry,
     LimitExceeded,
     StoreNotInitialised,
     StoreUnavailable,
+    StoreUnmarked,
     ValidatorError,
 )
 from validator.model import Decision, Mode, Reason, Restrictions, Source
@@ -31,10 +32,13 @@ __all__ = [
     "Mode",
     "Reason",
     "Restrictions",
+    "Settings",
     "Source",
+    "Stats",
     "Store",
     "StoreNotInitialised",
     "StoreUnavailable",
+    "StoreUnmarked",
     "Validator",
     "ValidatorError",
 ]

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from validator.cli import main
+from validator.admin.cli import main
 
 raise SystemExit(main())

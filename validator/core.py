@@ -13,11 +13,12 @@ from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any, Literal, TypedDict, Unpack
 
+import msgspec
+
 from validator.breaker import BreakerState, CircuitBreaker
-from validator.cache import Cache
+from validator.cache import Cache, Entry
 from validator.denials import DenialLog
-from validator.errors import ConfigurationError, StoreUnavailable
-from validator.invalidation import InvalidationListener
+from validator.errors import ConfigurationError, StoreUnavailable, StoreUnmarked
 from validator.model import (
     ALL_DECISIONS,
     DEFAULT_MAX_TOKEN_LENGTH,
@@ -29,8 +30,9 @@ from validator.model import (
     is_token,
     reported,
 )
-from validator.rules import TokenRules, classify, compile_rules
+from validator.rules.decide import TokenRules, classify, compile_rules
 from validator.store import DEFAULT_KEY_PREFIX, Store, UnreadableRecord, fingerprint, parse_read, wrong_type
+from validator.store.invalidation import InvalidationListener
 
 __all__ = ["Settings", "Validator"]
 
@@ -39,8 +41,21 @@ log = logging.getLogger("validator")
 _MALFORMED = decision(False, Reason.MALFORMED_TOKEN)
 
 
-class _StoreNotSound(StoreUnavailable):
-    """The store answers but carries no (or another secret's) marker: not a connection failure."""
+class Stats(msgspec.Struct, frozen=True):
+    """A validator's counters at one moment (`Validator.stats`), read-only."""
+
+    decisions: dict[Decision, int]
+    """How many times each decision was made."""
+    misses: int
+    """Checks not answered by the local cache."""
+    failed_closed: int
+    """Checks refused because the store was unavailable."""
+    store_errors: int
+    """Failed store reads."""
+    read_latency_sum: float
+    """Seconds spent in store reads, in total."""
+    read_latency_counts: tuple[int, ...]
+    """Store reads per latency bucket (`READ_LATENCY_BUCKETS`, then one for slower reads)."""
 
 
 class Settings(TypedDict, total=False):
@@ -158,11 +173,11 @@ class Validator:
         self._fast_reads = 0
         # Statistics, read by `validator.metrics` (plain ints: the hot path can afford those).
         self._counts: dict[int, int] = dict.fromkeys(map(id, ALL_DECISIONS), 0)
-        self.misses = 0
-        self.failed_closed = 0
-        self.store_errors = 0
-        self.read_latency_sum = 0.0
-        self.read_latency_counts = [0] * (len(READ_LATENCY_BUCKETS) + 1)
+        self._misses = 0
+        self._failed_closed = 0
+        self._store_errors = 0
+        self._read_latency_sum = 0.0
+        self._read_latency_counts = [0] * (len(READ_LATENCY_BUCKETS) + 1)
         self.denial_log: DenialLog | None = None
         if s["denial_log"]:
             self.denial_log = DenialLog(
@@ -411,27 +426,41 @@ class Validator:
         if sound is None:
             raise StoreUnavailable("restriction store marker kept changing while being read")
         if not sound:
-            raise _StoreNotSound("restriction store has no marker (wiped or not initialised): failing closed")
+            raise StoreUnmarked("restriction store has no marker (wiped or not initialised): failing closed")
 
     # ------------------------------------------------------------------ checks
 
     def check_cached(
         self,
         token: str,
+        *,
         origin: str | None = None,
         referer: str | None = None,
         sec_fetch: bool = False,
         client_ip: str | None = None,
-        *,
         report_only: bool = False,
     ) -> Decision | None:
         """The decision from the local cache alone, or None when the token is not cached fresh.
 
-        Synchronous: the fast path for callers that can skip an `await` on a hit.
+        Synchronous: the fast path for callers that can skip an `await` on a hit. The arguments
+        are those of `check`.
         """
         entry = self.cache.fresh(token)
         if entry is None:
             return None
+        return self._hit(entry, origin, referer, sec_fetch, client_ip, report_only=report_only)
+
+    def _hit(
+        self,
+        entry: Entry[TokenRules],
+        origin: str | None,
+        referer: str | None,
+        sec_fetch: bool,
+        client_ip: str | None,
+        *,
+        report_only: bool,
+    ) -> Decision:
+        """The decision for a fresh cache entry: the one hit path of `check` and `check_cached`."""
         result = entry.value.decide(origin, referer, sec_fetch, client_ip)
         if not result.allowed or result.reported:
             return self._decided(entry.token_hash, result, report_only, origin or referer, client_ip)
@@ -462,12 +491,8 @@ class Validator:
         """
         entry = self.cache.fresh(token)
         if entry is not None:
-            result = entry.value.decide(origin, referer, sec_fetch, client_ip)
-            if not result.allowed or result.reported:
-                return self._decided(entry.token_hash, result, report_only, origin or referer, client_ip)
-            self._counts[id(result)] += 1
-            return result
-        self.misses += 1
+            return self._hit(entry, origin, referer, sec_fetch, client_ip, report_only=report_only)
+        self._misses += 1
         if not self._started:
             # Only a miss can be a first use (a hit needs an earlier miss), so hits pay nothing.
             self.start()
@@ -530,21 +555,29 @@ class Validator:
             result = decision(True, Reason.STORE_UNAVAILABLE, classify(origin, referer, sec_fetch))
             self._counts[id(result)] += 1
             return result
-        self.failed_closed += 1
+        self._failed_closed += 1
         if error is None:
             error = StoreUnavailable("restriction store failing: circuit open, not waiting for it")
         raise error
 
     # ------------------------------------------------------------------ statistics
 
-    def decision_counts(self) -> dict[Decision, int]:
-        """How many times each decision was made (for metrics)."""
-        return {d: self._counts[id(d)] for d in ALL_DECISIONS}
+    @property
+    def stats(self) -> Stats:
+        """A read-only snapshot of this validator's counters (`validator.metrics` exports them)."""
+        return Stats(
+            decisions={d: self._counts[id(d)] for d in ALL_DECISIONS},
+            misses=self._misses,
+            failed_closed=self._failed_closed,
+            store_errors=self._store_errors,
+            read_latency_sum=self._read_latency_sum,
+            read_latency_counts=tuple(self._read_latency_counts),
+        )
 
     def _observe_read(self, started: float) -> None:
         elapsed = time.monotonic() - started
-        self.read_latency_sum += elapsed
-        self.read_latency_counts[bisect.bisect_left(READ_LATENCY_BUCKETS, elapsed)] += 1
+        self._read_latency_sum += elapsed
+        self._read_latency_counts[bisect.bisect_left(READ_LATENCY_BUCKETS, elapsed)] += 1
 
     def _start_read(self, token_hash: str) -> Awaitable[tuple[TokenRules, bool]]:
         # The common case, a sound store with a live invalidation connection and a closed
@@ -642,12 +675,12 @@ class Validator:
 
     def _read_failed(self, token_hash: str, error: BaseException) -> StoreUnavailable:
         """Report a failed read to the breaker; the error for the caller."""
-        if isinstance(error, _StoreNotSound):
+        if isinstance(error, StoreUnmarked):
             # The store answered, so the circuit has nothing to open for: the marker check
             # alone fails checks closed, and re-reads the marker until an `init` or a restore.
             self.breaker.success()
             return error
-        self.store_errors += 1
+        self._store_errors += 1
         if isinstance(error, UnreadableRecord) or wrong_type(error):
             # One token's record, not the store: one bad record must not open the circuit for
             # every token.

@@ -21,28 +21,15 @@ import collections
 import contextlib
 import logging
 import time
-from typing import NamedTuple
 
 from validator.errors import ConfigurationError, StoreUnavailable
-from validator.matching import origin_of, request_host
-from validator.model import Decision, Reason, Source
+from validator.model import Decision, DeniedRequest, Reason, Source
+from validator.rules.request import origin_of, request_host
 from validator.store import Store, fingerprint
 
-__all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]
+__all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]  # DeniedRequest: a record of `model`
 
 log = logging.getLogger("validator")
-
-
-class DeniedRequest(NamedTuple):
-    """One denial as queued and as stored (stream fields: at, source, seen, reason, mode, origin)."""
-
-    at_ms: int
-    token_hash: str
-    source: str
-    seen: str  # the request's domain or client IP ("-" when it had none)
-    reason: str
-    mode: str  # "enforce": it was denied; "report": report-only let it through
-    origin: str  # front end: scheme://host[:port] of Origin/Referer (never a path), for replay
 
 
 # Reasons that mean the token has no stored record: its denials go to the unknown-token log.

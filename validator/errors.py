@@ -8,6 +8,7 @@ __all__ = [
     "LimitExceeded",
     "StoreNotInitialised",
     "StoreUnavailable",
+    "StoreUnmarked",
     "ValidatorError",
 ]
 
@@ -35,6 +36,12 @@ class LimitExceeded(ValidatorError):
 
 class StoreUnavailable(ValidatorError):
     """The restriction store could not be reached or answered with an error."""
+
+
+class StoreUnmarked(StoreUnavailable):
+    """A check refused (failed closed): the store answers but carries no marker (never
+    initialised, or wiped) or the marker of another secret. Validators read the marker again
+    until `Admin.init` or a restore (`validator-admin import --restore`) makes the store sound."""
 
 
 class StoreNotInitialised(ValidatorError):

@@ -47,12 +47,13 @@ class ValidatorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         v, ns = self.validator, self.namespace
+        stats = v.stats
         decisions = CounterMetricFamily(
             f"{ns}_decisions",
             "Access decisions by outcome (allowed, denied, reported), rule and request source",
             labels=["outcome", "reason", "source"],
         )
-        for decision, count in v.decision_counts().items():
+        for decision, count in stats.decisions.items():
             if count:
                 source = decision.source.value if decision.source is not None else "none"
                 decisions.add_metric(
@@ -60,13 +61,15 @@ class ValidatorCollector(Collector):
                 )
         yield decisions
         yield CounterMetricFamily(
-            f"{ns}_failed_closed", "Checks refused because the store was unavailable", value=v.failed_closed
+            f"{ns}_failed_closed",
+            "Checks refused because the store was unavailable",
+            value=stats.failed_closed,
         )
 
         cache = v.cache
         yield GaugeMetricFamily(f"{ns}_cache_entries", "Tokens in the local cache", value=len(cache))
         yield CounterMetricFamily(
-            f"{ns}_cache_misses", "Checks not answered by the local cache", value=v.misses
+            f"{ns}_cache_misses", "Checks not answered by the local cache", value=stats.misses
         )
         yield CounterMetricFamily(
             f"{ns}_cache_evictions",
@@ -84,7 +87,7 @@ class ValidatorCollector(Collector):
             value=cache.expirations,
         )
 
-        counts = v.read_latency_counts
+        counts = stats.read_latency_counts
         cumulative, buckets = 0, []
         for bound, count in zip((*map(str, READ_LATENCY_BUCKETS), "+Inf"), counts, strict=True):
             cumulative += count
@@ -93,9 +96,9 @@ class ValidatorCollector(Collector):
             f"{ns}_store_read_seconds",
             "Latency of reading one token's restrictions from the store",
             buckets=buckets,
-            sum_value=v.read_latency_sum,
+            sum_value=stats.read_latency_sum,
         )
-        yield CounterMetricFamily(f"{ns}_store_errors", "Failed store reads", value=v.store_errors)
+        yield CounterMetricFamily(f"{ns}_store_errors", "Failed store reads", value=stats.store_errors)
         breaker = GaugeMetricFamily(
             f"{ns}_circuit_breaker_state", "1 for the store circuit breaker's current state", labels=["state"]
         )

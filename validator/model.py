@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+from typing import NamedTuple
 
 import msgspec
 
@@ -12,6 +13,7 @@ __all__ = [
     "DEFAULT_MAX_TOKEN_LENGTH",
     "MAX_TOKEN_LENGTH",
     "Decision",
+    "DeniedRequest",
     "Mode",
     "Reason",
     "Restrictions",
@@ -120,8 +122,9 @@ def reported(denial: Decision) -> Decision:
 class Restrictions(msgspec.Struct, kw_only=True):
     """One token's stored restrictions, as the admin sees them.
 
-    `domains` and `ips` hold normalised entries (see `validator.matching`). `version` grows by
-    one with every write, so two reads can tell whether anything changed in between.
+    `domains` and `ips` hold normalised entries (see `validator.rules.entries` and
+    `validator.rules.networks`). `version` grows by one with every write, so two reads can tell
+    whether anything changed in between.
     """
 
     domain_enabled: bool = False
@@ -130,3 +133,15 @@ class Restrictions(msgspec.Struct, kw_only=True):
     ips: list[str] = msgspec.field(default_factory=list)
     version: int = 0
     mode: Mode = Mode.ENFORCE
+
+
+class DeniedRequest(NamedTuple):
+    """One denial as queued and as stored (stream fields: at, source, seen, reason, mode, origin)."""
+
+    at_ms: int
+    token_hash: str
+    source: str
+    seen: str  # the request's domain or client IP ("-" when it had none)
+    reason: str
+    mode: str  # "enforce": it was denied; "report": report-only let it through
+    origin: str  # front end: scheme://host[:port] of Origin/Referer (never a path), for replay

@@ -30,7 +30,7 @@ HOST_RULES = "MAP app.test 127.0.0.1, MAP evil.test 127.0.0.1, MAP api.test 127.
 
 
 class DemoProcess:
-    """`python -m validator.demo` on a free loopback port, ready when `/` answers."""
+    """`python -m validator.web.demo` on a free loopback port, ready when `/` answers."""
 
     def __init__(self, *args: str) -> None:
         self.port = free_port()
@@ -42,7 +42,15 @@ class DemoProcess:
         return f"http://{host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
-        command = [sys.executable, "-m", "validator.demo", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "validator.web.demo",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         env = {**os.environ, "VALIDATOR_SECRET": SECRET}
         with self.log.open("wb") as log:
             self.process = subprocess.Popen([*command, *self.args], stdout=log, stderr=log, env=env)

@@ -1,4 +1,4 @@
-"""Issue 12 item 13: `python -m validator.demo --access-log` under a real uvicorn never writes a
+"""Issue 12 item 13: `python -m validator.web.demo --access-log` under a real uvicorn never writes a
 token sent in the query in clear, while the requests that carried it were served."""
 
 from __future__ import annotations

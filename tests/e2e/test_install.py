@@ -61,7 +61,7 @@ def test_the_wheel_ships_the_lua_scripts_and_the_type_marker(dist: Path) -> None
     (wheel,) = dist.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "validator/py.typed" in names
-    assert {"validator/lua/read.lua", "validator/lua/write.lua"} <= names
+    assert {"validator/store/lua/read.lua", "validator/store/lua/write.lua"} <= names
 
 
 def test_a_plain_install_pulls_only_what_the_library_imports(plain: Path) -> None:
@@ -102,7 +102,7 @@ def test_the_middleware_works_on_a_plain_install(plain: Path, tmp_path: Path) ->
             f"""
             import asyncio, json
             from validator import Admin, Restrictions, Validator
-            from validator.asgi import TokenAccessMiddleware
+            from validator.web.middleware import TokenAccessMiddleware
 
             async def app(scope, receive, send):
                 await send({{"type": "http.response.start", "status": 200, "headers": []}})

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from tests.redis_servers import RedisProcess
 from validator import Admin, Reason, StoreUnavailable, Validator
 from validator.core import Settings
-from validator.invalidation import CLIENT_NAME
+from validator.store.invalidation import CLIENT_NAME
 
 SECRET = "fault-secret"
 CLIENT_IP = "198.51.100.20"  # listed for the "allowed" tokens, not for the "denied" ones

@@ -17,10 +17,10 @@ from redis.exceptions import ResponseError
 
 from tests.redis_cluster import Backend
 from validator import Admin, LimitExceeded, Reason, Restrictions, StoreUnavailable, Validator
-from validator._cluster import ClusterWires
-from validator._sentinel import SentinelWire
-from validator._wire import SingleWire
-from validator.admin import ImportLine
+from validator.admin.api import ImportLine
+from validator.store.cluster import ClusterWires
+from validator.store.sentinel import SentinelWire
+from validator.store.wire import SingleWire
 
 SECRET = "backend-secret"
 TOKEN = "tok_live_5f3c9a1e2b"

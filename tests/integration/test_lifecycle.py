@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from validator import Admin, Reason, Restrictions, Validator
-from validator.asgi import Message, Receive, Scope, Send, TokenAccessMiddleware
+from validator.web.middleware import Message, Receive, Scope, Send, TokenAccessMiddleware
 
 TOKEN = "tok_lifecycle_3b1f"
 LISTED = "203.0.113.7"

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from tests.redis_cluster import Backend
 from validator import Admin, Reason, Restrictions, StoreNotInitialised, StoreUnavailable, Validator
-from validator.admin import ImportLine, PreparedPut
+from validator.admin.api import ImportLine, PreparedPut
 
 SECRET = "marker-test-secret"
 TOKEN = "tok_marker_do_not_print"

@@ -31,7 +31,7 @@ import redis
 
 from tests.redis_servers import RedisProcess
 from validator import Admin
-from validator.admin import ImportLine
+from validator.admin.api import ImportLine
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # The store every example names; replaced by the test server's URL before anything runs.

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
 from validator import Admin, InvalidEntry, LimitExceeded, Restrictions, Store
-from validator._wire import Multiplexer
+from validator.store.wire import Multiplexer
 
 TOKEN = "tok_live_5f3c9a1e2b"
 

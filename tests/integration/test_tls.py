@@ -18,7 +18,7 @@ from redis.asyncio.connection import SSLConnection, parse_url
 
 from tests.redis_servers import RedisProcess, free_port
 from validator import Admin, ConfigurationError, Reason, Store, StoreUnavailable, Validator
-from validator._wire import Multiplexer, SingleWire, tls_context
+from validator.store.wire import Multiplexer, SingleWire, tls_context
 
 TOKEN = "tok_tls"
 SECRET = "tls-secret"

@@ -72,7 +72,7 @@ async def test_cached_token_needs_no_redis(admin: Admin, validator: Validator, r
     await raw.config_resetstat()
     for _ in range(100):
         assert (await validator.check(TOKEN, origin="https://app.example.com")).allowed
-        assert validator.check_cached(TOKEN, "https://app.example.com") is not None
+        assert validator.check_cached(TOKEN, origin="https://app.example.com") is not None
     assert await evalsha_calls(raw) == 0
 
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from tests.redis_servers import RedisProcess, free_port
 from validator import Admin, Store, StoreUnavailable
-from validator._wire import Multiplexer, WireError
+from validator.store.wire import Multiplexer, WireError
 
 TOKEN = "tok_wire"
 

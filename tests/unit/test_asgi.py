@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from validator import Admin, Reason, Restrictions, Source, Validator
-from validator.asgi import Message, Scope, TokenAccessMiddleware
 from validator.errors import ConfigurationError
+from validator.web.middleware import Message, Scope, TokenAccessMiddleware
 
 FORBIDDEN_BODY = b'{"error": "Access denied. You don\'t have permission to access this."}'
 LISTED_ORIGIN = b"https://app.example.com"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_asgi import Headers, Recorder, Reply, call
 from validator import Admin, Restrictions, Validator
-from validator.asgi import TokenAccessMiddleware
+from validator.web.middleware import TokenAccessMiddleware
 
 RESTRICTIONS = Restrictions(
     domain_enabled=True, ip_enabled=True, domains=["app.example.com"], ips=["203.0.113.7"]

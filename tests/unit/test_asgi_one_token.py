@@ -20,8 +20,8 @@ from starlette.routing import Route
 
 from tests.unit.test_asgi import FORBIDDEN_BODY, LISTED_IP, OTHER_IP, Headers, Recorder, call
 from validator import Admin, Reason, Restrictions, Validator
-from validator.asgi import TokenAccessMiddleware
 from validator.errors import ConfigurationError
+from validator.web.middleware import TokenAccessMiddleware
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -182,7 +182,7 @@ async def test_malformed_token_is_denied_without_a_look_up(
 ) -> None:
     reply = await call(middleware, headers, query=query, client=(LISTED_IP, 1))
     assert (reply.status, reply.body, app.scopes) == (403, FORBIDDEN_BODY, [])
-    assert (sum(validator.read_latency_counts), len(validator.cache)) == (0, 0)
+    assert (sum(validator.stats.read_latency_counts), len(validator.cache)) == (0, 0)
 
 
 async def test_visible_ascii_token_of_max_length_is_checked(middleware: TokenAccessMiddleware) -> None:

@@ -10,8 +10,9 @@ import pytest
 
 from tests.unit.test_asgi import Headers, Recorder, call, key
 from validator import Admin, Reason, Restrictions, Validator
-from validator import asgi as asgi_module
-from validator.asgi import TokenAccessMiddleware, _forwarded_hops, _TrustedHosts, _x_forwarded_for_hops
+from validator.web import proxy_headers
+from validator.web.middleware import TokenAccessMiddleware
+from validator.web.proxy_headers import _forwarded_hops, _TrustedHosts, _x_forwarded_for_hops
 
 LISTED_IP = "203.0.113.7"
 PROXY = "10.0.0.2"
@@ -50,7 +51,7 @@ def test_no_ipaddress_parsing_where_a_literal_decides(monkeypatch: pytest.Monkey
     def fail(text: str) -> None:
         raise AssertionError(f"parsed {text!r}")
 
-    monkeypatch.setattr(asgi_module, "parse_ip", fail)
+    monkeypatch.setattr(proxy_headers, "parse_ip", fail)
     assert "127.0.0.1" in trusted
     assert "2001:db8::1" in trusted
     assert "198.51.100.1" not in trusted

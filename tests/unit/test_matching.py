@@ -7,7 +7,11 @@ import ipaddress
 import pytest
 
 from validator.errors import InvalidEntry
-from validator.matching import DomainSet, IPSet, host_of, normalize_domain, normalize_ip, parse_ip
+from validator.rules.domains import DomainSet
+from validator.rules.entries import normalize_domain
+from validator.rules.ips import IPSet, parse_ip
+from validator.rules.networks import normalize_ip
+from validator.rules.request import host_of
 
 # ------------------------------------------------------------------------------ host_of
 

@@ -8,7 +8,9 @@ from urllib.parse import urlsplit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from validator.matching import DomainSet, IPSet, _v4_int, host_of, is_hostname
+from validator.rules.domains import DomainSet
+from validator.rules.ips import IPSet, _v4_int
+from validator.rules.request import host_of, is_hostname
 
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 hostname = st.lists(label, min_size=1, max_size=4).map(".".join)

@@ -11,18 +11,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from validator import Admin, Validator
-from validator.admin import ImportLine
-from validator.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
+from validator.admin.api import ImportLine
+from validator.admin.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
 from validator.errors import ConfigurationError, InvalidEntry
-from validator.matching import (
-    IPSet,
-    canonical_domain,
-    canonical_ip,
-    check_min_prefixes,
-    ip_removals,
-    normalize_domain,
-    normalize_ip,
-)
+from validator.rules.entries import canonical_domain, normalize_domain
+from validator.rules.ips import IPSet
+from validator.rules.networks import canonical_ip, check_min_prefixes, ip_removals, normalize_ip
 
 TOKEN = "tok_hardened"
 
@@ -233,7 +227,7 @@ def test_entries_below_a_public_suffix_are_accepted(entry: str) -> None:
 
 
 def test_the_public_suffix_list_stays_off_the_request_path() -> None:
-    probe = "import sys, validator, validator.asgi; print('publicsuffixlist' in sys.modules)"
+    probe = "import sys, validator, validator.web.middleware; print('publicsuffixlist' in sys.modules)"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )

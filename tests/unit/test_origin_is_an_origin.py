@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from validator.matching import DomainSet, host_of, origin_of
 from validator.model import Reason, Restrictions
-from validator.rules import compile_rules
+from validator.rules.decide import compile_rules
+from validator.rules.domains import DomainSet
+from validator.rules.request import host_of, origin_of
 
 LISTED = DomainSet(["app.example.com", "*.example.com", "https://shop.test"])
 RULES = compile_rules(Restrictions(domain_enabled=True, domains=["app.example.com", "*.example.com"]))

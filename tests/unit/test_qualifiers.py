@@ -13,9 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from validator.errors import InvalidEntry
-from validator.matching import DomainSet, host_of, normalize_domain, origin_of
 from validator.model import Reason, Restrictions
-from validator.rules import TokenRules
+from validator.rules.decide import TokenRules
+from validator.rules.domains import DomainSet
+from validator.rules.entries import normalize_domain
+from validator.rules.request import host_of, origin_of
 
 # ------------------------------------------------------------------------------ stored form
 

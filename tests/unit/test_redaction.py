@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from uvicorn.logging import AccessFormatter
 
-from validator.redaction import RedactTokens, uvicorn_log_config
+from validator.web.redaction import RedactTokens, uvicorn_log_config
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -76,7 +76,10 @@ def test_custom_names() -> None:
 
 def test_uvicorn_log_config_filters_both_uvicorn_loggers() -> None:
     config = uvicorn_log_config(names=["key"])
-    assert config["filters"]["redact_tokens"] == {"()": "validator.redaction.RedactTokens", "names": ["key"]}
+    assert config["filters"]["redact_tokens"] == {
+        "()": "validator.web.redaction.RedactTokens",
+        "names": ["key"],
+    }
     assert config["loggers"]["uvicorn.access"]["filters"] == ["redact_tokens"]
     assert config["loggers"]["uvicorn.error"]["filters"] == ["redact_tokens"]
     assert config["handlers"]["access"]["formatter"] == "access"  # uvicorn's own, kept

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from validator.model import Decision, Mode, Reason, Restrictions, Source, decision, reported
-from validator.rules import ReportOnlyRules, TokenRules, compile_rules
+from validator.rules.decide import ReportOnlyRules, TokenRules, compile_rules
 
 RESTRICTIONS = dict(domain_enabled=True, ip_enabled=True, domains=["app.example.com"], ips=["203.0.113.7"])
 

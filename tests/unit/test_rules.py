@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from validator.model import Reason, Restrictions, Source
-from validator.rules import TokenRules, classify
+from validator.rules.decide import TokenRules, classify
 
 LISTED_ORIGIN = "https://app.example.com"
 OTHER_ORIGIN = "https://evil.test"

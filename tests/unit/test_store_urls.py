@@ -11,7 +11,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.crc import key_slot
 
 from validator import ConfigurationError, Store
-from validator._cluster import (
+from validator.store.cluster import (
     MARKER_STRIDE,
     SLOTS,
     ClusterTopology,
@@ -20,10 +20,10 @@ from validator._cluster import (
     probe_slot,
     slot_tags,
 )
-from validator._sentinel import SentinelTopology, SentinelWire
-from validator._urls import parse_multihost
-from validator._wire import SingleWire, WireError
-from validator.invalidation import SingleServer
+from validator.store.invalidation import SingleServer
+from validator.store.sentinel import SentinelTopology, SentinelWire
+from validator.store.urls import parse_multihost
+from validator.store.wire import SingleWire, WireError
 
 OPTIONS = {"db", "sentinel_password", "max_connections"}
 

@@ -66,8 +66,8 @@ async def test_check_denies_a_malformed_token_without_reading_the_store(token: s
     finally:
         await validator.close()
     assert (result.allowed, result.reported, result.reason) == (False, False, Reason.MALFORMED_TOKEN)
-    assert (validator.store_errors, validator.failed_closed, len(validator.cache)) == (0, 0, 0)
-    assert validator.decision_counts()[result] == 1
+    assert (validator.stats.store_errors, validator.stats.failed_closed, len(validator.cache)) == (0, 0, 0)
+    assert validator.stats.decisions[result] == 1
 
 
 async def test_unknown_non_ascii_token_is_no_longer_allowed() -> None:

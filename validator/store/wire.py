@@ -11,8 +11,8 @@ Only what the read path needs: connect (TCP, TLS or unix socket), AUTH, SELECT, 
 TLS takes redis-py's options (`ssl_cert_reqs`, `ssl_ca_certs`, ...) with redis-py's defaults
 (`tls_context`), so both connections to one `rediss://` URL trust and present the same certificates.
 Everything else (writes, admin, pub/sub) stays on redis-py. A Redis Cluster gets one multiplexed
-connection per primary (`validator._cluster.ClusterWires`), a Sentinel deployment one to the
-current master (`validator._sentinel.SentinelWire`), behind the same `Wires` interface as one
+connection per primary (`validator.store.cluster.ClusterWires`), a Sentinel deployment one to the
+current master (`validator.store.sentinel.SentinelWire`), behind the same `Wires` interface as one
 server's (`SingleWire`).
 """
 

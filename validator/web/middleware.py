@@ -15,190 +15,44 @@ client address: never both, or the forwarded chain is walked twice (see README, 
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 from validator.core import Validator
 from validator.errors import ConfigurationError, StoreUnavailable
-from validator.matching import IPAddress, IPNetwork, parse_ip
 from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision, Source
-from validator.rules import classify
+from validator.rules.decide import classify
 from validator.store import fingerprint
+from validator.web.proxy_headers import _HTTP_TOKEN, _forwarded_hops, _TrustedHosts, _x_forwarded_for_hops
+from validator.web.responses import _FORBIDDEN, _UNAUTHORIZED, _UNAVAILABLE, _Reply, _with_cors
+from validator.web.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["DEFAULT_MAX_TOKEN_LENGTH", "TokenAccessMiddleware", "TokenSource"]
+__all__ = [
+    "DEFAULT_MAX_TOKEN_LENGTH",
+    "ASGIApp",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "TokenAccessMiddleware",
+    "TokenSource",
+]
 
 log = logging.getLogger("validator")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TokenSource = Literal["bearer", "header", "query"]
 _TOKEN_SOURCES: tuple[TokenSource, ...] = ("bearer", "header", "query")
 
-
-class _Reply:
-    """A fixed JSON error response, serialised once at import."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, message: str, *extra: tuple[bytes, bytes]) -> None:
-        self.status = status
-        # json.dumps' default separators give SPEC.md's exact bytes: {"error": "..."}.
-        self.body = json.dumps({"error": message}).encode()
-        self.headers = (
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self.body)).encode()),
-            *extra,
-        )
-
-
-_FORBIDDEN = _Reply(403, "Access denied. You don't have permission to access this.")
-_UNAUTHORIZED = _Reply(401, "API token required.", (b"www-authenticate", b"Bearer"))
-_UNAVAILABLE = _Reply(503, "Access check unavailable. Try again later.")
 
 # Header kinds the one pass over the request headers looks for.
 _ORIGIN, _REFERER, _AUTHORIZATION, _TOKEN_HEADER, _PROXY, _PREFLIGHT = range(6)
 _SEC_FETCH = b"sec-fetch-"
 # Only an Origin made of visible ASCII is echoed back in Access-Control-Allow-Origin.
 _ECHOABLE = re.compile(rb"[!-~]+")
-# RFC 9110 `token`: what a header field name or a method may be made of.
-_HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_QUOTED_PAIR = re.compile(r"\\(.)")
-_IP_CHARS = frozenset("0123456789abcdefABCDEF.:")
-_DOTTED = frozenset("0123456789.")
-
-
-class _TrustedHosts:
-    """Proxy addresses and networks, parsed once; `host in trusted` is the call site."""
-
-    def __init__(self, entries: Iterable[str]) -> None:
-        self.literals: set[str] = set()
-        self.addresses: set[IPAddress] = set()
-        self.networks: list[IPNetwork] = []
-        for raw in entries:
-            entry = raw.strip()
-            try:
-                if "/" in entry:
-                    self.networks.append(ipaddress.ip_network(entry))
-                else:
-                    address = parse_ip(entry)
-                    if address is None:
-                        raise ValueError(entry)
-                    self.addresses.add(address)
-                    self.literals.add(str(address))
-            except ValueError:
-                raise ConfigurationError(
-                    f"trusted proxy {raw!r} is not an IP address or CIDR network (host bits unset)"
-                ) from None
-        self._v4_networks = any(n.version == 4 for n in self.networks)
-        self._trusts = functools.lru_cache(maxsize=1024)(self._compute)
-
-    def __bool__(self) -> bool:
-        return bool(self.literals or self.networks)
-
-    def __contains__(self, host: object) -> bool:
-        if host in self.literals:
-            return True
-        if not isinstance(host, str) or not host or len(host) > 64:
-            return False
-        # A dotted quad that ipaddress accepts is its own canonical form, so without IPv4
-        # networks the literal miss already decided; anything else may be another spelling.
-        if not self._v4_networks and _DOTTED.issuperset(host):
-            return False
-        return self._trusts(host)
-
-    def _compute(self, host: str) -> bool:
-        address = parse_ip(host)
-        if address is None:
-            return False
-        return address in self.addresses or any(address in net for net in self.networks)
-
-    def client(self, hops: Sequence[str | None]) -> str | None:
-        """The client a chain of proxies reports: the rightmost hop we do not trust.
-
-        Each proxy appends the address it saw, so only the hops right of the first untrusted one
-        are ours; anything to its left was written by the client. A hop without an address
-        (`unknown`, an obfuscated name, garbage) ends the walk with no address. If every hop is
-        trusted, the client was one of our proxies: the leftmost hop.
-        """
-        for host in reversed(hops):
-            if host is None or host not in self:
-                return host
-        return hops[0] if hops else None
-
-
-def _host_of_node(node: str) -> str | None:
-    """The address of one X-Forwarded-For entry or Forwarded `for=` node, without a port."""
-    node = node.strip()
-    if node.startswith("["):
-        end = node.find("]")
-        if end == -1:
-            return None
-        node = node[1:end]
-    elif node.count(":") == 1:
-        node = node[: node.find(":")]
-    if not node or not _IP_CHARS.issuperset(node):
-        return None
-    return node
-
-
-def _split_unquoted(text: str, separator: str) -> list[str]:
-    """Split at `separator` outside RFC 7230 quoted-strings (which may hide `,` and `;`)."""
-    if '"' not in text:
-        return text.split(separator)
-    parts: list[str] = []
-    start = 0
-    quoted = escaped = False
-    for i, char in enumerate(text):
-        if escaped:
-            escaped = False
-        elif quoted:
-            if char == "\\":
-                escaped = True
-            elif char == '"':
-                quoted = False
-        elif char == '"':
-            quoted = True
-        elif char == separator:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
-
-
-def _forwarded_for(element: str) -> str | None:
-    """The address in one RFC 7239 `Forwarded` element's `for=` parameter, or None."""
-    found: str | None = None
-    for pair in _split_unquoted(element, ";"):
-        name, eq, value = pair.partition("=")
-        if not eq or name.strip().lower() != "for":
-            continue
-        if found is not None:
-            return None  # RFC 7239 section 4: a parameter occurs at most once per element.
-        value = value.strip()
-        if value.startswith('"'):
-            if len(value) < 2 or not value.endswith('"'):
-                return None
-            value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
-        found = value
-    return None if found is None else _host_of_node(found)
-
-
-def _x_forwarded_for_hops(value: str) -> list[str | None]:
-    return [_host_of_node(node) for node in value.split(",")]
-
-
-def _forwarded_hops(value: str) -> list[str | None]:
-    return [_forwarded_for(element) for element in _split_unquoted(value, ",")]
 
 
 class _Request:
@@ -381,10 +235,10 @@ class TokenAccessMiddleware:
             return
         decision = self.validator.check_cached(
             token,
-            request.origin_text,
-            request.referer_text,
-            request.sec_fetch,
-            request.client_ip,
+            origin=request.origin_text,
+            referer=request.referer_text,
+            sec_fetch=request.sec_fetch,
+            client_ip=request.client_ip,
             report_only=self.report_only,
         )
         if decision is None:
@@ -589,28 +443,3 @@ def _unquote(value: bytes) -> bytes:
     from urllib.parse import unquote_to_bytes  # only for percent-encoded parameters
 
     return unquote_to_bytes(value.replace(b"+", b" "))
-
-
-def _with_cors(send: Send, origin: bytes) -> Send:
-    """`send`, with the response start carrying `Access-Control-Allow-Origin: origin` and
-    `Origin` in `Vary` (replacing an allow-origin the app set itself)."""
-
-    async def send_with_cors(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers: list[tuple[bytes, bytes]] = []
-            vary: list[bytes] = []
-            for name, value in message.get("headers", ()):
-                lower = name.lower()
-                if lower == b"vary":
-                    vary.append(value)
-                elif lower != b"access-control-allow-origin":
-                    headers.append((name, value))
-            varies = b", ".join(vary)
-            if not {v.strip().lower() for v in varies.split(b",")} & {b"origin", b"*"}:
-                varies = varies + b", Origin" if varies else b"Origin"
-            headers.append((b"vary", varies))
-            headers.append((b"access-control-allow-origin", origin))
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return send_with_cors

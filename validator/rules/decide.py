@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from validator.matching import DomainSet, IPSet, request_host
 from validator.model import Decision, Mode, Reason, Restrictions, Source, decision, reported
+from validator.rules.domains import DomainSet
+from validator.rules.ips import IPSet
+from validator.rules.request import request_host
 
 __all__ = ["ReportOnlyRules", "TokenRules", "classify", "compile_rules"]
 

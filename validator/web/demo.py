@@ -1,4 +1,4 @@
-"""A small protected API: `python -m validator.demo [--store URL] [--host H] [--port P]`.
+"""A small protected API: `python -m validator.web.demo [--store URL] [--host H] [--port P]`.
 
 `GET /v1/hello` is protected by `TokenAccessMiddleware`; `GET /` is a page whose script calls
 it with `fetch()`, so a person (or the end-to-end tests) can watch a browser be allowed or
@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from validator.admin import Admin
-from validator.asgi import ASGIApp, Receive, Scope, Send, TokenAccessMiddleware
+from validator.admin.api import Admin
 from validator.core import Validator
 from validator.errors import ConfigurationError
 from validator.model import Restrictions
-from validator.redaction import uvicorn_log_config
+from validator.web.middleware import ASGIApp, Receive, Scope, Send, TokenAccessMiddleware
+from validator.web.redaction import uvicorn_log_config
 
 __all__ = ["SEED", "DemoApp", "main"]
 
@@ -259,7 +259,8 @@ def instructions(base_url: str, *, seeded: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse the command line and serve the demo with uvicorn (uvloop, httptools)."""
     parser = argparse.ArgumentParser(
-        prog="python -m validator.demo", description="Serve a small API protected by TokenAccessMiddleware."
+        prog="python -m validator.web.demo",
+        description="Serve a small API protected by TokenAccessMiddleware.",
     )
     parser.add_argument("--store", default="memory://", help="restriction store URL (default: memory://)")
     parser.add_argument("--host", default="127.0.0.1")

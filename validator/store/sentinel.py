@@ -25,9 +25,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from validator._urls import MultiHostURL
-from validator._wire import Multiplexer, WireError
 from validator.errors import ConfigurationError
+from validator.store.urls import MultiHostURL
+from validator.store.wire import Multiplexer, WireError
 
 __all__ = ["SentinelTopology", "SentinelWire", "sentinel_client"]
 

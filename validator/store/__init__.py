@@ -1,0 +1,328 @@
+"""The Redis layout of SPEC.md and the commands on it.
+
+Per token, under one hash tag (so one Redis Cluster slot, one round trip):
+
+    {prefix}{<h>}:m   HASH  d, i = switches ("0"/"1"), v = version (grows with every change)
+    {prefix}{<h>}:d   SET   normalised domain entries
+    {prefix}{<h>}:i   SET   normalised IP entries
+
+`<h>` is a keyed hash (HMAC-SHA256, truncated to 128 bits, base64url) of the token, so neither
+keys nor values hold a token in clear. Reads and writes are Lua scripts shipped in `lua/`.
+
+The same layout serves one server (`redis://`), a Sentinel-managed master (`redis+sentinel://`)
+and a Redis Cluster (`redis+cluster://`): every command names one token's keys only, so it runs
+on the one node that holds the token's slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
+from validator.model import Restrictions
+from validator.store import cluster as _cluster
+from validator.store import memory as _memory  # noqa: F401  (registers memory://)
+from validator.store.backends import BACKENDS
+from validator.store.bulk import BulkCommands
+from validator.store.denials import DenialStreams
+from validator.store.invalidation import Topology
+from validator.store.layout import (
+    _LIST_NAMES,
+    DEFAULT_KEY_PREFIX,
+    List,
+    UnreadableRecord,
+    _restrictions,
+    _script,
+    _store_errors,
+    fingerprint,
+    parse_read,
+    wrong_type,
+)
+from validator.store.marker import MarkerCommands
+from validator.store.wire import Multiplexer, WireError, Wires
+
+__all__ = [
+    "DEFAULT_KEY_PREFIX",
+    "List",
+    "Store",
+    "UnreadableRecord",
+    "fingerprint",
+    "parse_read",
+    "wrong_type",
+]
+
+log = logging.getLogger("validator")
+
+# Used only when no secret is configured: keys are then still hashes, but anyone who knows this
+# constant can test a guessed token against them. Configure `secret` (or VALIDATOR_SECRET).
+_DEFAULT_SECRET = b"token-access-validator/unset-secret"
+
+
+def _secret_bytes(secret: str | bytes | None, url_scheme: str) -> bytes:
+    if secret is None:
+        secret = os.environ.get("VALIDATOR_SECRET")
+    if secret is None or secret == "":
+        if url_scheme != "memory":
+            log.warning(
+                "no token secret configured (secret= or VALIDATOR_SECRET): Redis keys are "
+                "hashes under a public default key; set a secret for production"
+            )
+        return _DEFAULT_SECRET
+    return secret.encode() if isinstance(secret, str) else secret
+
+
+class Store(MarkerCommands, BulkCommands, DenialStreams):
+    """Restrictions in Redis (or the in-process `memory://` store), chosen by URL."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        *,
+        secret: bytes,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        limit: int = 5,
+        url: str = "",
+        topology: Topology | None = None,
+        local_listeners: list[Callable[[str], None]] | None = None,
+        wires: Wires | None = None,
+    ) -> None:
+        if limit < 1:
+            raise ConfigurationError(f"limit must be at least 1, not {limit}")
+        if "{" in key_prefix or "}" in key_prefix:
+            raise ConfigurationError("key_prefix must not contain '{' or '}' (they form the hash tag)")
+        self.client = client
+        self.key_prefix = key_prefix
+        self.limit = limit
+        self.url = url
+        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
+        # The Redis nodes whose invalidations keep caches coherent (None: nothing to listen to).
+        self.topology = topology
+        self._cluster = topology if isinstance(topology, _cluster.ClusterTopology) else None
+        # Cache-miss reads go through `wires` (multiplexed connections) when there are some.
+        self._wires = wires
+        self.local_listeners = [] if local_listeners is None else local_listeners
+        self.marker_key = f"{key_prefix}marker"
+        # On a Redis Cluster the marker lives in other slots than a token's keys, out of reach of
+        # the write script: writes read it first (see `_require_marker`).
+        self._marker_in_script = not isinstance(client, RedisCluster)
+        self._marker_checked_at = -float("inf")
+        # The marker's value proves the secret too: a validator configured with another secret
+        # would see every token as unknown (unrestricted), so it must not take the store as sound.
+        self.marker_value = hmac.new(secret, b"token-access-validator marker", hashlib.sha256).hexdigest()[
+            :16
+        ]
+        self._read = client.register_script(_script("read.lua"))
+        self._write = client.register_script(_script("write.lua"))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str = "memory://",
+        *,
+        secret: str | bytes | None = None,
+        key_prefix: str = DEFAULT_KEY_PREFIX,
+        limit: int = 5,
+        timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+    ) -> Store:
+        """Build a store from a URL.
+
+        - `memory://[name]`: in-process; stores with the same name share data within a process;
+        - `redis://`, `rediss://`, `unix://`: one Redis server (redis-py's URL syntax; over TLS
+          the options `ssl_cert_reqs`, `ssl_ca_certs`, ... serve both its connections);
+        - `redis+cluster://[[user]:password@]host:port[,host:port...]`: a Redis Cluster, found
+          from any of the startup nodes; option `max_connections` (per node);
+        - `redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name`: the master
+          of `service_name` as the sentinels name it; options `db`, `sentinel_username`,
+          `sentinel_password` (the URL's credentials serve the sentinels too unless these say
+          otherwise);
+        - `rediss+cluster://`, `rediss+sentinel://`: the same over TLS; options `ssl_cert_reqs`,
+          `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`, `ssl_check_hostname`.
+        """
+        scheme = urlsplit(url).scheme
+        key = _secret_bytes(secret, scheme)
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ConfigurationError("timeouts must be positive")
+        build = BACKENDS.get(scheme)
+        if build is None:
+            raise ConfigurationError(
+                f"unsupported store URL {url!r}: use memory://, redis://, rediss://, unix://, "
+                "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
+            )
+        common: dict[str, Any] = {"secret": key, "key_prefix": key_prefix, "limit": limit, "url": url}
+        return build(cls, url, common, timeout, connect_timeout)
+
+    # -------------------------------------------------------------------------- keys
+
+    def token_hash(self, token: str) -> str:
+        """The keyed hash that names a token's keys."""
+        mac = self._hmac.copy()
+        mac.update(token.encode("utf-8", "surrogatepass"))
+        return base64.urlsafe_b64encode(mac.digest()[:16]).rstrip(b"=").decode("ascii")
+
+    def keys(self, token_hash: str) -> tuple[str, str, str]:
+        """The meta, domain and IP keys of one token, sharing the hash tag `{token_hash}`."""
+        base = f"{self.key_prefix}{{{token_hash}}}:"
+        return base + "m", base + "d", base + "i"
+
+    def hash_of_key(self, key: str) -> str | None:
+        """The token hash inside one of our keys (as named by an invalidation message)."""
+        if not key.startswith(self.key_prefix):
+            return None
+        start = len(self.key_prefix)
+        end = key.find("}", start)
+        if key[start : start + 1] != "{" or end == -1:
+            return None
+        return key[start + 1 : end]
+
+    # -------------------------------------------------------------------------- commands
+
+    async def read(self, token_hash: str) -> Restrictions | None:
+        """One token's restrictions (one round trip), or None if the token is unknown."""
+        wire = self._wires.for_tag(token_hash) if self._wires is not None else None
+        try:
+            if wire is not None:
+                reply = await self._wire_read(wire, token_hash)
+            else:
+                with _store_errors():
+                    reply = await self._read(keys=self.keys(token_hash))
+        except StoreUnavailable as error:
+            if wrong_type(error):
+                raise UnreadableRecord("a key of another type: WRONGTYPE", token_hash) from error
+            raise
+        return parse_read(reply)
+
+    def read_now(self, token_hash: str) -> asyncio.Future[Any] | None:
+        """Start a read on a multiplexed connection, if it is up: the future of the raw reply
+        (for `parse_read`; it fails with `WireError`: see `read_again`), else None (use `read`)."""
+        wire = self._wires.for_tag(token_hash) if self._wires is not None else None
+        if wire is None:
+            return None
+        return wire.send_now("EVALSHA", self._read.sha, 3, *self.keys(token_hash))
+
+    def read_again(self, token_hash: str, error: BaseException) -> bool:
+        """Whether a `read_now` that failed with `error` is for `read` to do again rather than a
+        failure: the server lost the script, or the cluster redirected the read."""
+        if str(error).startswith("NOSCRIPT"):
+            return True
+        return self._wires is not None and self._wires.redirected(token_hash, error)
+
+    async def _wire_read(self, wire: Multiplexer, token_hash: str) -> Any:
+        keys = self.keys(token_hash)
+        try:
+            try:
+                return await wire.execute("EVALSHA", self._read.sha, 3, *keys)
+            except WireError as error:
+                if not str(error).startswith("NOSCRIPT"):
+                    raise
+                # A restarted (or flushed-scripts) Redis: load the script once, then read again.
+                await wire.execute("SCRIPT", "LOAD", self._read.script)  # type: ignore[arg-type]
+                return await wire.execute("EVALSHA", self._read.sha, 3, *keys)
+        except WireError as error:
+            if self._wires is not None and self._wires.redirected(token_hash, error):
+                # A Redis Cluster moved the slot or lost the node: redis-py follows it.
+                with _store_errors():
+                    return await self._read(keys=keys)
+            raise StoreUnavailable(f"restriction store unavailable: {error}") from error
+
+    async def write(self, token_hash: str, op: str, *args: str) -> tuple[Restrictions | None, bool]:
+        """Run one atomic change (see `lua/write.lua`); returns the stored state and whether it
+        changed. The state is None when the token has no record and the change only takes
+        away (remove, clear, disable, mode): such a change creates nothing.
+
+        Raises `StoreNotInitialised` or `LimitExceeded` (nothing written), or `StoreUnavailable`.
+        """
+        await self._require_marker()
+        keys, argv = self._write_call(token_hash, op, args)
+        with _store_errors():
+            reply = await self._write(keys=keys, args=argv)
+        result = self._write_result(reply)
+        if result[1]:
+            self._notify(token_hash)
+        return result
+
+    def _notify(self, token_hash: str) -> None:
+        for listener in self.local_listeners:
+            listener(token_hash)
+
+    async def touch(self, key: str) -> None:
+        """Write and remove a throwaway key (its invalidations serve as a barrier)."""
+        with _store_errors():
+            await self.client.set(key, "1", px=10_000)
+            await self.client.delete(key)
+
+    async def shard_tags(self, nodes: Mapping[str, Hashable]) -> list[str]:
+        """One hash tag per write node of `nodes` (as the invalidation listener subscribed them),
+        so that a key suffixed with it lands on that node: just `""` unless on a Redis Cluster."""
+        if self._cluster is None:
+            return [""]
+        await asyncio.to_thread(_cluster.slot_tags)  # computed once, off the event loop
+        return self._cluster.tags(nodes)
+
+    async def ping(self) -> None:
+        with _store_errors():
+            await self.client.ping()
+
+    def reopen(self) -> None:
+        """Undo `close` (redis-py's clients reconnect by themselves; the read wires are told)."""
+        if self._wires is not None:
+            self._wires.reopen()
+
+    async def close(self) -> None:
+        if self._wires is not None:
+            self._wires.close()
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.aclose()
+            if isinstance(self.client, RedisCluster):
+                # redis-py's aclose() does nothing while a slot-map refresh is pending (after a
+                # connection error), which would leave every node's connections open.
+                await self.client.nodes_manager.aclose()
+                await self.client.nodes_manager.aclose("startup_nodes")
+        if self.topology is not None:
+            await self.topology.aclose()
+
+    # -------------------------------------------------------------------------- admin: history, bulk
+
+    def history_key(self, token_hash: str) -> str:
+        """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
+        return f"{self.key_prefix}{{{token_hash}}}:h"
+
+    def _write_call(
+        self, token_hash: str, op: str, args: Sequence[str], *, marked: bool = True
+    ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of `lua/write.lua` for one change; `marked`: refused on a store without
+        this secret's marker (checked by the script where it can reach the marker)."""
+        keys = [*self.keys(token_hash), self.history_key(token_hash)]
+        if marked and self._marker_in_script:
+            return [*keys, self.marker_key], [op, self.limit, self.marker_value, *args]
+        return keys, [op, self.limit, "", *args]
+
+    def _write_result(self, reply: list[Any]) -> tuple[Restrictions | None, bool]:
+        if reply[0] == "marker":
+            raise self.not_initialised(reply[1])
+        if reply[0] == "absent":
+            return None, False
+        if reply[0] == "limit":
+            list_name = _LIST_NAMES[reply[1]]
+            stored = sorted(reply[2])
+            raise LimitExceeded(
+                f"the {list_name} list allows at most {self.limit} entries; "
+                f"it holds {len(stored)}: {', '.join(stored) or '(none)'}",
+                limit=self.limit,
+                stored=stored,
+            )
+        _, changed, meta, domains, ips = reply
+        return _restrictions(meta, domains, ips), bool(changed)

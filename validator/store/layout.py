@@ -1,0 +1,135 @@
+"""The Redis layout of SPEC.md: key names, the token's fingerprint, the Lua scripts, and the
+records as `lua/read.lua` returns them (strictly parsed: `UnreadableRecord`).
+
+Per token, under one hash tag (so one Redis Cluster slot, one round trip):
+
+    {prefix}{<h>}:m   HASH  d, i = switches ("0"/"1"), v = version (grows with every change)
+    {prefix}{<h>}:d   SET   normalised domain entries
+    {prefix}{<h>}:i   SET   normalised IP entries
+
+`<h>` is a keyed hash (HMAC-SHA256, truncated to 128 bits, base64url) of the token, so neither
+keys nor values hold a token in clear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal
+
+from redis.exceptions import RedisError
+
+from validator.errors import StoreUnavailable
+from validator.model import Mode, Restrictions
+
+if TYPE_CHECKING:
+    pass
+
+DEFAULT_KEY_PREFIX = "tav:"
+
+List = Literal["d", "i"]
+_LIST_NAMES: dict[str, str] = {"d": "domain", "i": "IP"}
+
+
+def _script(name: str) -> str:
+    return resources.files("validator.store").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def fingerprint(token_hash: str) -> str:
+    """A short, non-reversible name of a token for logs and CLI output."""
+    return token_hash[:10]
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as error:
+        raise StoreUnavailable(f"restriction store unavailable: {error}") from error
+    except UnicodeDecodeError as error:
+        # Bytes that are not UTF-8, written by hand: nothing safe can be read from them.
+        raise StoreUnavailable(f"unreadable reply from the restriction store: {error}") from error
+    except AttributeError as error:
+        # redis-py's asyncio RedisCluster closes every connection when it refreshes its slot map
+        # (after a few MOVED, on CLUSTERDOWN), also those that other requests are using; these
+        # then fail with "'NoneType' object has no attribute ..." (redis-py 8.1). It is the store
+        # failing, not us: fail closed like any other store error.
+        raise StoreUnavailable(f"restriction store unavailable: {error!r}") from error
+
+
+class UnreadableRecord(StoreUnavailable):
+    """A token's stored record cannot be understood (edited by hand, a key of another type): the
+    store answered, but nothing safe can be decided from the record, so checks of that token
+    fail closed like any store failure."""
+
+    def __init__(self, reason: str, token_hash: str | None = None) -> None:
+        record = "record" if token_hash is None else f"record of token {fingerprint(token_hash)}"
+        super().__init__(
+            f"unreadable {record} in the restriction store ({reason}): "
+            "fix it, or delete the token and store it again"
+        )
+        self.reason = reason
+        self.token_hash = token_hash
+
+
+_SWITCHES = {"0": False, "1": True}
+_MODES = {mode.value: mode for mode in Mode}
+_META_FIELDS = frozenset(("d", "i", "v", "r"))
+
+
+def wrong_type(error: BaseException) -> bool:
+    """Whether `error`, or the error it was raised from, is Redis's WRONGTYPE reply: one of the
+    token's keys holds another type than `lua/read.lua` expects (an unreadable record)."""
+    return any(str(cause).startswith("WRONGTYPE") for cause in (error, error.__cause__) if cause is not None)
+
+
+def parse_read(reply: Any) -> Restrictions | None:
+    """Restrictions from the reply of `lua/read.lua` (None: the token is unknown).
+
+    Raises `UnreadableRecord` for a reply that is not a record as `lua/write.lua` writes it.
+    """
+    if reply is None:
+        return None
+    if not isinstance(reply, list) or len(reply) != 3:
+        raise UnreadableRecord(f"unexpected reply {reply!r:.80}")
+    meta, domains, ips = reply
+    return _restrictions(meta, domains, ips)
+
+
+def _texts(part: object) -> bool:
+    # Everything `write.lua` stores is ASCII (domains in IDNA form): anything else was not
+    # written by an admin command.
+    return isinstance(part, (list, tuple)) and all(isinstance(item, str) and item.isascii() for item in part)
+
+
+def _restrictions(meta: Sequence[str], domains: Sequence[str], ips: Sequence[str]) -> Restrictions:
+    # Strict on purpose: a record edited by hand into something `write.lua` never writes (a switch
+    # "yes", an unknown mode) could otherwise read as *less* restricted than its owner meant.
+    if not all(_texts(part) for part in (meta, domains, ips)):
+        raise UnreadableRecord("its keys do not hold a hash and two sets of ASCII text")
+    if not meta:
+        return Restrictions(domains=sorted(domains), ips=sorted(ips))
+    if len(meta) % 2:
+        raise UnreadableRecord("its hash came back with an odd number of items")
+    fields = dict(zip(meta[::2], meta[1::2], strict=True))
+    unknown = sorted(set(fields) - _META_FIELDS)
+    if unknown:
+        raise UnreadableRecord(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    for switch, name in (("d", "domain"), ("i", "IP")):
+        if fields.get(switch) not in _SWITCHES:
+            raise UnreadableRecord(f"{name} switch {fields.get(switch)!r} is not '0' or '1'")
+    version = fields.get("v", "")
+    if not version.isascii() or not version.isdigit():
+        raise UnreadableRecord(f"version {version!r} is not a number")
+    mode = _MODES.get(fields.get("r", Mode.ENFORCE.value))
+    if mode is None:
+        raise UnreadableRecord(f"mode {fields['r']!r} is not 'enforce' or 'report'")
+    return Restrictions(
+        domain_enabled=_SWITCHES[fields["d"]],
+        ip_enabled=_SWITCHES[fields["i"]],
+        domains=sorted(domains),
+        ips=sorted(ips),
+        version=int(version),
+        mode=mode,
+    )

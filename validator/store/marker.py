@@ -1,0 +1,192 @@
+"""The wiped-store marker (SPEC.md: a store wiped or never initialised fails checks closed, and
+refuses admin writes) and the eviction-policy check. `Store` has them through `MarkerCommands`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, ResponseError
+
+from validator.errors import ConfigurationError, StoreNotInitialised, StoreUnavailable
+from validator.store import cluster as _cluster
+from validator.store.cluster import ClusterTopology
+from validator.store.layout import _store_errors
+
+log = logging.getLogger("validator")
+
+# Seconds between two reads of a Redis Cluster's marker by one admin (see `_require_marker`).
+_MARKER_RECHECK = 1.0
+
+
+class MarkerCommands:
+    """The marker and eviction commands of `Store`."""
+
+    client: Any
+    url: str
+    marker_key: str
+    marker_value: str
+    _cluster: ClusterTopology | None
+    _marker_in_script: bool
+    _marker_checked_at: float
+
+    if TYPE_CHECKING:
+
+        async def shard_tags(self, nodes: Mapping[str, Hashable]) -> list[str]: ...
+
+    def is_marker_key(self, key: str) -> bool:
+        """Whether `key` is (one of) the store's marker key(s)."""
+        return key == self.marker_key or (self._cluster is not None and key.startswith(self.marker_key + "{"))
+
+    def not_initialised(self, state: str) -> StoreNotInitialised:
+        """The error that refuses a write on a store whose marker is "missing" or "mismatch"."""
+        if state == "mismatch":
+            message = (
+                "this store is marked for another secret: check VALIDATOR_SECRET (it must be the "
+                "validators' secret); nothing was written"
+            )
+        else:
+            message = (
+                "this store has no marker (never initialised, or wiped): run `validator-admin init` "
+                "for a new store, or restore a wiped one from an export with "
+                "`validator-admin import --restore FILE`; nothing was written"
+            )
+        return StoreNotInitialised(message, state=state)
+
+    async def _require_marker(self) -> None:
+        # Only `init` (or the end of a restore) marks a store: a write never does, so a wiped
+        # store stays failing closed whatever is written to it. One server checks the marker in
+        # the write script itself. A Cluster's marker is read before a write, at most once a
+        # second: a wipe within that second is not seen by this admin's next writes, which then
+        # create records (never the marker) that the restore of the wiped data may overwrite.
+        if self._marker_in_script or time.monotonic() - self._marker_checked_at < _MARKER_RECHECK:
+            return
+        state = await self.marker_state()
+        if state != "ok":
+            raise self.not_initialised(state)
+        self._marker_checked_at = time.monotonic()
+
+    async def _probe_keys(self) -> list[str]:
+        if self._cluster is None:
+            return [self.marker_key]
+        with _store_errors():
+            layout = await self._cluster.discover()
+        return [self.marker_key + tag for tag in await self.shard_tags(layout)]
+
+    async def marker_state(self) -> Literal["ok", "missing", "mismatch"]:
+        """Whether the store carries this deployment's marker (see `write_marker`); on a
+        cluster, "missing" as soon as one primary lacks it."""
+        keys = await self._probe_keys()
+        with _store_errors():
+            values = await asyncio.gather(*(self.client.get(key) for key in keys))
+        if any(value is not None and value != self.marker_value for value in values):
+            return "mismatch"
+        return "missing" if None in values else "ok"
+
+    async def write_marker(self) -> bool:
+        """Mark the store as initialised for this secret; True if it was not marked before.
+
+        Validators treat a store without the marker as wiped (fail closed). Raises
+        `ConfigurationError` if the store is marked for another secret. On a cluster the marker
+        is one small key per 16th slot (`<prefix>marker{<tag>}`, 1,024 keys) plus one in a slot
+        of each primary: every primary holds markers, and they move with their slots when the
+        cluster is resharded.
+        """
+        if self._cluster is None:
+            keys = [self.marker_key]
+        else:
+            with _store_errors():
+                layout = await self._cluster.discover()
+            await asyncio.to_thread(_cluster.slot_tags)
+            keys = [self.marker_key + tag for tag in self._cluster.marker_tags(layout)]
+        with _store_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, self.marker_value, nx=True)
+            created = await pipe.execute()
+            pipe = self.client.pipeline(transaction=False)
+            existing = [key for key, made in zip(keys, created, strict=True) if not made]
+            for key in existing:
+                pipe.get(key)
+            values = await pipe.execute() if existing else []
+        if any(value != self.marker_value for value in values):
+            raise ConfigurationError(
+                f"this store was initialised with another secret (marker {self.marker_key!r} does "
+                "not match): check VALIDATOR_SECRET (it must be the validators' secret)"
+            )
+        return any(created)
+
+    async def eviction_policies(self) -> dict[str, str | None]:
+        """The `maxmemory-policy` of every server that holds tokens: {"": policy} for one server,
+        {"host:port": policy} per primary of a Cluster; None where `CONFIG GET` is refused (a
+        managed Redis, a renamed command, an ACL). Empty for `memory://`. Raises `StoreUnavailable`.
+        """
+        if urlsplit(self.url).scheme == "memory":
+            return {}
+        calls: dict[str, Awaitable[Any]] = {}
+        if isinstance(self.client, RedisCluster):
+            with _store_errors():
+                try:
+                    await self.client.initialize()
+                except RedisClusterException as error:  # not a RedisError: no node answered
+                    raise RedisConnectionError(str(error)) from error
+            for node in self.client.get_primaries():
+                calls[node.name] = self.client.config_get("maxmemory-policy", target_nodes=node)
+        else:
+            calls[""] = self.client.config_get("maxmemory-policy")
+        names = list(calls)
+        with _store_errors():
+            replies = await asyncio.gather(*calls.values(), return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException) and not isinstance(reply, ResponseError):
+                    raise reply
+        return {
+            name: None if isinstance(reply, BaseException) else reply.get("maxmemory-policy") or None
+            for name, reply in zip(names, replies, strict=True)
+        }
+
+    async def eviction_risk(self) -> tuple[str | None, str | None]:
+        """(problem, doubt) about the eviction policy, each a sentence or None: the problem when
+        Redis may evict keys without a TTL (`allkeys-*`), for an evicted record makes its token
+        unrestricted; the doubt when `CONFIG GET` is refused so the policy is unknown.
+        Raises `StoreUnavailable`."""
+        policies = await self.eviction_policies()
+        evicting = [
+            f"{policy} on {node}" if node else policy
+            for node, policy in policies.items()
+            if policy is not None and policy.startswith("allkeys-")
+        ]
+        refused = [node or "the server" for node, policy in policies.items() if policy is None]
+        problem = doubt = None
+        if evicting:
+            problem = (
+                f"Redis may evict token records (maxmemory-policy {', '.join(evicting)}), and an "
+                "evicted record leaves its token unrestricted: run `CONFIG SET maxmemory-policy "
+                "noeviction` (or a volatile-* policy) and keep it in the Redis configuration"
+            )
+        if refused:
+            doubt = (
+                f"could not check Redis's maxmemory-policy (CONFIG GET refused on {', '.join(refused)}): "
+                "make sure it is noeviction or volatile-*, since allkeys-* may evict token records "
+                "and leave those tokens unrestricted"
+            )
+        return problem, doubt
+
+    async def log_eviction_risk(self) -> None:
+        """Log `eviction_risk`: the problem as an error, the doubt as a warning. Never raises: an
+        unreachable store is not this check's business (checks fail closed until it answers)."""
+        try:
+            problem, doubt = await self.eviction_risk()
+        except StoreUnavailable as error:
+            log.debug("eviction policy not checked: %s", error)
+            return
+        if problem is not None:
+            log.error(problem)
+        if doubt is not None:
+            log.warning(doubt)

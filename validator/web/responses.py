@@ -1,0 +1,53 @@
+"""The middleware's answers: the fixed 403, 401 and 503 bodies of SPEC.md, and CORS on them."""
+
+from __future__ import annotations
+
+import json
+
+from validator.web.types import Message, Send
+
+
+class _Reply:
+    """A fixed JSON error response, serialised once at import."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, message: str, *extra: tuple[bytes, bytes]) -> None:
+        self.status = status
+        # json.dumps' default separators give SPEC.md's exact bytes: {"error": "..."}.
+        self.body = json.dumps({"error": message}).encode()
+        self.headers = (
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self.body)).encode()),
+            *extra,
+        )
+
+
+_FORBIDDEN = _Reply(403, "Access denied. You don't have permission to access this.")
+_UNAUTHORIZED = _Reply(401, "API token required.", (b"www-authenticate", b"Bearer"))
+_UNAVAILABLE = _Reply(503, "Access check unavailable. Try again later.")
+
+
+def _with_cors(send: Send, origin: bytes) -> Send:
+    """`send`, with the response start carrying `Access-Control-Allow-Origin: origin` and
+    `Origin` in `Vary` (replacing an allow-origin the app set itself)."""
+
+    async def send_with_cors(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers: list[tuple[bytes, bytes]] = []
+            vary: list[bytes] = []
+            for name, value in message.get("headers", ()):
+                lower = name.lower()
+                if lower == b"vary":
+                    vary.append(value)
+                elif lower != b"access-control-allow-origin":
+                    headers.append((name, value))
+            varies = b", ".join(vary)
+            if not {v.strip().lower() for v in varies.split(b",")} & {b"origin", b"*"}:
+                varies = varies + b", Origin" if varies else b"Origin"
+            headers.append((b"vary", varies))
+            headers.append((b"access-control-allow-origin", origin))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_cors
