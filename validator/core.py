@@ -295,11 +295,16 @@ class Validator:
         self._closed = True
         with contextlib.suppress(ValueError):
             self.store.local_listeners.remove(self.cache.invalidate)
-        if self._eviction_check is not None and not self._eviction_check.done():
-            self._eviction_check.cancel()
-        self._eviction_check = None
         if self.listener is not None:
             await self.listener.stop()
+        # Background reads must end before the connections they would open are released:
+        # a marker check still running after `store.close()` would leave its connections open.
+        background = [t for t in (self._eviction_check, self._verifying) if t is not None and not t.done()]
+        self._eviction_check = self._verifying = None
+        for task in background:
+            task.cancel()
+        if background:
+            await asyncio.wait(background, timeout=2.0)
         if self.denial_log is not None:
             await self.denial_log.stop()
         await self.store.close()
