@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from publicsuffixlist import PublicSuffixList
 from validator.rules.domains import _split_entry
 from validator.rules.ips import parse_ip
-from validator.rules.request import DEFAULT_PORTS, MAX_HOST_LENGTH, MAX_URL_LENGTH, is_hostname
+from validator.rules.request import DEFAULT_PORTS, MAX_HOST_LENGTH, MAX_URL_LENGTH, authority, is_hostname
 
 # ----------------------------------------------------------------------------- admin side
 
@@ -152,23 +152,17 @@ def canonical_domain(entry: str) -> Normalized:
         rest = text[sep + 3 :]
     elif text.startswith("//"):
         rest = text[2:]
-    end = len(rest)
-    for delimiter in "/?#\\":
-        i = rest.find(delimiter, 0, end)
-        if i != -1:
-            end = i
+    host_start, end = authority(rest, 0)
     pasted_url = rest[end:] not in ("", "/")
     if pasted_url:
         dropped.append("path")
-    authority = rest[:end]
-    at = authority.rfind("@")
-    if at != -1:
+    if host_start:
         pasted_url = True
         dropped.append("user information")
-        authority = authority[at + 1 :]
-    if authority.startswith("["):
+    authority_text = rest[host_start:end]
+    if authority_text.startswith("["):
         raise InvalidEntry(f"{entry!r} is an IP address, not a domain: add it to the IP list instead")
-    host, colon, port_text = authority.partition(":")
+    host, colon, port_text = authority_text.partition(":")
     port = _port(port_text, entry) if colon else ""
     if port and port == str(DEFAULT_PORTS.get(scheme)):
         dropped.append(f"port {port}, the default of {scheme}")
