@@ -54,7 +54,7 @@ async def floor_check_async(table: FloorTable, token: str, origin: str | None, c
 
 def decide(meta: Mapping[str, str], domains: Sequence[str] | set[str], ips: Sequence[str] | set[str],
            origin: str | None, client_ip: str | None) -> bool:  # fmt: skip
-    """SPEC.md's decision table on freshly read data, as a per-request implementation would do it."""
+    """The decision table (docs/behaviour.md) on freshly read data, as a per-request implementation would."""
     if not meta:
         return True  # unknown token: unrestricted
     domain_on, ip_on = meta.get("d") == "1", meta.get("i") == "1"

@@ -168,7 +168,7 @@ class Validator:
             self.denial_log.start()
         if self.listener is not None:
             self.listener.start()
-        # An evicted record is a token left unrestricted: say so at start (SPEC.md, "eviction is a wipe").
+        # An evicted record is a token left unrestricted: say so at start ("eviction is a wipe").
         self._eviction_check = asyncio.ensure_future(self.store.log_eviction_risk())
         self._eviction_check.add_done_callback(lambda t: t.cancelled() or t.exception())
 
@@ -400,7 +400,7 @@ class Validator:
             # Only a miss can be a first use (a hit needs an earlier miss), so hits pay nothing.
             self.start()
         if not is_token(token, self.max_token_length):
-            # No such token was ever issued (SPEC.md): no read, nothing cached, nothing for the
+            # No such token was ever issued (docs/behaviour.md): no read, nothing cached, nothing for the
             # denial log to keep. Only misses pay this: a cached token passed it to be cached.
             self._counts[id(_MALFORMED)] += 1
             return _MALFORMED

@@ -3,7 +3,7 @@ the request path, and logged at a bounded rate.
 
 A stored token's denials go to a capped stream of its own. Denials of tokens without a stored
 record (unknown or malformed) go to one shared, capped unknown-token log under the token's
-fingerprint: anyone can invent tokens, so they must not get a key each (SPEC.md, "Unknown tokens
+fingerprint: anyone can invent tokens, so they must not get a key each (docs/behaviour.md, "Unknown tokens
 cannot grow the store"). Every stream expires `ttl` seconds after its last write. In all, Redis
 holds about (stored tokens denied within `ttl`) x `stream_length` + `unknown_length` entries, each
 under 1 KB (what was seen and the origin are truncated); trimming is approximate, so each stream

@@ -24,7 +24,7 @@ __all__ = [
     "token_rule",
 ]
 
-# SPEC.md, "Tokens are visible ASCII": 1 to N characters from `!` to `~`. N is the validators'
+# docs/behaviour.md, "Tokens are visible ASCII": 1 to N characters from `!` to `~`. N is the validators'
 # `max_token_length` (DEFAULT_MAX_TOKEN_LENGTH, at most MAX_TOKEN_LENGTH). The admin tools accept
 # up to MAX_TOKEN_LENGTH, so any token a validator may be configured to check can be restricted;
 # one too long for a given validator is refused there (fail closed), never opened.
@@ -34,7 +34,7 @@ _VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
 class Source(enum.Enum):
-    """How a request was classified (SPEC.md, "The decision")."""
+    """How a request was classified (docs/behaviour.md, "The decision")."""
 
     FRONT_END = "front_end"
     BACK_END = "back_end"

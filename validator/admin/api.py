@@ -167,7 +167,7 @@ class Admin:
         min_prefix_v6: int = DEFAULT_MIN_PREFIX_V6,
     ) -> None:
         """`min_prefix_v4`/`min_prefix_v6`: the shortest prefix an IP network entry may have
-        (SPEC.md: no entry may cover the public at large); `allow_private` does not lift them."""
+        (docs/behaviour.md: no entry may cover the public at large); `allow_private` does not lift them."""
         check_min_prefixes(min_prefix_v4, min_prefix_v6)
         self.store = store
         self.min_prefix_v4 = min_prefix_v4
@@ -212,7 +212,7 @@ class Admin:
         if not token:
             raise InvalidEntry("the token must not be empty")
         if not is_token(token, MAX_TOKEN_LENGTH):
-            # SPEC.md: anything else was never issued, and validators refuse it before any look-up.
+            # docs/behaviour.md: anything else was never issued, and validators refuse it before any look-up.
             raise InvalidEntry(f"{token_rule(MAX_TOKEN_LENGTH)}; this one is not, and validators refuse it")
         return self.store.token_hash(token)
 

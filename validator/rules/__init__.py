@@ -1,4 +1,4 @@
-"""The pure rules of SPEC.md, with no I/O: classify a request, decide it against a token's
+"""The pure rules of docs/behaviour.md, with no I/O: classify a request, decide it against a token's
 restrictions (`decide`), parse its `Origin`/`Referer` (`request`), match hosts (`domains`) and
 addresses (`ips`), normalise what an admin stores (`entries`, `networks`), explain a decision
 (`explain`)."""

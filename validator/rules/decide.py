@@ -1,4 +1,4 @@
-"""Pure decision logic of SPEC.md: classify a request, then apply the decision table."""
+"""Pure decision logic of docs/behaviour.md: classify a request, then apply the decision table."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class TokenRules:
         sec_fetch: bool,
         client_ip: str | None,
     ) -> Decision:
-        """Apply SPEC.md's decision table to one request. Never raises."""
+        """Apply docs/behaviour.md's decision table to one request. Never raises."""
         # classify(), inlined: this method is the hot path (benchmarks: hotpath).
         front_end = origin or referer is not None or sec_fetch
         if not self.known:

@@ -91,7 +91,7 @@ def _public_suffixes() -> PublicSuffixList:
 def _public_suffix_refusal(entry: str, stored: str) -> str | None:
     """Why a stored domain entry would admit sites nobody vouches for, or None.
 
-    SPEC.md: no wildcard directly over a public suffix (the Public Suffix List, private section
+    docs/behaviour.md: no wildcard directly over a public suffix (the Public Suffix List, private section
     included), where anyone can register a site. The list's default rule makes a top-level
     domain it does not know a public suffix too (one delegated after the shipped list was cut),
     except the special-use names. A plain entry that is a public suffix is refused as well:
@@ -130,7 +130,7 @@ def canonical_domain(entry: str) -> Normalized:
     `localhost:*` for any port). A scheme without a port means that scheme's default port, as
     in a web origin; a bare host matches any scheme and port. A whole URL (with a path, query,
     fragment or user information: something pasted from an address bar) keeps its host alone,
-    as SPEC.md says (`https://Example.com/path` stores `example.com`), and the note says so;
+    as docs/behaviour.md says (`https://Example.com/path` stores `example.com`), and the note says so;
     to qualify an entry, type the origin itself.
     Raises `InvalidEntry` with a reason a person understands.
     """
@@ -178,7 +178,7 @@ def canonical_domain(entry: str) -> Normalized:
         )
     hint = ""
     if pasted_url and (scheme or port):
-        # SPEC.md: a pasted URL stores its host alone; qualifiers come only from an origin.
+        # docs/behaviour.md: a pasted URL stores its host alone; qualifiers come only from an origin.
         dropped.extend(part for part in (scheme and f"scheme {scheme}", port and f"port {port}") if part)
         hint = "; a URL keeps its host only: type an origin such as https://host:8443 to qualify the entry"
         scheme = port = ""
@@ -198,8 +198,8 @@ def canonical_domain(entry: str) -> Normalized:
     return Normalized(entry, stored, note)
 
 
-# Ranges that are not a "static public address" (SPEC.md). Documentation ranges (RFC 5737,
-# RFC 3849, RFC 9637) are accepted, IPv4 and IPv6 alike: SPEC.md itself uses 203.0.113.7 and
+# Ranges that are not a "static public address" (docs/behaviour.md). Documentation ranges (RFC 5737,
+# RFC 3849, RFC 9637) are accepted, IPv4 and IPv6 alike: docs/behaviour.md itself uses 203.0.113.7 and
 # 2001:db8::/48 as examples, and they are never routed, so listing one opens nothing.
 # `ipaddress.is_private` would refuse them. IPv6 special-purpose ranges (IANA's registry) are
 # refused as their IPv4 counterparts are: IETF protocol assignments (192.0.0.0/24; 2001::/23,

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 from validator.rules.entries import _REFUSED, Normalized
 from validator.rules.ips import IPNetwork
 
-# SPEC.md: networks have a minimum prefix length (a site), so that no entry admits the public
+# docs/behaviour.md: networks have a minimum prefix length (a site), so that no entry admits the public
 # at large. Settings of `Admin` (`min_prefix_v4`, `min_prefix_v6`); allow_private does not lift them.
 DEFAULT_MIN_PREFIX_V4 = 16
 DEFAULT_MIN_PREFIX_V6 = 48
@@ -109,7 +109,7 @@ def _ip_network(entry: str, *, drop_zone: bool) -> IPNetwork:
         zone, slash, prefix = rest.partition("/")
         text = address + slash + prefix
         if not drop_zone:
-            # SPEC.md, "one address, one entry": `%eth0` names an interface of one host, and
+            # docs/behaviour.md, "one address, one entry": `%eth0` names an interface of one host, and
             # the same address under five zones would fill five slots of the list.
             raise InvalidEntry(
                 f"{entry!r} has an IPv6 zone identifier (%{zone}), which names a network interface "

@@ -1,4 +1,4 @@
-"""Request-side parsing of SPEC.md: the host and origin of an `Origin`/`Referer` value.
+"""Request-side parsing of docs/behaviour.md: the host and origin of an `Origin`/`Referer` value.
 
 Runs on every request: cheap, remembered (the parse memos), and never raises.
 """
@@ -24,7 +24,7 @@ MAX_HOST_LENGTH = 253
 # Letters, digits and hyphens per label (RFC 1123), plus `_`, which browsers accept in hosts.
 _HOSTNAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
 _PORT_DIGITS = frozenset("0123456789")
-# SPEC.md, "Origin must be an origin": RFC 3986 section 3.1, scheme = ALPHA *( ALPHA / DIGIT /
+# docs/behaviour.md, "Origin must be an origin": RFC 3986 section 3.1, scheme = ALPHA *( ALPHA / DIGIT /
 # "+" / "-" / "." ), then "://" and the authority (`ht!tp://`, `://x`, `https:x` have no host).
 _URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 # A browser serialises Origin and Referer without spaces or control characters (the WHATWG URL

@@ -1,4 +1,4 @@
-"""The Redis layout of SPEC.md and the commands on it.
+"""The Redis layout of docs/behaviour.md and the commands on it.
 
 Per token, under one hash tag (so one Redis Cluster slot, one round trip):
 

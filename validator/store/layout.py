@@ -1,4 +1,4 @@
-"""The Redis layout of SPEC.md: key names, the token's fingerprint, the Lua scripts, and the
+"""The Redis layout of docs/behaviour.md: key names, the token's fingerprint, the Lua scripts, and the
 records as `lua/read.lua` returns them (strictly parsed: `UnreadableRecord`).
 
 Per token, under one hash tag (so one Redis Cluster slot, one round trip):

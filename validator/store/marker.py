@@ -1,4 +1,4 @@
-"""The wiped-store marker (SPEC.md: a store wiped or never initialised fails checks closed, and
+"""The wiped-store marker (docs/behaviour.md: a store wiped or never initialised fails checks closed, and
 refuses admin writes) and the eviction-policy check. `Store` has them through `MarkerCommands`."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ The token comes from `Authorization: Bearer ...`, an `X-API-Key` header or an `a
 parameter (every one present must carry the same token); the source signals from `Origin`,
 `Referer` and `Sec-Fetch-*`; the client address from the connection, or from `X-Forwarded-For` /
 `Forwarded` when (and only when) the connection comes from a configured trusted proxy. Denied
-requests get SPEC.md's 403 body.
+requests get docs/behaviour.md's 403 body.
 
 Run uvicorn with `--no-proxy-headers` when `trusted_proxies` is set here, or leave
 `trusted_proxies` empty and let uvicorn's `--proxy-headers --forwarded-allow-ips` rewrite the
@@ -90,7 +90,7 @@ class _Request:
 
 
 class TokenAccessMiddleware:
-    """Checks the API token of every HTTP request and WebSocket handshake (SPEC.md).
+    """Checks the API token of every HTTP request and WebSocket handshake (docs/behaviour.md).
 
     - `token_sources`: where to look for the token: `"bearer"` (`Authorization: Bearer ...`),
       `"header"` (`token_header`), `"query"` (`token_query`). Every one of them is read; when
@@ -98,7 +98,7 @@ class TokenAccessMiddleware:
     - `require_token`: without a token, answer 401; if False, pass the request to the app
       (for public routes) with `scope["state"]["token_access"] = None`.
     - `max_token_length`: a longer token is refused (403) without a look-up (default: the
-      validator's `max_token_length`). So is a token with a byte outside `!`..`~` (SPEC.md).
+      validator's `max_token_length`). So is a token with a byte outside `!`..`~` (docs/behaviour.md).
     - `trusted_proxies`: addresses or CIDR networks of proxies whose `proxy_header`
       (`"x-forwarded-for"` or `"forwarded"`) names the client. None by default.
     - `preflight`: a CORS preflight carries no token: `"pass"` it to the app, or `"answer"` it
@@ -344,7 +344,7 @@ class TokenAccessMiddleware:
 
     def _token(self, scope: Scope, request: _Request) -> str | None:
         """The token of the request: the one value every source in `token_sources` that holds a
-        token agrees on (SPEC.md, "One token per request"). Marks the request malformed when two
+        token agrees on (docs/behaviour.md, "One token per request"). Marks the request malformed when two
         differ or the token is longer than `max_token_length`."""
         found: bytes | None = None
         # Straight-line code, not a loop over the sources: the common request holds one token
@@ -374,7 +374,7 @@ class TokenAccessMiddleware:
             request.malformed = True
             return None
         # A byte outside `!`..`~` decodes to a character `Validator.check` refuses before any
-        # look-up (SPEC.md, "Tokens are visible ASCII"); only checked tokens are ever cached, so
+        # look-up (docs/behaviour.md, "Tokens are visible ASCII"); only checked tokens are ever cached, so
         # a cache hit needs no such test.
         return found.decode("latin-1")
 

@@ -1,4 +1,4 @@
-"""The middleware's answers: the fixed 403, 401 and 503 bodies of SPEC.md, and CORS on them."""
+"""The middleware's answers: the fixed 403, 401 and 503 bodies of docs/behaviour.md, and CORS on them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class _Reply:
 
     def __init__(self, status: int, message: str, *extra: tuple[bytes, bytes]) -> None:
         self.status = status
-        # json.dumps' default separators give SPEC.md's exact bytes: {"error": "..."}.
+        # json.dumps' default separators give docs/behaviour.md's exact bytes: {"error": "..."}.
         self.body = json.dumps({"error": message}).encode()
         self.headers = (
             (b"content-type", b"application/json"),

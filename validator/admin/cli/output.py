@@ -149,7 +149,7 @@ def _entries(entries: Sequence[str]) -> str:
 
 
 def _use(r: Restrictions | None) -> tuple[str, str]:
-    """(id, words) of what the token's switches mean, per SPEC.md's decision table."""
+    """(id, words) of what the token's switches mean, per docs/behaviour.md's decision table."""
     if r is None:
         return (
             "unrestricted",
