@@ -1,0 +1,106 @@
+"""Run the stateful machine with a profile: the small one of the normal test run, or a soak.
+
+`python -m tests.model.run --minutes N` (what `scripts/soak` runs) explores sequences for N
+minutes and prints "steps: S, sequences: Q, wrong allows: W"; it exits 1 at the first broken
+invariant, after printing the shrunk sequence that breaks it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from tests.model.harness import World, secret_in_environment
+from tests.model.machine import Sequences, Stats
+
+
+@dataclass(frozen=True)
+class Profile:
+    examples: int  # sequences per Hypothesis run
+    steps: int  # steps per sequence at most
+    seconds: float  # the whole run stops starting steps after this long
+    repeat: bool  # start another Hypothesis run while time remains
+
+
+PROFILES = {
+    # The normal test run: a few sequences, well inside CI's limit even on a slow machine.
+    "ci": Profile(examples=25, steps=40, seconds=100.0, repeat=False),
+    "soak": Profile(examples=5, steps=60, seconds=600.0, repeat=True),
+}
+
+
+def run_machine(world: World, *, profile: str = "ci", seconds: float | None = None) -> Stats:
+    """Run `Sequences` against `world`; raises the first broken invariant (shrunk)."""
+    chosen = PROFILES[profile]
+    # Overrides for exploring by hand: TAV_MODEL_EXAMPLES, TAV_MODEL_STEPS.
+    examples = int(os.environ.get("TAV_MODEL_EXAMPLES", chosen.examples))
+    steps = int(os.environ.get("TAV_MODEL_STEPS", chosen.steps))
+    Sequences.world = world
+    Sequences.stats = Stats()
+    Sequences.deadline = time.monotonic() + (seconds if seconds is not None else chosen.seconds)
+    with secret_in_environment():
+        while True:
+            run_state_machine_as_test(
+                Sequences,
+                settings=settings(
+                    max_examples=examples,
+                    stateful_step_count=steps,
+                    deadline=None,
+                    database=None,
+                    print_blob=True,
+                    suppress_health_check=list(HealthCheck),
+                ),
+            )
+            if not chosen.repeat or time.monotonic() >= Sequences.deadline:
+                return Sequences.stats
+
+
+def _figures(stats: Stats, started: float) -> str:
+    slowest = sorted(stats.seconds.items(), key=lambda item: -item[1])[:6]
+    reached = ", ".join(f"{event} {count}" for event, count in sorted(stats.events.items()))
+    return (
+        f"steps: {stats.steps}, sequences: {stats.sequences}, wrong allows: {stats.wrong_allows}\n"
+        f"liveness failures: {stats.liveness}, other failures: {stats.other}; "
+        f"{time.monotonic() - started:.0f} s\n"
+        f"reached: {reached}\n"
+        "slowest steps: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest) + "\n"
+        "steps by kind: " + ", ".join(f"{name} {count}" for name, count in stats.calls.most_common())
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/soak", description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10.0, help="how long to explore (default: 10)")
+    args = parser.parse_args(argv)
+    if args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tav-soak-") as scratch:
+        world = World(Path(scratch))
+        try:
+            run_machine(world, profile="soak", seconds=args.minutes * 60)
+        except Exception as failure:
+            first = Sequences.stats.failures[:1]
+            if first and first[0] not in str(failure):
+                print(f"\nFIRST FAILURE SEEN (before shrinking): {first[0]}", file=sys.stderr)
+            for part in failure.exceptions if isinstance(failure, BaseExceptionGroup) else [failure]:
+                notes = "\n".join(getattr(part, "__notes__", []))
+                print(f"\nFAILED: {part}\n{notes}", file=sys.stderr)
+            print(_figures(Sequences.stats, started))
+            return 1
+        finally:
+            world.close()
+    print(_figures(Sequences.stats, started))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
