@@ -2,7 +2,7 @@
 the request path, and logged at a bounded rate.
 
 A stored token's denials go to a capped stream of its own. Denials of tokens without a stored
-record (unknown or malformed) go to one shared, capped unknown-token log under the token's
+record (unknown tokens) go to one shared, capped unknown-token log under the token's
 fingerprint: anyone can invent tokens, so they must not get a key each (docs/behaviour.md, "Unknown tokens
 cannot grow the store"). Every stream expires `ttl` seconds after its last write. In all, Redis
 holds about (stored tokens denied within `ttl`) x `stream_length` + `unknown_length` entries, each
@@ -32,8 +32,9 @@ __all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]  # DeniedRequest: a reco
 log = logging.getLogger("validator")
 
 
-# Reasons that mean the token has no stored record: its denials go to the unknown-token log.
-_NOT_STORED = frozenset({Reason.UNKNOWN_TOKEN.value, Reason.MALFORMED_TOKEN.value})
+# The reason that means the token has no stored record: its denials go to the unknown-token log.
+# (A malformed token never reaches the log: `Validator.check` refuses it before hashing it.)
+_NOT_STORED = Reason.UNKNOWN_TOKEN.value
 
 # What the request path queues: (time.time(), token hash, decision, Origin or Referer, client IP).
 _Queued = tuple[float, str, Decision, str | None, str | None]
@@ -192,8 +193,8 @@ class DenialLog:
     async def _write_batch(self) -> None:
         count = min(len(self._queue), self.batch_size)
         batch = [_described(*self._queue.popleft()) for _ in range(count)]
-        stored = [denial for denial in batch if denial.reason not in _NOT_STORED]
-        unknown = [denial for denial in batch if denial.reason in _NOT_STORED]
+        stored = [denial for denial in batch if denial.reason != _NOT_STORED]
+        unknown = [denial for denial in batch if denial.reason == _NOT_STORED]
         try:
             await self.store.append_denials(
                 stored,

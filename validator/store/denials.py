@@ -65,7 +65,7 @@ class DenialStreams:
         """Write one batch of denials in one pipelined round trip (one per node on a cluster).
 
         `stored`: denials of stored tokens, each appended to its token's stream, trimmed to about
-        `max_length`; `unknown`: denials of tokens without a record (unknown or malformed), to
+        `max_length`; `unknown`: denials of tokens without a record (unknown tokens), to
         the unknown-token log under the token's fingerprint, about `unknown_length` in all.
         Every stream written expires `ttl` seconds after its last write.
         """
