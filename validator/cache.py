@@ -60,22 +60,23 @@ class Cache(Generic[V]):
         ttl: float = 60.0,
         unknown_ttl: float = 10.0,
         max_stale: float = 300.0,
-        incoherent_ttl: float = 1.0,
+        incoherent_ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_entries < 1 or max_unknown < 1:
             raise ConfigurationError("cache sizes must be at least 1")
-        if ttl <= 0 or unknown_ttl <= 0 or max_stale < 0:
-            raise ConfigurationError("cache ttl must be positive and max_stale not negative")
+        if ttl <= 0 or unknown_ttl <= 0 or max_stale < 0 or incoherent_ttl < 0:
+            raise ConfigurationError("cache ttl must be positive, max_stale and incoherent_ttl not negative")
         self.max_entries = max_entries
         self.max_unknown = max_unknown
         self.ttl = ttl
         self.unknown_ttl = unknown_ttl
         self.max_stale = max_stale
         self.incoherent_ttl = incoherent_ttl
-        # False while invalidations may be missed (no live invalidation connection): entries
-        # stored then are fresh for at most `incoherent_ttl`.
-        self.coherent = True
+        # Whether invalidations of a token (by hash) are known to arrive now, its store node
+        # subscribed to (`validator.shards`); None: always. Entries stored while they are not are
+        # fresh for at most `incoherent_ttl` (by default 0: not served fresh at all).
+        self.coherent_for: Callable[[str], bool] | None = None
         self._clock = clock
         self._known: OrderedDict[str, Entry[V]] = OrderedDict()
         self._unknown: OrderedDict[str, Entry[V]] = OrderedDict()
@@ -146,9 +147,12 @@ class Cache(Generic[V]):
     def _put(self, token: str, token_hash: str, value: V, known: bool) -> None:
         now = self._clock()
         ttl = self.ttl if known else self.unknown_ttl
-        if not self.coherent:
-            ttl = min(ttl, self.incoherent_ttl)
-        entry = Entry(value, token_hash, now + ttl, now + ttl + self.max_stale)
+        fresh_until = now + ttl
+        if self.coherent_for is not None and not self.coherent_for(token_hash):
+            # Changes to it may be missed: kept as the stale-if-error fallback, fresh at most
+            # `incoherent_ttl`.
+            fresh_until = now + min(ttl, self.incoherent_ttl) if self.incoherent_ttl > 0 else 0.0
+        entry = Entry(value, token_hash, fresh_until, now + ttl + self.max_stale)
         lru, limit = (self._known, self.max_entries) if known else (self._unknown, self.max_unknown)
         self._drop(token)
         lru[token] = entry
@@ -177,16 +181,19 @@ class Cache(Generic[V]):
         if load is not None:
             load.invalidated = True
 
-    def expire_all(self) -> None:
-        """Trust nothing cached any more: every entry must be read again before it is served
-        fresh, and reads now in flight are not cached. Entries stay only as the stale-if-error
-        fallback, so an outage that started this still finds the last known decisions."""
+    def expire_all(self, which: Callable[[str], bool] | None = None) -> None:
+        """Trust nothing cached any more (with `which`: of the tokens whose hash it accepts):
+        every such entry must be read again before it is served fresh, and such reads now in
+        flight are not cached. Entries stay only as the stale-if-error fallback, so an outage
+        that started this still finds the last known decisions."""
         self.expirations += 1
         for lru in (self._known, self._unknown):
             for entry in lru.values():
-                entry.fresh_until = 0.0
+                if which is None or which(entry.token_hash):
+                    entry.fresh_until = 0.0
         for load in self._loads.values():
-            load.invalidated = True
+            if which is None or which(load.token_hash):
+                load.invalidated = True
 
     def clear(self) -> None:
         """Forget everything, including reads now in flight."""

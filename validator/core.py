@@ -28,6 +28,7 @@ from validator.model import (
 )
 from validator.rules.decide import TokenRules, classify, compile_rules
 from validator.settings import READ_LATENCY_BUCKETS, Settings, Stats, checked
+from validator.shards import Shard, Shards
 from validator.store import DEFAULT_KEY_PREFIX, Store, UnreadableRecord, fingerprint, parse_read, wrong_type
 from validator.store.invalidation import InvalidationListener
 
@@ -60,8 +61,14 @@ class Validator:
             max_stale=s["max_stale"],
             incoherent_ttl=s["incoherent_ttl"],
         )
-        self.breaker = CircuitBreaker(
-            failure_threshold=s["breaker_threshold"], reset_timeout=s["breaker_reset"]
+        self.shards = Shards(
+            store,
+            lambda: CircuitBreaker(
+                failure_threshold=s["breaker_threshold"], reset_timeout=s["breaker_reset"]
+            ),
+            expire=self.cache.expire_all,
+            require_marker=self.require_marker,
+            marker_interval=s["marker_interval"],
         )
         self._unknown_rules = TokenRules(None, unknown_allowed=s["unknown_token"] == "allow")
         # Distinct cold tokens each need a read; this bounds how many run at once, so a flood
@@ -92,26 +99,31 @@ class Validator:
                 store.topology,
                 store.key_prefix,
                 on_keys=self._on_keys,
-                on_reset=self._on_reset,
-                on_connected=self._on_connected,
+                on_layout=self.shards.on_layout,
+                on_up=self._on_up,
+                on_down=self.shards.on_down,
                 ping_interval=s["ping_interval"],
                 ping_timeout=s["ping_timeout"],
                 topology_interval=s["topology_interval"],
             )
-            self.cache.coherent = False
-        # None: not known (check before the next read); True: marker present; False: missing.
-        self._store_sound: bool | None = None if self.require_marker else True
-        self._store_checked_at = 0.0
-        self._verifying: asyncio.Task[bool | None] | None = None
-        # Grows whenever the marker may have changed; a verification that started before does
-        # not count (see `_marker_changed`).
-        self._marker_epoch = 0
+            self.cache.coherent_for = lambda token_hash: self.shards.of(token_hash).coherent
         self._barriers: dict[str, asyncio.Future[None]] = {}
         self._started = False
         self._closed = False
         self._eviction_check: asyncio.Future[None] | None = None
         # Hashes of tokens whose unreadable record was logged: once each, until read again.
         self._unreadable_logged: set[str] = set()
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker of the whole store: the only one on one server or a Sentinel
+        master; on a Cluster, that of the slots no known primary serves (each primary has its
+        own: `shards`)."""
+        return self.shards.whole.breaker
+
+    @breaker.setter
+    def breaker(self, breaker: CircuitBreaker) -> None:
+        self.shards.whole.breaker = breaker
 
     @classmethod
     def from_url(
@@ -197,12 +209,13 @@ class Validator:
             await self.listener.stop()
         # Background reads must end before the connections they would open are released:
         # a marker check still running after `store.close()` would leave its connections open.
-        background = [t for t in (self._eviction_check, self._verifying) if t is not None and not t.done()]
-        self._eviction_check = self._verifying = None
+        background = [t for t in (self._eviction_check,) if t is not None and not t.done()]
+        self._eviction_check = None
         for task in background:
             task.cancel()
         if background:
             await asyncio.wait(background, timeout=2.0)
+        await self.shards.close()
         if self.denial_log is not None:
             await self.denial_log.stop()
         await self.store.close()
@@ -221,19 +234,15 @@ class Validator:
                 if not barrier.done():
                     barrier.set_result(None)
             elif self.require_marker and self.store.is_marker_key(key):
-                self._marker_changed()
-                self._schedule_verify()
+                # Which primaries a change of the marker concerns does not matter: each shard
+                # reads its own again (one read each, shared).
+                self.shards.marker_changed()
+                for shard in self.shards.all():
+                    self.shards.schedule_verify(shard)
 
-    def _on_reset(self) -> None:
-        self.cache.expire_all()
-        self.cache.coherent = self.listener is not None and self.listener.connected.is_set()
-        if self.require_marker:
-            self._marker_changed()
-
-    async def _on_connected(self) -> None:
-        self.cache.coherent = True
-        if self.require_marker:
-            self._schedule_verify()
+    def _on_up(self, node: str) -> None:
+        assert self.listener is not None
+        self.shards.on_up(node, self.listener.connected.is_set())
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Wait until every change stored before this call has reached this process's cache.
@@ -263,73 +272,6 @@ class Validator:
         finally:
             for key in keys:
                 self._barriers.pop(key, None)
-
-    # ------------------------------------------------------------------ wiped-store marker
-
-    def _marker_changed(self) -> None:
-        # A verification in flight may have read the marker before this change (a FLUSHALL
-        # just after it read "ok"): its answer must not be taken for the store's state.
-        self._store_sound = None
-        self._marker_epoch += 1
-
-    def _schedule_verify(self) -> asyncio.Task[bool | None]:
-        # One marker read at a time: a Cluster `init` writes a thousand marker keys, and each
-        # invalidation must not start a read of its own (they would exhaust the connections).
-        if self._verifying is None or self._verifying.done():
-            self._verifying = asyncio.ensure_future(self._verify_store())
-            self._verifying.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return self._verifying
-
-    async def _verify_store(self) -> bool | None:
-        """Whether the store carries our marker (None: it kept changing while being read)."""
-        for _ in range(_MARKER_READS):
-            epoch = self._marker_epoch
-            state = await self.store.marker_state()
-            if epoch == self._marker_epoch:
-                break
-        else:
-            return None
-        self._store_checked_at = time.monotonic()
-        sound = state == "ok"
-        if not sound and self._store_sound is not False:
-            log.error(
-                "restriction store marker %s (%r): treating the store as unavailable, every "
-                "uncached check fails closed until `validator-admin init` or a restore",
-                "belongs to another secret"
-                if state == "mismatch"
-                else "is MISSING: store wiped or never initialised",
-                self.store.marker_key,
-            )
-        self._store_sound = sound
-        return sound
-
-    async def _ensure_store_sound(self) -> None:
-        if not self.require_marker:
-            return
-        if self._store_sound is True:
-            # Invalidations report the marker's deletion; without them, re-read it now and then.
-            live = self.listener is not None and self.listener.connected.is_set()
-            if live or time.monotonic() - self._store_checked_at < self.settings["marker_interval"]:
-                return
-        # Unknown or missing: ask again (one shared read), so an `init` or restore heals at once.
-        sound: bool | None = None
-        for _ in range(3):
-            verifying = self._schedule_verify()
-            try:
-                sound = await asyncio.shield(verifying)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if verifying.cancelled() and current is not None and not current.cancelling():
-                    # The shared marker read was cancelled, not this read: fail this one as a
-                    # store failure; the next read starts a new marker read.
-                    raise StoreUnavailable("restriction store marker read cancelled") from None
-                raise
-            if sound is not None:
-                break
-        if sound is None:
-            raise StoreUnavailable("restriction store marker kept changing while being read")
-        if not sound:
-            raise StoreUnmarked("restriction store has no marker (wiped or not initialised): failing closed")
 
     # ------------------------------------------------------------------ checks
 
@@ -405,10 +347,11 @@ class Validator:
             self._counts[id(_MALFORMED)] += 1
             return _MALFORMED
         error: StoreUnavailable | None = None
-        if not self.breaker.blocked():
-            token_hash = self.store.token_hash(token)
+        token_hash = self.store.token_hash(token)
+        shard = self.shards.of(token_hash)
+        if not shard.breaker.blocked():
             try:
-                rules = await self.cache.load(token, token_hash, lambda: self._start_read(token_hash))
+                rules = await self.cache.load(token, token_hash, lambda: self._start_read(token_hash, shard))
             except StoreUnavailable as failure:
                 error = failure
             else:
@@ -482,30 +425,34 @@ class Validator:
         self._read_latency_sum += elapsed
         self._read_latency_counts[bisect.bisect_left(READ_LATENCY_BUCKETS, elapsed)] += 1
 
-    def _start_read(self, token_hash: str) -> Awaitable[tuple[TokenRules, bool]]:
-        # The common case, a sound store with a live invalidation connection and a closed
-        # breaker, reads through a plain future chained to the multiplexed connection: no task,
-        # no coroutine (benchmarks: miss). Everything else takes the general path, `_read`.
-        live = self.listener is not None and self.listener.connected.is_set()
+    def _start_read(self, token_hash: str, shard: Shard) -> Awaitable[tuple[TokenRules, bool]]:
+        # The common case, a sound shard whose invalidations arrive and whose breaker is closed,
+        # reads through a plain future chained to the multiplexed connection: no task, no
+        # coroutine (benchmarks: miss). Everything else takes the general path, `_read`.
         if (
-            live
-            and self._store_sound is True
-            and self.breaker.state is BreakerState.CLOSED
+            shard.coherent
+            and shard.sound is True
+            and shard.breaker.state is BreakerState.CLOSED
             and self._fast_reads < self._max_loads
         ):
-            raw = self.store.read_now(token_hash)
+            try:
+                raw = self.store.read_now(token_hash)
+            except Exception as error:  # a transport closed under us: the general path reports it
+                log.debug("fast read not started: %r", error)
+                raw = None
             if raw is not None:
                 self._fast_reads += 1
                 result: asyncio.Future[tuple[TokenRules, bool]] = asyncio.get_running_loop().create_future()
                 raw.add_done_callback(
-                    functools.partial(self._finish_read, token_hash, result, time.monotonic())
+                    functools.partial(self._finish_read, token_hash, shard, result, time.monotonic())
                 )
                 return result
-        return self._read(token_hash)
+        return self._read(token_hash, shard)
 
     def _finish_read(
         self,
         token_hash: str,
+        shard: Shard,
         result: asyncio.Future[tuple[TokenRules, bool]],
         started: float,
         raw: asyncio.Future[Any],
@@ -521,7 +468,7 @@ class Validator:
         if error is not None and self.store.read_again(token_hash, error):
             # A restarted Redis lost the script, or the cluster or the sentinels sent the
             # read elsewhere: the general path loads the script again, or uses redis-py.
-            fallback = asyncio.ensure_future(self._read(token_hash))
+            fallback = asyncio.ensure_future(self._read(token_hash, shard))
             fallback.add_done_callback(functools.partial(_copy_outcome, result))
             return
         try:
@@ -529,23 +476,23 @@ class Validator:
                 raise StoreUnavailable(f"restriction store unavailable: {error}") from error
             outcome = self._outcome(token_hash, parse_read(raw.result()))
         except Exception as failure:
-            _settle(result, self._read_failed(token_hash, failure))
+            _settle(result, self._read_failed(token_hash, shard, failure))
         else:
-            self.breaker.success()
+            shard.breaker.success()
             _settle(result, outcome)
 
-    async def _read(self, token_hash: str) -> tuple[TokenRules, bool]:
+    async def _read(self, token_hash: str, shard: Shard) -> tuple[TokenRules, bool]:
         async with self._load_slots:
-            if not self.breaker.allow():
+            if not shard.breaker.allow():
                 raise StoreUnavailable("restriction store failing: circuit open, not waiting for it")
             started = time.monotonic()
             # Every way out settles the breaker: a trial that reported nothing would leave it
             # half-open, failing every uncached check closed until the process restarts.
             try:
-                await self._ensure_store_sound()
+                await self.shards.ensure_sound(shard)
                 outcome = self._outcome(token_hash, await self.store.read(token_hash))
             except Exception as error:
-                failure = self._read_failed(token_hash, error)
+                failure = self._read_failed(token_hash, shard, error)
                 if failure is error:
                     raise
                 raise failure from error
@@ -553,12 +500,12 @@ class Validator:
                 current = asyncio.current_task()
                 if isinstance(error, asyncio.CancelledError) and current and not current.cancelling():
                     # Cancelled inside the store client, not by our caller: a failed read.
-                    raise self._read_failed(token_hash, error) from error
+                    raise self._read_failed(token_hash, shard, error) from error
                 # Cancelled: no outcome. If this was the trial, the next read may be one at once.
-                self.breaker.release()
+                shard.breaker.release()
                 raise
             else:
-                self.breaker.success()
+                shard.breaker.success()
                 return outcome
             finally:
                 self._observe_read(started)
@@ -576,24 +523,24 @@ class Validator:
             self._unreadable_logged.discard(token_hash)
         return rules, True
 
-    def _read_failed(self, token_hash: str, error: BaseException) -> StoreUnavailable:
-        """Report a failed read to the breaker; the error for the caller."""
+    def _read_failed(self, token_hash: str, shard: Shard, error: BaseException) -> StoreUnavailable:
+        """Report a failed read to the shard's breaker; the error for the caller."""
         if isinstance(error, StoreUnmarked):
             # The store answered, so the circuit has nothing to open for: the marker check
             # alone fails checks closed, and re-reads the marker until an `init` or a restore.
-            self.breaker.success()
+            shard.breaker.success()
             return error
         self._store_errors += 1
         if isinstance(error, UnreadableRecord) or wrong_type(error):
             # One token's record, not the store: one bad record must not open the circuit for
             # every token.
-            self.breaker.success()
+            shard.breaker.success()
             return self._unreadable(token_hash, error)
-        self.breaker.failure()
+        shard.breaker.failure()
         if self.require_marker:
-            # The store may come back wiped (restarted without persistence): read the marker
+            # The node may come back wiped (restarted without persistence): read its marker
             # again before trusting its next answer.
-            self._store_sound = None
+            self.shards.marker_changed(shard)
         if isinstance(error, StoreUnavailable):
             return error
         log.error("unexpected error reading the restriction store", exc_info=error)
@@ -613,9 +560,6 @@ class Validator:
             )
         return UnreadableRecord(reason, token_hash)
 
-
-# Marker reads in a row that a marker change may overtake before a verification gives up.
-_MARKER_READS = 5
 
 # How many tokens with an unreadable record are remembered as logged (beyond: logged again).
 _UNREADABLE_LOG_MEMORY = 1000

@@ -100,15 +100,18 @@ class ValidatorCollector(Collector):
         )
         yield CounterMetricFamily(f"{ns}_store_errors", "Failed store reads", value=stats.store_errors)
         breaker = GaugeMetricFamily(
-            f"{ns}_circuit_breaker_state", "1 for the store circuit breaker's current state", labels=["state"]
+            f"{ns}_circuit_breaker_state",
+            "1 for the store circuit breaker's current state (on a Cluster: the worst of its primaries')",
+            labels=["state"],
         )
+        worst = v.shards.breaker_state()
         for state in BreakerState:
-            breaker.add_metric([state.value], 1 if v.breaker.state is state else 0)
+            breaker.add_metric([state.value], 1 if worst is state else 0)
         yield breaker
         listener = v.listener
         yield GaugeMetricFamily(
             f"{ns}_invalidation_connected",
-            "1 while the invalidation connection is up (the cache is coherent)",
+            "1 while every store node's invalidation connection is up (the cache is coherent)",
             value=1 if listener is not None and listener.connected.is_set() else 0,
         )
 

@@ -71,8 +71,9 @@ DEFAULTS: Settings = {
     "max_stale": 300.0,
     "max_concurrent_loads": 64,
     "invalidation": True,
-    # While the invalidation connection is down, changes may be missed: cache only briefly.
-    "incoherent_ttl": 1.0,
+    # While a store node's invalidations may be missed (its subscription down or not yet
+    # confirmed, e.g. just after a failover), entries of its tokens are read again on every check.
+    "incoherent_ttl": 0.0,
     "ping_interval": 1.0,
     "ping_timeout": 1.0,
     # How often a Sentinel or Cluster topology is compared with the one subscribed to.
@@ -108,8 +109,10 @@ def checked(settings: Settings) -> Settings:
     s: Settings = {**DEFAULTS, **settings}
     if s["unknown_token"] not in ("allow", "deny"):
         raise ConfigurationError(f"unknown_token must be 'allow' or 'deny', not {s['unknown_token']!r}")
-    if s["max_concurrent_loads"] < 1 or s["marker_interval"] <= 0 or s["incoherent_ttl"] <= 0:
-        raise ConfigurationError("max_concurrent_loads, marker_interval and incoherent_ttl must be positive")
+    if s["max_concurrent_loads"] < 1 or s["marker_interval"] <= 0:
+        raise ConfigurationError("max_concurrent_loads and marker_interval must be positive")
+    if s["incoherent_ttl"] < 0:
+        raise ConfigurationError("incoherent_ttl must not be negative")
     if not 1 <= s["max_token_length"] <= MAX_TOKEN_LENGTH:
         raise ConfigurationError(f"max_token_length must be between 1 and {MAX_TOKEN_LENGTH}")
     return s

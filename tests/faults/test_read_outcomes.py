@@ -275,13 +275,13 @@ async def test_a_failed_marker_read_does_not_poison_later_ones(
     real = validator.store.marker_state
     failures = [StoreUnavailable("connection refused")]
 
-    async def marker_state() -> Any:
+    async def marker_state(*args: Any) -> Any:
         if failures:
             raise failures.pop()
-        return await real()
+        return await real(*args)
 
     monkeypatch.setattr(validator.store, "marker_state", marker_state)
-    validator._on_reset()  # the marker must be read again before the next record
+    validator.shards.marker_changed()  # the marker must be read again before the next record
     with pytest.raises(StoreUnavailable):
         await validator.check(DENIED, client_ip=CLIENT_IP)
     assert validator.breaker.state is BreakerState.OPEN
@@ -299,16 +299,16 @@ async def test_a_marker_read_overtaken_by_a_wipe_does_not_count(
     wiped = asyncio.Event()
     answers = ["ok"]  # what the first marker read saw, just before the FLUSHALL
 
-    async def marker_state() -> Any:
+    async def marker_state(*args: Any) -> Any:
         if answers:
             read_before_the_wipe.set()
             await wiped.wait()
             return answers.pop()
-        return await real()
+        return await real(*args)
 
     monkeypatch.setattr(validator.store, "marker_state", marker_state)
     validator.breaker.success()
-    validator._on_reset()
+    validator.shards.marker_changed()
     check = asyncio.ensure_future(validator.check(DENIED, client_ip=CLIENT_IP))
     await read_before_the_wipe.wait()
     await validator.store.client.flushall()
@@ -397,10 +397,10 @@ async def test_an_unreadable_record_fails_its_token_closed_and_heals(
         general_reads = 0
         read = validator._read
 
-        async def counting_read(token_hash: str) -> Any:
+        async def counting_read(token_hash: str, shard: Any) -> Any:
             nonlocal general_reads
             general_reads += 1
-            return await read(token_hash)
+            return await read(token_hash, shard)
 
         monkeypatch.setattr(validator, "_read", counting_read)
         for _ in range(2 * validator.breaker.failure_threshold):

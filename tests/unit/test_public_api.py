@@ -87,7 +87,7 @@ async def test_unmarked_store_fails_closed_with_a_public_error() -> None:
     validator = await _validator()
     async with validator:
         await validator.store.client.delete(validator.store.marker_key)
-        validator._on_reset()  # read the marker again, as after a reconnect
+        validator.shards.marker_changed()  # read the marker again, as after a reconnect
         with pytest.raises(StoreUnavailable) as raised:
             await validator.check("tok_never_cached", client_ip=LISTED_IP)
     assert type(raised.value) is StoreUnmarked

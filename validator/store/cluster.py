@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from validator.store.layout import SLOTS
 from validator.store.urls import MultiHostURL
 from validator.store.wire import Multiplexer, WireError
 
@@ -35,7 +36,6 @@ __all__ = [
     "slot_tags",
 ]
 
-SLOTS = 16384
 # The wiped-store marker is kept in every MARKER_STRIDE-th slot (1,024 keys): a resharding moves
 # markers with their slots, so a primary serving any such slot stays marked without a new
 # `init`, while writing them all stays cheap (~40 ms through redis-py's cluster pipeline, where

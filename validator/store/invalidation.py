@@ -7,10 +7,11 @@ there). Redis then sends the name of every key under the prefix that any client 
 node, including `redis-cli` by hand, and a null payload on FLUSHALL/FLUSHDB. See
 https://redis.io/docs/latest/develop/reference/client-side-caching/ ("broadcasting mode").
 
-Whenever a connection is not known to be alive, or the set of nodes may have changed (a Sentinel
-or Cluster failover, a resharding), changes may be missed, so the cache is dropped: when a
-connection is lost, when a ping on it goes unanswered, when the topology differs from the one
-subscribed to, and again when every node is subscribed.
+Each node is subscribed on its own: while a node's connection is not known to be alive, changes
+on that node may be missed, so the validator treats that node's slots as not coherent (see
+`validator.shards`): when its connection is lost, when a ping on it goes unanswered, when it
+leaves the topology, and again when it is subscribed. The other nodes' invalidations keep flowing
+(one Cluster primary down affects only its own slots).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Protocol
 
 import redis.asyncio as aioredis
@@ -77,10 +78,6 @@ class _Silent(Exception):
     """A connection stopped answering pings."""
 
 
-class _TopologyChanged(Exception):
-    """The write nodes are not the ones subscribed to."""
-
-
 class _Subscription:
     def __init__(self, node: str, client: aioredis.Redis) -> None:
         self.node = node
@@ -103,9 +100,15 @@ class _Subscription:
 
 
 class InvalidationListener:
-    """Runs in the background; calls `on_keys` with changed key names, `on_reset` when
-    everything must be forgotten, and `on_connected` each time tracking is (re)established on
-    every node of the topology (`connected` is set only then)."""
+    """Runs in the background: one subscription per write node, each with its own reconnects,
+    so that one node's failure leaves the others' invalidations flowing.
+
+    Calls `on_keys` with changed key names; `on_layout` with each new topology (before the
+    subscriptions follow it); `on_up(node)` each time tracking is established on a node;
+    `on_down(node)` when a node's invalidations may be missed from now on (its connection was
+    lost, it left the topology, or it was flushed: then `on_up` follows at once). `connected`
+    is set while every node of the topology is subscribed.
+    """
 
     def __init__(
         self,
@@ -113,8 +116,9 @@ class InvalidationListener:
         prefix: str,
         *,
         on_keys: Callable[[list[str]], None],
-        on_reset: Callable[[], None],
-        on_connected: Callable[[], Awaitable[None]],
+        on_layout: Callable[[Mapping[str, Hashable]], None],
+        on_up: Callable[[str], None],
+        on_down: Callable[[str], None],
         ping_interval: float = 1.0,
         ping_timeout: float = 1.0,
         topology_interval: float = 2.0,
@@ -128,24 +132,37 @@ class InvalidationListener:
         self._topology = topology
         self._prefix = prefix
         self._on_keys = on_keys
-        self._on_reset = on_reset
-        self._on_connected = on_connected
+        self._on_layout = on_layout
+        self._on_up = on_up
+        self._on_down = on_down
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.topology_interval = topology_interval
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.connected = asyncio.Event()
-        self.lost = asyncio.Event()  # set while the connection is down after having been up
-        self.connections = 0
-        self.resets = 0
-        self.nodes: Mapping[str, Hashable] = {}  # the nodes subscribed to, while connected
+        self.lost = asyncio.Event()  # set while a node is down after having been up
+        self.connections = 0  # subscriptions established, over all nodes
+        self.resets = 0  # times a node's invalidations may have been missed
+        self.layout: Mapping[str, Hashable] = {}  # the topology last discovered
+        self.up: set[str] = set()  # the nodes subscribed to now
         self._task: asyncio.Task[None] | None = None
-        self._subscriptions: list[_Subscription] = []
+        self._nodes: dict[str, asyncio.Task[None]] = {}
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._poke = asyncio.Event()
+
+    @property
+    def nodes(self) -> Mapping[str, Hashable]:
+        """The topology, while every node of it is subscribed (else empty)."""
+        return self.layout if self.connected.is_set() else {}
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="validator-invalidation")
+
+    def poke(self) -> None:
+        """Look at the topology now (a read was redirected, a node was lost), not at the next poll."""
+        self._poke.set()
 
     async def stop(self, timeout: float = 2.0) -> None:
         """Stop listening; never waits more than about twice `timeout`."""
@@ -153,85 +170,107 @@ class InvalidationListener:
         if task is None:
             return
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
-            # A read swallowed the cancellation: cut its connection so that it returns.
-            for subscription in self._subscriptions:
-                subscription.abort()
-            done, _ = await asyncio.wait({task}, timeout=timeout)
+        done, _ = await asyncio.wait({task}, timeout=2 * timeout)
         if not done:
             log.warning("invalidation listener did not stop within %.0f s; leaving it", 2 * timeout)
 
-    def _reset(self) -> None:
-        self.resets += 1
-        self._on_reset()
-
     async def _run(self) -> None:
         delay = self.backoff_min
-        while True:
-            subscriptions: list[_Subscription] = []
-            self._subscriptions = subscriptions
-            try:
-                nodes = await asyncio.wait_for(self._topology.discover(), self.ping_timeout)
-                for node in nodes:
-                    subscriptions.append(_Subscription(node, self._topology.subscriber(node)))
-                    await asyncio.wait_for(self._subscribe(subscriptions[-1].pubsub), self.ping_timeout)
-                # Anything may have changed while nobody was listening.
-                self._reset()
-                self.connections += 1
-                self.nodes = nodes
-                self.lost.clear()
-                self.connected.set()
+        try:
+            while True:
+                self._poke.clear()
+                try:
+                    layout = await asyncio.wait_for(self._topology.discover(), self.ping_timeout)
+                except (RedisError, OSError, TimeoutError) as error:
+                    log.warning("invalidation: Redis topology not found (%s); retrying", error or "timeout")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.backoff_max)
+                    continue
                 delay = self.backoff_min
-                log.info("invalidation: tracking keys under %r on %d node(s)", self._prefix, len(nodes))
-                await self._on_connected()
-                await self._watch(subscriptions, nodes)
-            except (RedisError, OSError, TimeoutError, _Silent, _TopologyChanged) as error:
+                if layout != self.layout or not self._nodes:
+                    await self._follow(layout)
+                if not self._topology.dynamic:
+                    await asyncio.gather(*self._nodes.values())
+                    continue
+                # While a node is down a failover may be under way: look more often, so that the
+                # promoted replica's slots are subscribed (and served) soon after its promotion.
+                interval = self.topology_interval if self.connected.is_set() else self.backoff_max / 8
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._poke.wait(), min(interval, self.topology_interval))
+        finally:
+            await self._stop_nodes(list(self._nodes))
+
+    async def _follow(self, layout: Mapping[str, Hashable]) -> None:
+        """Take a new topology: tell the validator, then subscribe to new nodes and drop gone ones."""
+        if self.layout:
+            log.info("invalidation: the Redis topology changed (failover or resharding)")
+        self.layout = layout
+        self._on_layout(layout)
+        # Stopped tasks report their node down themselves (see `_node`).
+        await self._stop_nodes([node for node in self._nodes if node not in layout])
+        for node in layout:
+            if node not in self._nodes:
+                self._nodes[node] = asyncio.ensure_future(self._node(node))
+        self._update_connected()
+
+    async def _stop_nodes(self, nodes: list[str]) -> None:
+        tasks = [self._nodes.pop(node) for node in nodes if node in self._nodes]
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=self.ping_timeout)
+        if pending:
+            # A read swallowed the cancellation (redis-py issue 2551): cut its connection.
+            for node in nodes:
+                subscription = self._subscriptions.get(node)
+                if subscription is not None:
+                    subscription.abort()
+            await asyncio.wait(pending, timeout=self.ping_timeout)
+
+    def _update_connected(self) -> None:
+        if self.layout and all(node in self.up for node in self.layout):
+            self.lost.clear()
+            self.connected.set()
+        elif self.connected.is_set():
+            self.connected.clear()
+            self.lost.set()
+
+    async def _node(self, node: str) -> None:
+        """Keep `node` subscribed until cancelled, reconnecting with backoff."""
+        delay = self.backoff_min
+        while True:
+            subscription = _Subscription(node, self._topology.subscriber(node))
+            self._subscriptions[node] = subscription
+            try:
+                await asyncio.wait_for(self._subscribe(subscription.pubsub), self.ping_timeout)
+                self.connections += 1
+                self.up.add(node)
+                self._update_connected()
+                # Anything may have changed on this node while nobody was listening.
+                self._on_up(node)
+                delay = self.backoff_min
+                log.info("invalidation: tracking keys under %r on %s", self._prefix, node)
+                await self._listen(subscription.pubsub, node)
+            except (RedisError, OSError, TimeoutError, _Silent) as error:
                 log.warning(
-                    "invalidation connection lost (%s); cache dropped, reconnecting",
+                    "invalidation connection to %s lost (%s); its keys' cache dropped, reconnecting",
+                    node,
                     error or type(error).__name__,
                 )
             finally:
-                self.nodes = {}
-                if self.connected.is_set():
-                    self.connected.clear()
-                    self.lost.set()
-                    self._reset()
-                for subscription in subscriptions:
-                    await subscription.close()
+                if node in self.up:
+                    self.up.discard(node)
+                    self.resets += 1
+                    self._update_connected()
+                    self._on_down(node)
+                if self._subscriptions.get(node) is subscription:
+                    del self._subscriptions[node]
+                await subscription.close()
+            # The node may be gone for good (a failover): look at the topology now.
+            self.poke()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
-
-    async def _watch(self, subscriptions: list[_Subscription], nodes: Mapping[str, Hashable]) -> None:
-        """Listen on every subscription until one fails or the topology changes (both raise)."""
-        watchers = [asyncio.ensure_future(self._listen(s.pubsub)) for s in subscriptions]
-        if self._topology.dynamic:
-            watchers.append(asyncio.ensure_future(self._follow(nodes)))
-        try:
-            done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
-            for watcher in done:
-                watcher.result()
-        finally:
-            for watcher in watchers:
-                watcher.cancel()
-            _, pending = await asyncio.wait(watchers, timeout=self.ping_timeout)
-            if pending:
-                # A read swallowed the cancellation: cut the connections under it.
-                for subscription in subscriptions:
-                    subscription.abort()
-                await asyncio.wait(pending, timeout=self.ping_timeout)
-            for watcher in watchers:
-                if watcher.done() and not watcher.cancelled():
-                    watcher.exception()  # retrieved: the first failure is the one raised above
-
-    async def _follow(self, subscribed: Mapping[str, Hashable]) -> None:
-        # A failover that kills a node also kills our connection to it; one that demotes a live
-        # node (or a resharding) does not, and is seen here within `topology_interval`.
-        while True:
-            await asyncio.sleep(self.topology_interval)
-            current = await asyncio.wait_for(self._topology.discover(), self.ping_timeout)
-            if current != subscribed:
-                raise _TopologyChanged("the Redis topology changed (failover or resharding)")
 
     async def _subscribe(self, pubsub: PubSub) -> None:
         # Named, so that operators can find it in CLIENT LIST (and tests can CLIENT KILL it).
@@ -251,7 +290,7 @@ class InvalidationListener:
             if message["type"] == "subscribe":
                 return
 
-    async def _listen(self, pubsub: PubSub) -> None:
+    async def _listen(self, pubsub: PubSub, node: str) -> None:
         ping_sent: float | None = None
         while True:
             if ping_sent is None:
@@ -270,7 +309,9 @@ class InvalidationListener:
             elif message["type"] == "message":
                 keys = message["data"]
                 if keys is None:
-                    log.warning("invalidation: the store was flushed; cache dropped")
-                    self._reset()
+                    log.warning("invalidation: %s was flushed; its keys' cache dropped", node)
+                    self.resets += 1
+                    self._on_down(node)
+                    self._on_up(node)
                 else:
                     self._on_keys(keys)

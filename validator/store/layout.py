@@ -13,6 +13,7 @@ keys nor values hold a token in clear.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 
 DEFAULT_KEY_PREFIX = "tav:"
 
+# Redis Cluster's hash slots.
+SLOTS = 16384
+
 List = Literal["d", "i"]
 _LIST_NAMES: dict[str, str] = {"d": "domain", "i": "IP"}
 
@@ -39,6 +43,12 @@ def _script(name: str) -> str:
 def fingerprint(token_hash: str) -> str:
     """A short, non-reversible name of a token for logs and CLI output."""
     return token_hash[:10]
+
+
+def slot_of(tag: str) -> int:
+    """The Redis Cluster slot of the keys whose hash tag is `tag` (a token's: its hash):
+    CRC16-XMODEM of the tag, modulo 16384."""
+    return binascii.crc_hqx(tag.encode(), 0) % SLOTS
 
 
 @contextlib.contextmanager

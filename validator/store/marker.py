@@ -79,10 +79,17 @@ class MarkerCommands:
             layout = await self._cluster.discover()
         return [self.marker_key + tag for tag in await self.shard_tags(layout)]
 
-    async def marker_state(self) -> Literal["ok", "missing", "mismatch"]:
+    async def marker_state(
+        self, ranges: tuple[tuple[int, int], ...] | None = None
+    ) -> Literal["ok", "missing", "mismatch"]:
         """Whether the store carries this deployment's marker (see `write_marker`); on a
-        cluster, "missing" as soon as one primary lacks it."""
-        keys = await self._probe_keys()
+        cluster, "missing" as soon as one primary lacks it. With `ranges`, the slot ranges of one
+        Cluster primary, only that primary's marker is read (`validator.shards`)."""
+        if ranges is None or self._cluster is None:
+            keys = await self._probe_keys()
+        else:
+            tags = await asyncio.to_thread(_cluster.slot_tags)  # computed once, off the event loop
+            keys = [self.marker_key + "{" + tags[_cluster.probe_slot(ranges)] + "}"]
         with _store_errors():
             values = await asyncio.gather(*(self.client.get(key) for key in keys))
         if any(value is not None and value != self.marker_value for value in values):
