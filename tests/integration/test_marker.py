@@ -199,3 +199,28 @@ async def test_a_memory_store_is_marked_when_created() -> None:
     change = await admin.add_ips(TOKEN, [CLIENT_IP])
     assert change.changed
     assert await admin.store.marker_state() == "ok"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("invalidation", [False, True], ids=["no invalidation", "invalidation"])
+async def test_a_marker_not_required_is_never_read(
+    backend: Backend, invalidation: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`require_marker=False` on a store never initialised decides from the records alone, on
+    every deployment, with or without invalidation: the marker is not even read."""
+    async with Validator.from_url(
+        backend.url, secret=SECRET, require_marker=False, invalidation=invalidation
+    ) as validator:
+
+        async def marker_read(*args: object) -> str:
+            raise AssertionError("the marker was read")
+
+        monkeypatch.setattr(validator.store, "marker_state", marker_read)
+        for n in range(20):  # tokens in many slots (every primary of a cluster)
+            decision = await validator.check(f"tok_unmarked_{n}", client_ip=CLIENT_IP)
+            assert decision.allowed and decision.reason is Reason.UNKNOWN_TOKEN
+        if validator.listener is not None:
+            await validator.sync()  # subscribed everywhere: reads take the fast path too
+            validator.cache.clear()
+            for n in range(20):
+                assert (await validator.check(f"tok_unmarked_{n}", client_ip=CLIENT_IP)).allowed

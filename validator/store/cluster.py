@@ -11,7 +11,7 @@ from __future__ import annotations
 import binascii
 import contextlib
 import functools
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -125,6 +125,8 @@ class ClusterTopology:
         self._connect_timeout = connect_timeout
         self._probes: dict[str, aioredis.Redis] = {}
         self.layout: Layout = {}
+        # Called when a read was redirected (the listener then looks at the layout now).
+        self.hint: Callable[[], None] = lambda: None
 
     def _connection(self, node: str, **extra: Any) -> aioredis.Redis:
         host, _, port = node.rpartition(":")
@@ -244,6 +246,7 @@ class ClusterWires:
         if kind != "reply" or not text.startswith(_REDIRECTIONS):
             return False
         if text.startswith("MOVED ") and not self._closed:
+            self._topology.hint()
             # "MOVED <slot> <host>:<port>": the slot's primary now; later reads go there. An
             # empty or "?" host means "the host you asked": not worth guessing, redis-py knows.
             with contextlib.suppress(ValueError):

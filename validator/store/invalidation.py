@@ -52,6 +52,9 @@ class Topology(Protocol):
     def subscriber(self, node: str) -> aioredis.Redis:
         """A new RESP2 client without retries for one node named by `discover`."""
 
+    hint: Callable[[], None]
+    """Called by the store when a read found the topology changed (the listener sets it)."""
+
     async def aclose(self) -> None:
         """Release what `discover` holds."""
 
@@ -63,6 +66,7 @@ class SingleServer:
 
     def __init__(self, client_factory: Callable[[], aioredis.Redis]) -> None:
         self._factory = client_factory
+        self.hint: Callable[[], None] = lambda: None
 
     async def discover(self) -> Mapping[str, Hashable]:
         return {"server": None}
@@ -150,6 +154,7 @@ class InvalidationListener:
         self._nodes: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: dict[str, _Subscription] = {}
         self._poke = asyncio.Event()
+        topology.hint = self.poke
 
     @property
     def nodes(self) -> Mapping[str, Hashable]:

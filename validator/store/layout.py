@@ -60,6 +60,10 @@ def _store_errors() -> Iterator[None]:
     except UnicodeDecodeError as error:
         # Bytes that are not UTF-8, written by hand: nothing safe can be read from them.
         raise StoreUnavailable(f"unreadable reply from the restriction store: {error}") from error
+    except RuntimeError as error:
+        # A connection closed under a command: uvloop's transports raise "unable to perform
+        # operation on <TCPTransport closed=True>" where asyncio's ignore the write.
+        raise StoreUnavailable(f"restriction store unavailable: {error}") from error
     except AttributeError as error:
         # redis-py's asyncio RedisCluster closes every connection when it refreshes its slot map
         # (after a few MOVED, on CLUSTERDOWN), also those that other requests are using; these

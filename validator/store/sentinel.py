@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -161,6 +161,8 @@ class SentinelTopology:
         self._node_kwargs = url.node_kwargs()
         self.db: int = url.options.get("db", 0)
         self._connect_timeout = connect_timeout
+        # Called when a read found the master demoted (the listener then asks the sentinels now).
+        self.hint: Callable[[], None] = lambda: None
 
     async def discover(self) -> Mapping[str, Hashable]:
         host, port = await self._sentinel.discover_master(self._service)
@@ -225,7 +227,10 @@ class SentinelWire:
         # The master is gone (refused, lost) or was left for a new one; not a timeout (waiting
         # belongs to the breaker), nor a store that is closing.
         kind = getattr(error, "kind", None)
-        return kind in ("connection", "left") or (kind == "reply" and str(error).startswith(_ELSEWHERE))
+        if kind == "reply" and str(error).startswith(_ELSEWHERE):
+            self._topology.hint()
+            return True
+        return kind in ("connection", "left")
 
     def _follow(self, address: tuple[str, int] | None) -> None:
         old, self._wire, self._address = self._wire, None, address
