@@ -10,6 +10,7 @@ redirected read, and the wiped-store marker read. On every deployment, and once 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -112,7 +113,7 @@ async def test_the_middleware_answers_503_not_500(backend: Backend, monkeypatch:
 
         middleware = TokenAccessMiddleware(app, validator=validator)
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 statuses.append(message["status"])
 
