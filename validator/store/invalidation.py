@@ -187,7 +187,9 @@ class InvalidationListener:
                 try:
                     layout = await asyncio.wait_for(self._topology.discover(), self.ping_timeout)
                 except (RedisError, OSError, TimeoutError) as error:
-                    log.warning("invalidation: Redis topology not found (%s); retrying", error or "timeout")
+                    (log.warning if delay == self.backoff_min else log.debug)(
+                        "invalidation: Redis topology not found (%s); retrying", error or "timeout"
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.backoff_max)
                     continue
@@ -258,7 +260,8 @@ class InvalidationListener:
                 log.info("invalidation: tracking keys under %r on %s", self._prefix, node)
                 await self._listen(subscription.pubsub, node)
             except (RedisError, OSError, TimeoutError, _Silent) as error:
-                log.warning(
+                # Said once per outage; the reconnection attempts that follow are debug lines.
+                (log.warning if delay == self.backoff_min else log.debug)(
                     "invalidation connection to %s lost (%s); its keys' cache dropped, reconnecting",
                     node,
                     error or type(error).__name__,
