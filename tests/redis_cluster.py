@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from tests.redis_servers import RedisProcess, free_port, redis_server_binary
@@ -70,11 +71,21 @@ class LocalCluster:
     """A Redis Cluster of `primaries` primaries with one replica each, created with
     `redis-cli --cluster create`. The killed-and-restarted node rejoins as a replica."""
 
-    def __init__(self, primaries: int = 3, *, node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        primaries: int = 3,
+        *,
+        node_timeout_ms: int = CLUSTER_NODE_TIMEOUT_MS,
+        full_coverage: bool = True,
+    ) -> None:
         self.nodes = [
             RedisProcess(
                 "--cluster-enabled",
                 "yes",
+                # Redis's default, yes, refuses every slot while any one is not served (between
+                # a primary's FAIL flag and its replica's promotion); no serves the others.
+                "--cluster-require-full-coverage",
+                "yes" if full_coverage else "no",
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
@@ -215,9 +226,89 @@ class LocalCluster:
             raise RuntimeError(f"redis-cli --cluster reshard failed: {done.stdout!r} {done.stderr!r}")
         self.wait_ok(timeout)
 
+    # ---------------------------------------------------------------------- slot migrations
+
+    def add_primary(self, timeout: float = 30.0) -> RedisProcess:
+        """Start one more node and join it as a primary serving no slot yet (`redis-cli --cluster
+        add-node`), as one grows a cluster before resharding onto it. No CLUSTER SLOTS reply names
+        it until it serves a slot; `cleanup` stops it with the others."""
+        args = list(self.nodes[0].extra_args)
+        args[args.index("--cluster-port") + 1] = str(free_port())  # its own bus port
+        node = RedisProcess(*args)
+        node.start()
+        self.nodes.append(node)
+        seed = self.primaries()[0]
+        done = subprocess.run(
+            ["redis-cli", "--cluster", "add-node", f"127.0.0.1:{node.port}", f"127.0.0.1:{seed.port}"],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster add-node failed: {done.stdout!r} {done.stderr!r}")
+
+        def known() -> bool:
+            wanted = str(len(self.live()))
+            views = [_info_cluster(n.port) for n in self.live()]
+            return all(
+                (view.get("cluster_known_nodes"), view.get("cluster_state")) == (wanted, "ok")
+                for view in views
+            )
+
+        _wait("every node to know the new one, and it the slots", known, timeout)
+        return node
+
+    def node_id(self, node: RedisProcess) -> str:
+        return redis_cli(node.port, "CLUSTER", "MYID").strip()
+
+    def owner(self, slot: int) -> RedisProcess:
+        """The primary serving `slot`, as the first live primary sees it."""
+        view = self._view(self.primaries()[0].port)
+        for fields in view:
+            for span in fields[8:]:
+                if span.startswith("["):
+                    continue  # "[slot->-id]": a migration, not a range served
+                start, _, end = span.partition("-")
+                if int(start) <= slot <= int(end or start):
+                    return self.node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+        raise LookupError(f"no primary serves slot {slot}")
+
+    def open_migration(self, slot: int, source: RedisProcess, target: RedisProcess) -> None:
+        """Put `slot` in the state of a resharding that has not moved its keys yet (or stopped
+        half-way): IMPORTING on `target`, MIGRATING on `source` (the order redis-cli uses).
+        `migrate_keys` moves some keys, `close_migration` undoes it all."""
+        _command(target.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        _command(source.port, "CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+
+    def migrate_keys(self, source: RedisProcess, target: RedisProcess, keys: list[str]) -> None:
+        """Move `keys` (those that exist) from `source` to `target` as a resharding does (MIGRATE)."""
+        if keys:
+            _command(source.port, "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+
+    def slot_keys(self, node: RedisProcess, slot: int) -> list[str]:
+        """The keys of `slot` that `node` holds."""
+        return [str(key) for key in _command(node.port, "CLUSTER", "GETKEYSINSLOT", slot, 100_000)]
+
+    def close_migration(self, slot: int, source: RedisProcess, target: RedisProcess) -> None:
+        """Undo `open_migration`: the slot is STABLE on `source` again, the keys `target` holds
+        (moved there, or written there during the migration) go back to it, and the slot is STABLE
+        on `target` too. (A migrating source would answer ASK to their RESTORE.)"""
+        _command(source.port, "CLUSTER", "SETSLOT", slot, "STABLE")
+        self.migrate_keys(target, source, self.slot_keys(target, slot))
+        _command(target.port, "CLUSTER", "SETSLOT", slot, "STABLE")
+
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
+
+
+def _command(port: int, *args: str | int) -> Any:
+    """One command to one node, its error reply raised (redis-cli would print it and exit 0)."""
+    client = redis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=10)
+    try:
+        return client.execute_command(*args)  # type: ignore[no-untyped-call]
+    finally:
+        client.close()
 
 
 def _info_cluster(port: int) -> dict[str, str]:

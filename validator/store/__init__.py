@@ -29,12 +29,14 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
 from validator.model import Restrictions
 from validator.store import cluster as _cluster
 from validator.store import memory as _memory  # noqa: F401  (registers memory://)
+from validator.store import migration as _migration
 from validator.store.backends import BACKENDS
 from validator.store.bulk import BulkCommands
 from validator.store.denials import DenialStreams
@@ -118,7 +120,7 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         # On a Redis Cluster the marker lives in other slots than a token's keys, out of reach of
         # the write script: writes read it first (see `_require_marker`).
         self._marker_in_script = not isinstance(client, RedisCluster)
-        self._marker_checked_at = -float("inf")
+        self._marker_checked_at: dict[str, float] = {}
         # The marker's value proves the secret too: a validator configured with another secret
         # would see every token as unknown (unrestricted), so it must not take the store as sound.
         self.marker_value = hmac.new(secret, b"token-access-validator marker", hashlib.sha256).hexdigest()[
@@ -196,6 +198,8 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         try:
             if wire is not None:
                 reply = await self._wire_read(wire, token_hash)
+            elif isinstance(self.client, RedisCluster):
+                reply = await self._cluster_read(self.client, token_hash)
             else:
                 with _store_errors():
                     reply = await self._read(keys=self.keys(token_hash))
@@ -232,11 +236,33 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
                 await wire.execute("SCRIPT", "LOAD", self._read.script)  # type: ignore[arg-type]
                 return await wire.execute("EVALSHA", self._read.sha, 3, *keys)
         except WireError as error:
-            if self._wires is not None and self._wires.redirected(token_hash, error):
-                # A Redis Cluster moved the slot or lost the node: redis-py follows it.
-                with _store_errors():
-                    return await self._read(keys=keys)
-            raise StoreUnavailable(f"restriction store unavailable: {error}") from error
+            if self._wires is None or not self._wires.redirected(token_hash, error):
+                raise StoreUnavailable(f"restriction store unavailable: {error}") from error
+            redirection = str(error)
+        if isinstance(self.client, RedisCluster) and redirection.startswith("TRYAGAIN"):
+            # The slot is migrating and the token's keys are split between the two nodes, or
+            # some do not exist: no multi-key read will run until the migration ends.
+            with _store_errors():
+                return await _migration.read_by_key(self.client, keys, self.history_key(token_hash))
+        if isinstance(self.client, RedisCluster) and redirection.startswith("ASK "):
+            # The slot is migrating and none of the token's keys is left on the source.
+            return await self._cluster_read(self.client, token_hash)
+        # A Redis Cluster moved the slot or lost the node: redis-py follows it.
+        with _store_errors():
+            return await self._read(keys=keys)
+
+    async def _cluster_read(self, client: RedisCluster, token_hash: str) -> Any:
+        """`lua/read.lua` on a Redis Cluster without a multiplexed connection to use: where the
+        token's keys are, and key by key while they are split by a slot migration."""
+        keys = self.keys(token_hash)
+        with _store_errors():
+            try:
+                return await _migration.read(
+                    client, keys, self.history_key(token_hash), sha=self._read.sha, script=self._read.script
+                )
+            except RedisConnectionError:
+                # A primary gone (a failover): redis-py finds the new one.
+                return await self._read(keys=keys)
 
     async def write(self, token_hash: str, op: str, *args: str) -> tuple[Restrictions | None, bool]:
         """Run one atomic change (see `lua/write.lua`); returns the stored state and whether it
@@ -245,14 +271,29 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
 
         Raises `StoreNotInitialised` or `LimitExceeded` (nothing written), or `StoreUnavailable`.
         """
-        await self._require_marker()
+        await self._require_marker(token_hash)
         keys, argv = self._write_call(token_hash, op, args)
         with _store_errors():
-            reply = await self._write(keys=keys, args=argv)
+            if isinstance(self.client, RedisCluster):
+                reply = await self._cluster_write(self.client, keys, argv)
+            else:
+                reply = await self._write(keys=keys, args=argv)
         result = self._write_result(reply)
         if result[1]:
             self._notify(token_hash)
         return result
+
+    async def _cluster_write(
+        self, client: RedisCluster, keys: Sequence[str], argv: Sequence[str | int]
+    ) -> Any:
+        """`lua/write.lua` on a Redis Cluster, also while the token's slot is being migrated (see
+        `migration.write`)."""
+        try:
+            return await _migration.write(client, keys, argv, sha=self._write.sha, script=self._write.script)
+        except RedisConnectionError:
+            # A primary gone (a failover): redis-py finds the new one. A write that did run before
+            # the connection broke changes nothing the second time (every op is idempotent).
+            return await self._write(keys=keys, args=argv)
 
     def _notify(self, token_hash: str) -> None:
         for listener in self.local_listeners:
@@ -315,6 +356,12 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
             raise self.not_initialised(reply[1])
         if reply[0] == "absent":
             return None, False
+        if reply[0] == "moving":
+            # Only a pipelined write (`write_many`) gets here: `write` moves the keys and retries.
+            raise StoreUnavailable(
+                "restriction store unavailable: the token's Redis Cluster slot is being migrated "
+                "(nothing written); write it again on its own"
+            )
         if reply[0] == "limit":
             list_name = _LIST_NAMES[reply[1]]
             stored = sorted(reply[2])

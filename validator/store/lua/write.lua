@@ -4,7 +4,10 @@
 -- KEYS: meta (hash: d, i = switches "0"/"1"; v = version; r = mode "enforce"/"report",
 --       absent meaning enforce), domains (set), ips (set),
 --       history (list of JSON entries, newest first, capped at HISTORY_LENGTH),
---       and optionally the store's marker (not on a Redis Cluster: it lives in another slot)
+--       and optionally the store's marker (not on a Redis Cluster: it lives in another slot);
+--       or the meta key alone, on a Redis Cluster slot's migration target after ASKING once the
+--       token's other keys were moved there (validator/store/migration.py): the others are then
+--       named from it (`...:m` -> `...:d`, `:i`, `:h`), and looked for before anything is written
 -- ARGV[1] = op, ARGV[2] = limit, ARGV[3] = the marker's expected value when KEYS[5] is given,
 -- then per op:
 --   add | remove | set   ARGV[4] = "d" or "i", ARGV[5..] = normalised entries
@@ -18,6 +21,8 @@
 -- or {"limit", "d" or "i", members now stored} when the limit would be exceeded (nothing written),
 -- or {"marker", "missing" or "mismatch"} when KEYS[5] is given and does not hold ARGV[3]: the
 -- store was wiped, never initialised, or initialised for another secret (nothing written),
+-- or {"moving"} on a Redis Cluster slot's migration source, or when only the meta key is declared
+-- and another of the token's keys is on another node (nothing written),
 -- or {"absent"} when the op only takes away (remove, set with no entries, switch off, mode) and
 -- the token has no record: such an op creates nothing, because an empty record with both
 -- switches off would turn a token that validators deny as unknown into an unrestricted one.
@@ -33,13 +38,15 @@
 local HISTORY_LENGTH = 50
 
 local op, limit = ARGV[1], tonumber(ARGV[2])
-local meta_key, history_key = KEYS[1], KEYS[4]
-local set_key = {d = KEYS[2], i = KEYS[3]}
+local meta_key = KEYS[1]
+local base = string.sub(meta_key, 1, -2)
+local history_key = KEYS[4] or base .. 'h'
+local set_key = {d = KEYS[2] or base .. 'd', i = KEYS[3] or base .. 'i'}
 local list_name = {d = 'domain', i = 'ip'}
 
 local function state(changed)
   return {'ok', changed, redis.call('HGETALL', meta_key),
-          redis.call('SMEMBERS', KEYS[2]), redis.call('SMEMBERS', KEYS[3])}
+          redis.call('SMEMBERS', set_key.d), redis.call('SMEMBERS', set_key.i)}
 end
 
 local function same_members(key, wanted)
@@ -76,6 +83,25 @@ local function record(entry)
   redis.call('LTRIM', history_key, 0, HISTORY_LENGTH - 1)
 end
 
+-- On a Redis Cluster (no marker key given) the slot may be migrating. Inside a script too, Redis
+-- checks each command's key as it runs: on the migration's source, one that is missing -- a set
+-- the change empties, or one it deletes then writes, or one on the target -- fails the script there
+-- and then, after what it wrote so far. So: nothing is written on a migrating source (a key that
+-- never exists is missing there, which `redis.pcall` tells without failing); the caller moves the
+-- token's keys and writes on the target (validator/store/migration.py). There, after ASKING, a
+-- single-key command runs whether its key exists or not; multi-key ones are avoided below.
+if #KEYS < 5 then
+  local probes = {base .. 'migrating?'}
+  if #KEYS == 1 then
+    probes = {base .. 'migrating?', set_key.d, set_key.i, history_key}
+  end
+  for _, key in ipairs(probes) do
+    if type(redis.pcall('EXISTS', key)) == 'table' then
+      return {'moving'}
+    end
+  end
+end
+
 if #KEYS >= 5 then
   local marker = redis.call('GET', KEYS[5])
   if marker ~= ARGV[3] then
@@ -85,7 +111,11 @@ end
 
 -- Delete forgets the token completely, its history included: nothing stays behind in Redis.
 if op == 'delete' then
-  local removed = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], history_key)
+  -- One key at a time: on a migration's target, one DEL of several keys fails if one is missing.
+  local removed = 0
+  for _, key in ipairs({meta_key, set_key.d, set_key.i, history_key}) do
+    removed = removed + redis.call('DEL', key)
+  end
   return {'ok', removed > 0 and 1 or 0, {}, {}, {}}
 end
 
@@ -171,10 +201,10 @@ elseif op == 'put' then
   local domains = slice(8, 7 + n)
   local ips = slice(8 + n, #ARGV)
   if #domains > limit then
-    return {'limit', 'd', redis.call('SMEMBERS', KEYS[2])}
+    return {'limit', 'd', redis.call('SMEMBERS', set_key.d)}
   end
   if #ips > limit then
-    return {'limit', 'i', redis.call('SMEMBERS', KEYS[3])}
+    return {'limit', 'i', redis.call('SMEMBERS', set_key.i)}
   end
   create_if_absent()
   for list, value in pairs({d = ARGV[4], i = ARGV[5]}) do
