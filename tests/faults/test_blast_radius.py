@@ -26,7 +26,13 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from tests.redis_cluster import CLUSTER_NODE_TIMEOUT_MS, LocalCluster
+from tests.redis_cluster import (
+    CLUSTER_NODE_TIMEOUT_MS,
+    SENTINEL_DOWN_AFTER_MS,
+    LocalCluster,
+    LocalSentinel,
+    redis_cli,
+)
 from validator import Admin, Restrictions
 from validator.store import Store
 
@@ -53,6 +59,14 @@ def cluster() -> Iterator[LocalCluster]:
     setup.cleanup()
 
 
+@pytest.fixture
+def sentinel() -> Iterator[LocalSentinel]:
+    setup = LocalSentinel()
+    setup.start()
+    yield setup
+    setup.cleanup()
+
+
 @dataclass
 class Worker:
     process: asyncio.subprocess.Process
@@ -61,6 +75,7 @@ class Worker:
     why: list[dict[str, str]] = field(default_factory=list)
     flips: list[tuple[float, str, bool]] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    reader: asyncio.Future[None] | None = None
 
     async def read(self) -> None:
         assert self.process.stdout is not None
@@ -101,6 +116,37 @@ def tokens_by_primary(store: Store, cluster: LocalCluster) -> dict[int, list[str
     return found
 
 
+async def start_workers(url: str, cold: dict[str, str], watch: list[str]) -> list[Worker]:
+    """PROCESSES validator processes (tests/faults/blast.py), their reports being read."""
+    spec = json.dumps({"cold": cold, "watch": watch, "client_ip": CLIENT_IP})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    workers = []
+    for _ in range(PROCESSES):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.faults.blast",
+            url,
+            SECRET,
+            spec,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        worker = Worker(process)
+        worker.reader = asyncio.ensure_future(worker.read())
+        workers.append(worker)
+    return workers
+
+
+async def stop_workers(workers: list[Worker]) -> None:
+    for worker in workers:
+        if worker.process.returncode is None:
+            worker.process.kill()
+        await worker.process.wait()
+        if worker.reader is not None:
+            worker.reader.cancel()
+
+
 async def wait_for(condition: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
@@ -120,24 +166,7 @@ async def test_one_primary_down_affects_only_its_slots(cluster: LocalCluster) ->
     cluster.wait_replicated()
     cold = {token: str(port) for port, names in by_port.items() for token in names[:PER_PRIMARY]}
     healthy_watch, victim_watch = by_port[healthy_port][-1], by_port[victim_port][-1]
-    spec = json.dumps({"cold": cold, "watch": [healthy_watch, victim_watch], "client_ip": CLIENT_IP})
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    workers = [
-        Worker(
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.faults.blast",
-                cluster.url,
-                SECRET,
-                spec,
-                stdout=asyncio.subprocess.PIPE,
-                env=env,
-            )
-        )
-        for _ in range(PROCESSES)
-    ]
-    readers = [asyncio.ensure_future(w.read()) for w in workers]
+    workers = await start_workers(cluster.url, cold, [healthy_watch, victim_watch])
     try:
         await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 60)
         await asyncio.sleep(0.5)  # rounds before the fault: a baseline with no failure
@@ -172,12 +201,7 @@ async def test_one_primary_down_affects_only_its_slots(cluster: LocalCluster) ->
             "uncached checks of the promoted replica's slots to succeed again",
         )
     finally:
-        for worker in workers:
-            if worker.process.returncode is None:
-                worker.process.kill()
-            await worker.process.wait()
-        for reader in readers:
-            reader.cancel()
+        await stop_workers(workers)
         await admin.close()
 
     assert [w.wrong for w in workers] == [[]] * PROCESSES, "a stored-allowed token was denied"
@@ -206,3 +230,87 @@ async def test_one_primary_down_affects_only_its_slots(cluster: LocalCluster) ->
     )
     assert max(healthy) < HEALTHY_BOUND
     assert max(after_promotion) < PROMOTED_BOUND
+
+
+async def change_seen(admin: Admin, token: str, workers: list[Worker]) -> list[float]:
+    """Remove CLIENT_IP from `token`; seconds until each worker decided it denied, from the
+    start of the write."""
+    changed = time.time()
+    await admin.set_ips(token, [OTHER_IP])
+    await wait_for(
+        lambda: all(w.seen(token, changed) for w in workers), 30, f"every worker to see {token} change"
+    )
+    return [w.seen(token, changed) - changed for w in workers]  # type: ignore[operator]
+
+
+@pytest.mark.timeout(180)
+async def test_a_manual_failover_is_followed_within_the_topology_interval(cluster: LocalCluster) -> None:
+    """The old primary lives on as a replica (its subscription stays up but says nothing of the
+    new primary's writes): its slots are stale until the validators see the new layout, at most
+    `topology_interval` (0.5 s in these workers), sooner when a read meets a MOVED. Measured with
+    no read of those slots, the worst case."""
+    admin = Admin.from_url(cluster.url, secret=SECRET)
+    await admin.init()
+    by_port = tokens_by_primary(admin.store, cluster)
+    victim_port = sorted(by_port)[0]
+    for names in by_port.values():
+        for token in names:
+            await admin.put(token, Restrictions(ip_enabled=True, ips=[CLIENT_IP]))
+    cluster.wait_replicated()
+    cold = {token: str(port) for port, names in by_port.items() if port != victim_port for token in names[:2]}
+    watch = by_port[victim_port][-1]
+    workers = await start_workers(cluster.url, cold, [watch])
+    try:
+        await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 60)
+        replica = next(
+            node for node in cluster.replicas() if redis_cli(node.port, "ROLE").split()[2] == str(victim_port)
+        )
+        assert redis_cli(replica.port, "CLUSTER", "FAILOVER").strip() == "OK"
+        await wait_for(lambda: replica in cluster.primaries(), 30, "the manual failover")
+        delays = await change_seen(admin, watch, workers)
+    finally:
+        await stop_workers(workers)
+        await admin.close()
+    assert [w.wrong for w in workers] == [[]] * PROCESSES
+    assert [f for w in workers for _, f in w.failed] == [], "a surviving primary's checks failed"
+    print(
+        f"\nchange after a manual failover seen in {statistics.median(delays) * 1000:.1f} ms "
+        f"(max {max(delays) * 1000:.1f})"
+    )
+    assert max(delays) < PROMOTED_BOUND
+
+
+@pytest.mark.timeout(180)
+async def test_a_sentinel_failover_bounds_the_stale_window(sentinel: LocalSentinel) -> None:
+    admin = Admin.from_url(sentinel.url, secret=SECRET)
+    await admin.init()
+    tokens = [f"tok_blast_sentinel_{n}" for n in range(PER_PRIMARY + 1)]
+    for token in tokens:
+        await admin.put(token, Restrictions(ip_enabled=True, ips=[CLIENT_IP]))
+    sentinel.wait_replicated()
+    workers = await start_workers(sentinel.url, dict.fromkeys(tokens[:-1], "master"), [tokens[-1]])
+    try:
+        await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 60)
+        master = sentinel.current_master()
+        killed_at = time.time()
+        master.kill()
+        await asyncio.to_thread(sentinel.wait_failover, master.port)
+        promoted = time.time()
+        delays = await change_seen(admin, tokens[-1], workers)
+        await wait_for(
+            lambda: all(not w.failed or w.failed[-1][0] < time.time() - 1.0 for w in workers),
+            30,
+            "uncached checks to succeed again",
+        )
+    finally:
+        await stop_workers(workers)
+        await admin.close()
+    assert [w.wrong for w in workers] == [[]] * PROCESSES
+    failures = [t for w in workers for t, _ in w.failed]
+    print(
+        f"\nSentinel (down-after {SENTINEL_DOWN_AFTER_MS} ms): failed closed from "
+        f"{min(failures, default=killed_at) - killed_at:.2f} s after the kill to "
+        f"{max(failures, default=promoted) - promoted:.2f} s after the promotion; change after the "
+        f"promotion seen in {statistics.median(delays) * 1000:.1f} ms (max {max(delays) * 1000:.1f})"
+    )
+    assert max(delays) < PROMOTED_BOUND

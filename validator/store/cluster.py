@@ -85,6 +85,10 @@ def cluster_client(url: MultiHostURL, *, timeout: float, connect_timeout: float)
         # One retry, after redis-py refreshed the slot map (a MOVED or a dead node); waiting out a
         # failover belongs to the circuit breaker, not to each request.
         retry=Retry(NoBackoff(), 1),
+        # A MOVED patches the one slot. By default every 5th MOVED re-reads the whole slot map,
+        # closing every connection of the client, those in use by other reads too: in a
+        # resharding that failed unrelated reads and writes (a dead node still triggers a refresh).
+        reinitialize_steps=0,
         **url.node_kwargs(),
         **options,
     )
@@ -99,6 +103,28 @@ def parse_slots(reply: Sequence[Any], asked_host: str) -> Layout:
         host = primary[0] if primary[0] not in ("", "?") else asked_host
         ranges.setdefault(f"{host}:{int(primary[1])}", []).append((start, end))
     return {name: tuple(sorted(spans)) for name, spans in sorted(ranges.items())}
+
+
+def with_slotless_primaries(layout: Layout, nodes: str) -> Layout:
+    """`layout` plus the primaries that serve no slot yet (from a CLUSTER NODES reply), with no
+    ranges: a primary added to the cluster takes keys while slots migrate to it (IMPORTING) before
+    it serves any, and changes to those keys must be listened to there too."""
+    extra: dict[str, tuple[tuple[int, int], ...]] = {}
+    for line in nodes.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        flags = set(fields[2].split(","))
+        if "master" not in flags or flags & {"fail", "fail?", "handshake", "noaddr"}:
+            continue
+        address = fields[1].split("@", 1)[0]
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            continue
+        name = f"{host}:{port}"
+        if name not in layout and fields[7] == "connected":
+            extra[name] = ()
+    return {**layout, **dict(sorted(extra.items()))}
 
 
 class ClusterTopology:
@@ -156,6 +182,12 @@ class ClusterTopology:
                 continue
             layout = parse_slots(reply, node.rpartition(":")[0])
             if layout:
+                try:
+                    nodes = await probe.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
+                except (RedisError, OSError) as error:
+                    errors.append(f"{node}: {error}")
+                    continue
+                layout = with_slotless_primaries(layout, nodes)
                 self.layout = layout
                 await self._forget_probes(keep={*layout, *candidates})
                 return layout

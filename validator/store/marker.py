@@ -17,7 +17,7 @@ from redis.exceptions import RedisClusterException, ResponseError
 from validator.errors import ConfigurationError, StoreNotInitialised, StoreUnavailable
 from validator.store import cluster as _cluster
 from validator.store.cluster import ClusterTopology
-from validator.store.layout import _store_errors
+from validator.store.layout import _store_errors, slot_of
 
 log = logging.getLogger("validator")
 
@@ -34,7 +34,7 @@ class MarkerCommands:
     marker_value: str
     _cluster: ClusterTopology | None
     _marker_in_script: bool
-    _marker_checked_at: float
+    _marker_checked_at: dict[str, float]
 
     if TYPE_CHECKING:
 
@@ -59,18 +59,38 @@ class MarkerCommands:
             )
         return StoreNotInitialised(message, state=state)
 
-    async def _require_marker(self) -> None:
+    async def _require_marker(self, token_hash: str | None = None) -> None:
         # Only `init` (or the end of a restore) marks a store: a write never does, so a wiped
         # store stays failing closed whatever is written to it. One server checks the marker in
         # the write script itself. A Cluster's marker is read before a write, at most once a
-        # second: a wipe within that second is not seen by this admin's next writes, which then
-        # create records (never the marker) that the restore of the wiped data may overwrite.
-        if self._marker_in_script or time.monotonic() - self._marker_checked_at < _MARKER_RECHECK:
+        # second per primary: a wipe within that second is not seen by this admin's next writes,
+        # which then create records (never the marker) that the restore of the wiped data may
+        # overwrite. A write to one token reads only the marker of the primary serving it, so
+        # another primary being down does not stop it (`validator.shards`).
+        if self._marker_in_script:
             return
-        state = await self.marker_state()
+        node, ranges = "*", None
+        if token_hash is not None and self._cluster is not None:
+            node, ranges = await self._owner(token_hash)
+        if time.monotonic() - self._marker_checked_at.get(node, -float("inf")) < _MARKER_RECHECK:
+            return
+        state = await self.marker_state(ranges)
         if state != "ok":
             raise self.not_initialised(state)
-        self._marker_checked_at = time.monotonic()
+        self._marker_checked_at[node] = time.monotonic()
+
+    async def _owner(self, token_hash: str) -> tuple[str, tuple[tuple[int, int], ...] | None]:
+        """The primary serving `token_hash`'s slot, and its slot ranges, by the last layout seen
+        (a stale one still names the right marker: a promoted replica serves the same slots)."""
+        assert self._cluster is not None
+        if not self._cluster.layout:
+            with _store_errors():
+                await self._cluster.discover()
+        slot = slot_of(token_hash)
+        for node, ranges in self._cluster.layout.items():
+            if any(start <= slot <= end for start, end in ranges):
+                return node, ranges
+        return "*", None
 
     async def _probe_keys(self) -> list[str]:
         if self._cluster is None:
