@@ -209,6 +209,47 @@ async def test_browser_signals(middleware: TokenAccessMiddleware, headers: Heade
     assert (await call(middleware, [key("d"), *headers], client=(LISTED_IP, 1))).status == status
 
 
+# Headers the header loop finds in its table of common names (no Sec-Fetch-* prefix test for them)
+# and rarer ones that it tests: neither kind is a browser signal, any sec-fetch-* name is one.
+NOT_SIGNALS = [
+    (b"host", b"api.example.com"),
+    (b"user-agent", b"curl/8.5"),
+    (b"accept", b"*/*"),
+    (b"sec-ch-ua", b'"Chromium";v="120"'),
+    (b"sec-websocket-version", b"13"),
+    (b"x-forwarded-for", OTHER_IP.encode()),  # no trusted proxy: not read at all
+    (b"authorization", b"Basic dTpw"),
+    (b"x-custom", b"1"),
+    (b"sec-fetchx", b"1"),
+    (b"sec-fetch", b"1"),
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "signal",
+    [b"sec-fetch-site", b"sec-fetch-mode", b"sec-fetch-dest", b"sec-fetch-user", b"sec-fetch-storage-access"],
+)
+async def test_sec_fetch_after_other_headers(middleware: TokenAccessMiddleware, signal: bytes) -> None:
+    # Token "i" allows back-end requests from LISTED_IP and denies every front-end one.
+    back_end = await call(middleware, [*NOT_SIGNALS, key("i")], client=(LISTED_IP, 1))
+    assert back_end.status == 200
+    front_end = await call(middleware, [*NOT_SIGNALS, key("i"), (signal, b"x")], client=(LISTED_IP, 1))
+    assert front_end.status == 403
+    assert front_end.scope["state"]["token_access"].reason is Reason.FRONT_END_NOT_ALLOWED
+
+
+@pytest.mark.timeout(30)
+async def test_a_common_header_name_can_be_the_token_header(app: Recorder, validator: Validator) -> None:
+    middleware = TokenAccessMiddleware(
+        app, validator=validator, token_header="User-Agent", token_sources=["header"]
+    )
+    assert (await call(middleware, [(b"user-agent", b"open")])).status == 200
+    assert (await call(middleware, [(b"user-agent", b"open"), (b"user-agent", b"d")])).status == 403
+    # `authorization` is not a token source here: a bearer token beside it is not read.
+    assert (await call(middleware, [(b"authorization", b"Bearer d"), (b"user-agent", b"open")])).status == 200
+
+
 # --------------------------------------------------------------------------- tokens
 
 
