@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "benchmarks.memory",
     "import": "benchmarks.bulk_import",
     "outage": "benchmarks.outage",
+    "denials": "benchmarks.denials",
 }
 
 # The benchmarks that also run on a Redis Cluster or a Sentinel-managed master (`--store

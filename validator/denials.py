@@ -12,6 +12,14 @@ may exceed its cap by one stream node (at most 100 entries or 4 KB with Redis's 
 Recording is a deque append; a background task writes batches in one pipelined round trip.
 When the queue is full (a flood of denied requests, or Redis down), new denials are dropped
 and counted rather than held: the log is for people, and must never slow the requests down.
+
+Under a flood (a batch of FLOOD_BATCH denials or more) repeats are merged: the denials of the
+batch that are the same request (same token, decision, Origin or Referer, client address) become
+one stream entry with `count` (how many) and `first` (the time of the first; `at` is the
+last's). A flood of one token then costs one entry per batch, not one per request, and pushes no
+other denial of that token out of its capped stream. Outside floods, and for a denial that is
+not repeated, entries are stored exactly as before (no `count`, no `first`). Benchmarks: `denials` (the
+writer's CPU per denial under a flood, ~22 us before this; see `Store.append_denials`).
 """
 
 from __future__ import annotations
@@ -20,12 +28,16 @@ import asyncio
 import collections
 import contextlib
 import logging
+import operator
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.model import Decision, DeniedRequest, Reason, Source
-from validator.rules.request import origin_of, request_host
+from validator.rules.request import DEFAULT_PORTS, authority, request_host
 from validator.store import Store, fingerprint
+from validator.store.denials import DenialEntry, Description
 
 __all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]  # DeniedRequest: a record of `model`
 
@@ -36,24 +48,41 @@ log = logging.getLogger("validator")
 # (A malformed token never reaches the log: `Validator.check` refuses it before hashing it.)
 _NOT_STORED = Reason.UNKNOWN_TOKEN.value
 
-# What the request path queues: (time.time(), token hash, decision, Origin or Referer, client IP).
+# What the request path queues: (time.monotonic(), token hash, decision, Origin or Referer,
+# client IP). One clock read serves the log-line rate limit and the record; the writer turns it
+# into wall-clock time (`_wall_offset`), so a record's time is off only by a wall-clock step
+# between the request and its write (milliseconds later).
 _Queued = tuple[float, str, Decision, str | None, str | None]
 
 
-def _described(
-    at: float, token_hash: str, decision: Decision, url: str | None, client_ip: str | None
-) -> DeniedRequest:
+def _origin(url: str, host: str) -> str:
+    """`scheme://host:port` of an Origin or Referer value whose host (`request_host`) is `host`,
+    with the effective port (the scheme's default when none is given), or "" when its port is not
+    a port number: what `origin_of` gives, from the remembered host instead of a second parse of
+    the value (2.4 us of `host_of` per denial otherwise)."""
+    sep = url.find("://")
+    start, end = authority(url, sep + 3)
+    scheme = url[:sep].lower()
+    colon = url.find(":", start, end)
+    port_text = url[colon + 1 : end] if colon != -1 else ""
+    if not port_text:
+        port = DEFAULT_PORTS.get(scheme)
+        return f"{scheme}://{host}" if port is None else f"{scheme}://{host}:{port}"
+    if len(port_text) > 5 or not 0 < int(port_text) < 65536:
+        return ""
+    return f"{scheme}://{host}:{int(port_text)}"
+
+
+def _description(decision: Decision, url: str | None, client_ip: str | None) -> Description:
     origin = ""
     if decision.source is Source.FRONT_END:
-        seen = (request_host(url) if url else None) or "-"
-        parts = origin_of(url) if url else None
-        if parts is not None:
-            origin = f"{parts[0]}://{parts[1]}" + (f":{parts[2]}" if parts[2] is not None else "")
+        host = request_host(url) if url else None
+        seen = host or "-"
+        if host is not None and url is not None:
+            origin = _origin(url, host)
     else:
         seen = client_ip or "-"
-    return DeniedRequest(
-        int(at * 1000),
-        token_hash,
+    return (
         decision.source.value if decision.source is not None else "-",
         seen[:256],
         decision.reason.value,
@@ -62,27 +91,58 @@ def _described(
     )
 
 
+def _described(
+    at: float, token_hash: str, decision: Decision, url: str | None, client_ip: str | None
+) -> DeniedRequest:
+    return DeniedRequest(int(at * 1000), token_hash, *_description(decision, url, client_ip))
+
+
+_last = operator.itemgetter(1)
+
+# A batch this large means a flood: the writer then lets the next one gather for up to
+# FLOOD_WAIT seconds (`DenialLog._run`). Below it, each denial is written at once.
+FLOOD_BATCH = 200
+FLOOD_WAIT = 0.05
+
+
+def _wall_offset() -> float:
+    """What to add to a `time.monotonic()` reading to get the wall-clock time (`time.time()`)."""
+    return time.time() - time.monotonic()
+
+
 class RateLimiter:
-    """A token bucket: `allow()` at most `rate` times a second on average, `burst` at once."""
+    """A token bucket: `allow()` at most `rate` times a second on average, `burst` at once.
+
+    Kept as the equivalent virtual-scheduling form (GCRA): one allowed at `now` when `now >=
+    allowed_from`, so a caller in a hurry (`DenialLog.record`, once per denial) tests one float
+    against its own clock reading and counts `suppressed` itself, without a call.
+    """
 
     def __init__(self, rate: float, burst: int) -> None:
         if rate <= 0 or burst < 1:
             raise ConfigurationError("a log rate must be positive, with a burst of at least 1")
         self.rate = rate
         self.burst = burst
-        self._tokens = float(burst)
-        self._last = time.monotonic()
+        self._interval = 1.0 / rate
+        # A millionth of an interval of slack: float rounding must not cost a full burst one.
+        self._tolerance = (burst - 1 + 1e-6) * self._interval
+        self.allowed_from = time.monotonic() - self._tolerance  # a full bucket
         self.suppressed = 0
 
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+    def allow(self, now: float | None = None) -> bool:
+        """Whether one more is allowed at `now` (`time.monotonic()`, read here if not given)."""
+        if now is None:
+            now = time.monotonic()
+        if now >= self.allowed_from:
+            self.take(now)
             return True
         self.suppressed += 1
         return False
+
+    def take(self, now: float) -> None:
+        """Spend one (the caller saw `now >= allowed_from`)."""
+        # The bucket never holds more than `burst`: time idle beyond that is not saved up.
+        self.allowed_from = max(self.allowed_from, now - self._tolerance) + self._interval
 
 
 class DenialLog:
@@ -93,7 +153,7 @@ class DenialLog:
         store: Store,
         *,
         queue_size: int = 10_000,
-        batch_size: int = 500,
+        batch_size: int = 5000,
         stream_length: int = 1000,
         unknown_length: int = 1000,
         ttl: float = 7 * 24 * 3600.0,
@@ -106,6 +166,8 @@ class DenialLog:
         self.store = store
         self.queue_size = queue_size
         self.batch_size = batch_size
+        # Under a flood the writer lets denials gather (`_run`) until the queue is half full.
+        self._gathered = max(1, min(batch_size, queue_size // 2))
         self.stream_length = stream_length
         self.unknown_length = unknown_length
         self.ttl = ttl
@@ -116,7 +178,7 @@ class DenialLog:
         self._idle = asyncio.Event()  # set while nothing is queued or being written
         self._idle.set()
         self._log_limit = RateLimiter(log_rate, burst=max(1, int(log_rate * 2)))
-        self.recorded = 0  # written to the store
+        self.recorded = 0  # written to the store (merged repeats included: each counts)
         self.dropped = 0  # refused because the queue was full
         self.failed = 0  # lost because the store refused a batch
 
@@ -128,14 +190,29 @@ class DenialLog:
 
         Only a tuple is queued here: what was seen is worked out by the writer, off the request path.
         """
-        if self._log_limit.allow():
+        # One clock read for the rate limit and the record; the limit is one float compared
+        # when the line is not due (a flood: nearly every denial).
+        now = time.monotonic()
+        limit = self._log_limit
+        if now >= limit.allowed_from:
+            limit.take(now)
             self._log(token_hash, decision, url, client_ip)
-        if len(self._queue) >= self.queue_size:
+        else:
+            limit.suppressed += 1
+        queue = self._queue
+        queued = len(queue)
+        if queued >= self.queue_size:
             self.dropped += 1
             return
-        self._idle.clear()
-        self._queue.append((time.time(), token_hash, decision, url, client_ip))
-        self._wakeup.set()
+        if not queued:
+            # A queue that holds something has had both done already, by the append that made it
+            # non-empty (the writer clears `_wakeup` before it takes what is queued, and sets
+            # `_idle` only once the queue is empty): each flood then pays them once.
+            self._idle.clear()
+            self._wakeup.set()
+        elif queued == self._gathered:
+            self._wakeup.set()  # a writer letting a flood gather (`_run`) waits no longer
+        queue.append((now, token_hash, decision, url, client_ip))
 
     def _log(self, token_hash: str, decision: Decision, url: str | None, client_ip: str | None) -> None:
         suppressed, self._log_limit.suppressed = self._log_limit.suppressed, 0
@@ -183,20 +260,82 @@ class DenialLog:
         await self._idle.wait()
 
     async def _run(self) -> None:
+        flood = False
         while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                await self._write_batch()
+                if flood and len(self._queue) < self._gathered and not self._closing:
+                    # A flood (the last batch was large): let it gather for up to FLOOD_WAIT,
+                    # or until the queue is half full, so that one batch holds many repeats to
+                    # merge and many entries a capped stream would push out at once (not
+                    # written: `Store.append_denials`). At 100,000 denials a second this took
+                    # the writer from ~5.6 to ~2.4 us of CPU per denial (benchmarks: `denials`).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), FLOOD_WAIT)
+                    self._wakeup.clear()
+                flood = await self._write_batch() >= FLOOD_BATCH
             self._idle.set()
 
-    async def _write_batch(self) -> None:
-        count = min(len(self._queue), self.batch_size)
-        batch = [_described(*self._queue.popleft()) for _ in range(count)]
-        stored = [denial for denial in batch if denial.reason != _NOT_STORED]
-        unknown = [denial for denial in batch if denial.reason == _NOT_STORED]
+    def _take_batch(self) -> tuple[list[DenialEntry], list[DenialEntry], int]:
+        """Up to `batch_size` queued denials: the stored tokens' entries, the unknown tokens'
+        entries, and how many denials they hold. A batch of a flood (FLOOD_BATCH or more) has
+        its repeats merged; a smaller one has an entry per denial, as they came."""
+        queue = self._queue
+        count = min(len(queue), self.batch_size)
+        if count == len(queue):  # a flood's batch takes all that gathered: one copy, not pops
+            batch = list(queue)
+            queue.clear()
+        else:
+            popleft = queue.popleft
+            batch = [popleft() for _ in range(count)]
+        groups: Iterable[list[Any]]  # [first, last, count, the queued denial]
+        if count < FLOOD_BATCH:
+            groups = [[queued[0], queued[0], 1, queued] for queued in batch]
+        else:
+            # Same request, same entry: (token hash, decision, url, client IP) -> its group.
+            # Decisions are shared constants: their id is their identity (and cheaper to hash
+            # than the Struct).
+            merged: dict[tuple[str, int, str | None, str | None], list[Any]] = {}
+            find = merged.get
+            for queued in batch:
+                at, token_hash, decision, url, client_ip = queued
+                key = (token_hash, id(decision), url, client_ip)
+                group = find(key)
+                if group is None:
+                    merged[key] = [at, at, 1, queued]
+                else:
+                    group[1] = at
+                    group[2] += 1
+            groups = merged.values()
+            if len(merged) < count:
+                # Written in the order of their last denial, as they would have been one by one
+                # (a stream's newest entry is the most recent request: `check --replay` takes it).
+                groups = sorted(groups, key=_last)
+        offset = _wall_offset()
+        # One description per distinct request of the batch (a flood of many tokens comes from
+        # few Origins and addresses), bounded by the batch.
+        described: dict[tuple[int, str | None, str | None], Description] = {}
+        stored: list[DenialEntry] = []
+        unknown: list[DenialEntry] = []
+        known = described.get
+        for first, last, n, queued in groups:
+            _, token_hash, decision, url, client_ip = queued
+            how = (id(decision), url, client_ip)
+            description = known(how)
+            if description is None:
+                description = described[how] = _description(decision, url, client_ip)
+            # Times stay floats here: most entries of a flood of invented tokens are never
+            # written (`Store.append_denials`), so the store makes milliseconds of those it writes.
+            entry: DenialEntry = (token_hash, last + offset, n, first + offset, description)
+            (unknown if description[2] == _NOT_STORED else stored).append(entry)
+        return stored, unknown, count
+
+    async def _write_batch(self) -> int:
+        """Write one batch; returns how many denials it held."""
+        stored, unknown, count = self._take_batch()
         try:
-            await self.store.append_denials(
+            failed = await self.store.append_denials(
                 stored,
                 unknown,
                 max_length=self.stream_length,
@@ -204,8 +343,12 @@ class DenialLog:
                 ttl=self.ttl,
             )
         except StoreUnavailable as error:
-            self.failed += len(batch)
-            log.debug("denial log: %d denials not written: %s", len(batch), error)
+            self.failed += count
+            log.debug("denial log: %d denials not written: %s", count, error)
             await asyncio.sleep(0.5)  # don't spin on a store that is down
         else:
-            self.recorded += len(batch)
+            self.failed += failed
+            self.recorded += count - failed
+            if failed:
+                log.debug("denial log: %d denials not written (the store refused them)", failed)
+        return count

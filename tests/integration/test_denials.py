@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,8 +14,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.integration.test_cli_support import SECRET, Cli
 from tests.redis_cluster import Backend
+from tests.redis_servers import RedisProcess
 from validator import Admin, ConfigurationError, Reason, Store, Validator
 from validator.metrics import install
+from validator.model import Source, decision
 from validator.store import fingerprint
 
 TOKEN = "tok_live_denials_do_not_print"
@@ -181,7 +184,10 @@ async def test_every_denial_stream_expires(denying: Validator, raw: aioredis.Red
     assert 0 < await raw.pttl(key) <= DAY_MS
 
 
-async def test_one_expiry_per_stream_per_batch(denying: Validator, raw: aioredis.Redis) -> None:
+async def test_repeats_merge_into_one_entry_with_one_expiry_per_stream(
+    denying: Validator, raw: aioredis.Redis
+) -> None:
+    store, admin = denying.store, Admin(denying.store)
     unknown = "tok_never_issued_do_not_print"
     for token in (TOKEN, unknown):  # cached from here on: the loop below never yields to the writer
         await denying.check(token, client_ip=CLIENT_IP)
@@ -190,10 +196,30 @@ async def test_one_expiry_per_stream_per_batch(denying: Validator, raw: aioredis
     for _ in range(200):
         for token in (TOKEN, unknown):
             assert not (await denying.check(token, client_ip=CLIENT_IP)).allowed
+    assert not (await denying.check(TOKEN, client_ip="198.51.100.78")).allowed  # another request
     await drained(denying)
     stats: dict[str, Any] = await raw.info("commandstats")
-    assert stats["cmdstat_xadd"]["calls"] == 400
+    # One batch: one entry per distinct request, one expiry per stream.
+    assert stats["cmdstat_xadd"]["calls"] == 3
     assert stats["cmdstat_pexpire"]["calls"] == 2
+    assert denying.denial_log is not None
+    assert denying.denial_log.recorded == 2 + 401
+    other, merged, single = await admin.denials(TOKEN)  # newest (last denial) first
+    assert (merged["seen"], int(merged["count"])) == (CLIENT_IP, 200)
+    assert int(merged["first"]) <= int(merged["at"])
+    assert (other["seen"], "count" in other) == ("198.51.100.78", False)
+    assert ("count" in single, "first" in single) == (False, False)  # the first one, alone in its batch
+    (shared, alone) = [
+        e for e in await store.unknown_denials() if e["token"] == fingerprint(store.token_hash(unknown))
+    ]
+    assert (shared["reason"], int(shared["count"]), "count" in alone) == ("unknown_token", 200, False)
+    # `validator-admin denials` shows how many each entry holds.
+    cli = Cli(denying.store.url)
+    listed = (await asyncio.to_thread(cli, "denials", TOKEN, "--json")).json()["denials"]
+    assert [(d["count"], "first_time" in d) for d in listed] == [(1, False), (200, True), (1, False)]
+    table = (await asyncio.to_thread(cli, "denials", TOKEN)).out
+    assert "x200" in table
+    assert "3 most recent entries (202 denials)" in table
 
 
 async def test_a_tokens_denials_include_those_it_got_while_unknown(denying: Validator) -> None:
@@ -275,3 +301,111 @@ def test_cli_lists_unknown_denials_by_fingerprint(redis_url: str) -> None:
         refused = cli(*usage)
         assert (refused.code, refused.out) == (2, "")
         assert "--unknown" in refused.err
+
+
+# ------------------------------------------------------------------------------ floods cost little
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.test",
+        "https://evil.test:8443/path?q=1",
+        "http://EVIL.test./",
+        "https://user@x.example@evil.test:443",
+        "custom+scheme://evil.test",
+        "https://evil.test:99999",
+        "https://evil.test:0",
+        "https://bücher.example",
+    ],
+)
+def test_the_origin_recorded_is_origin_of(url: str) -> None:
+    # The writer builds the origin from the remembered host, not from a second parse: the same text.
+    from validator.denials import _origin
+    from validator.rules.request import origin_of, request_host
+
+    parts, host = origin_of(url), request_host(url)
+    assert host is not None
+    expected = "" if parts is None else f"{parts[0]}://{parts[1]}" + (f":{parts[2]}" if parts[2] else "")
+    assert _origin(url, host) == expected
+
+
+@pytest.mark.timeout(10)
+def test_log_lines_are_rate_limited_to_a_burst_then_the_rate() -> None:
+    from validator.denials import RateLimiter
+
+    limiter = RateLimiter(10.0, burst=20)
+    start = time.monotonic()  # the bucket is full
+    assert [limiter.allow(start) for _ in range(25)] == [True] * 20 + [False] * 5
+    assert limiter.suppressed == 5
+    assert limiter.allow(start + 0.05) is False  # half a token since
+    assert limiter.allow(start + 0.1) is True
+    assert [limiter.allow(start + 100) for _ in range(21)] == [True] * 20 + [
+        False
+    ]  # never more than the burst
+
+
+@pytest.mark.timeout(60)
+async def test_a_flood_of_invented_tokens_keeps_the_newest_of_each_shard(
+    denying: Validator, raw: aioredis.Redis
+) -> None:
+    store, log = denying.store, denying.denial_log
+    assert log is not None
+    tokens = [f"tok_flood_{n}_do_not_print" for n in range(4000)]
+    hashes = [store.token_hash(token) for token in tokens]
+    await raw.config_resetstat()
+    for token_hash in hashes:  # one batch: recorded without yielding, as a busy loop would
+        log.record(token_hash, decision(False, Reason.UNKNOWN_TOKEN, Source.BACK_END), None, CLIENT_IP)
+    await drained(denying)
+    assert (log.recorded, log.dropped, log.failed) == (4000, 0, 0)
+    stats: dict[str, Any] = await raw.info("commandstats")
+    shard_length = -(-denying.settings["denial_unknown_length"] // len(store.UNKNOWN_SHARD_TAGS))
+    # Only what the capped shards keep is written: the newest `shard_length` of each.
+    assert stats["cmdstat_xadd"]["calls"] == 16 * shard_length
+    newest = {fingerprint(h) for h in hashes[-1000:]}
+    listed = await store.unknown_denials(count=2000)
+    kept = {e["token"] for e in listed}
+    assert len(kept) >= 16 * shard_length - 16
+    assert kept <= {fingerprint(h) for h in hashes}
+    # Every shard holds its newest: of the last 1,000 denials, those of each shard's newest 63.
+    by_shard: dict[str, list[str]] = {}
+    for h in hashes:
+        by_shard.setdefault(store.unknown_denials_key(h), []).append(fingerprint(h))
+    assert all(set(names[-shard_length:]) <= kept for names in by_shard.values())
+    assert newest & kept
+
+
+@pytest.mark.timeout(60)
+async def test_denials_fail_while_redis_is_down_and_are_written_again_after() -> None:
+    server = RedisProcess()
+    server.start()
+    try:
+        async with Validator.from_url(
+            server.url, secret=SECRET, timeout=0.2, connect_timeout=0.2
+        ) as validator:
+            log = validator.denial_log
+            assert log is not None
+            await restricted(validator)
+            assert not (await validator.check(TOKEN, client_ip=CLIENT_IP)).allowed
+            await drained(validator)
+            assert (log.recorded, log.failed) == (1, 0)
+            server.kill()
+            for _ in range(300):  # cached: decided without Redis, recorded for the log
+                assert validator.check_cached(TOKEN, client_ip=CLIENT_IP) is not None
+            await drained(validator)
+            assert (log.recorded, log.failed, log.dropped) == (1, 300, 0)
+            server.start()  # empty: the writer reconnects, whatever the checks make of it
+            token_hash = validator.store.token_hash(TOKEN)
+            log.record(
+                token_hash, decision(False, Reason.IP_NOT_LISTED, Source.BACK_END), None, "198.51.100.78"
+            )
+            await drained(validator)
+            assert (log.recorded, log.failed) == (2, 300)
+            raw = aioredis.Redis.from_url(server.url, decode_responses=True)
+            key = validator.store.denials_key(token_hash)
+            assert await raw.xlen(key) == 1
+            assert await raw.pttl(key) > 0
+            await raw.aclose()
+    finally:
+        server.cleanup()

@@ -52,6 +52,38 @@ def _since_ms(text: str | None) -> int:
     return int(when.timestamp() * 1000)
 
 
+def _denial_json(entry: dict[str, str]) -> dict[str, object]:
+    """An entry as `--json` shows it: the stored fields, its `time` (of its last denial), how many
+    denials it holds (`count`: repeats of one request written together are one entry), and
+    for several, the time of the first (`first_time`)."""
+    shown: dict[str, object] = {**entry, "time": _when(int(entry.get("at", 0))), "count": _count(entry)}
+    if "first" in entry:
+        shown["first_time"] = _when(int(entry["first"]))
+    return shown
+
+
+def _count(entry: dict[str, str]) -> int:
+    return int(entry.get("count", 1))
+
+
+def _how_many(entries: list[dict[str, str]]) -> str:
+    total = sum(_count(e) for e in entries)
+    if total == len(entries):
+        return f"{len(entries)} most recent denials"
+    return f"{len(entries)} most recent entries ({total:,} denials)"
+
+
+def _with_counts(
+    header: tuple[str, ...], rows: list[tuple[str, ...]], entries: list[dict[str, str]]
+) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The table with a `count` column after the time, when an entry holds several denials
+    (repeats of one request merged by the writer); as it was otherwise."""
+    if all(_count(e) == 1 for e in entries):
+        return header, rows
+    counted = [(row[0], f"x{_count(e)}", *row[1:]) for row, e in zip(rows, entries, strict=True)]
+    return (header[0], "count", *header[1:]), counted
+
+
 async def cmd_denials(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     if (args.token is None) == (not args.unknown):
         raise CliError(EXIT_USAGE, "give a TOKEN, or --unknown for the denials of tokens without a record")
@@ -61,12 +93,12 @@ async def cmd_denials(admin: Admin, args: argparse.Namespace, out: Output) -> in
     entries = await admin.denials(token, since_ms=_since_ms(args.since), count=args.count)
     name = admin.fingerprint(token)
     if out.json:
-        out.data({"token": name, "denials": [e | {"time": _when(int(e.get("at", 0)))} for e in entries]})
+        out.data({"token": name, "denials": [_denial_json(e) for e in entries]})
         return EXIT_OK
     if not entries:
         out.line(f"token {name}: no denials recorded" + (f" since {args.since}" if args.since else ""))
         return EXIT_OK
-    out.table(
+    header, rows = _with_counts(
         ("time", "mode", "source", "seen", "rule"),
         [
             (
@@ -78,8 +110,9 @@ async def cmd_denials(admin: Admin, args: argparse.Namespace, out: Output) -> in
             )
             for e in entries
         ],
-        title=f"token {name}: {len(entries)} most recent denials, newest first",
+        entries,
     )
+    out.table(header, rows, title=f"token {name}: {_how_many(entries)}, newest first")
     return EXIT_OK
 
 
@@ -87,12 +120,12 @@ async def _unknown_denials(admin: Admin, args: argparse.Namespace, out: Output) 
     # Tokens without a record share one capped log, by fingerprint (a token is never stored).
     entries = await admin.store.unknown_denials(since_ms=_since_ms(args.since), count=args.count)
     if out.json:
-        out.data({"unknown": True, "denials": [e | {"time": _when(int(e.get("at", 0)))} for e in entries]})
+        out.data({"unknown": True, "denials": [_denial_json(e) for e in entries]})
         return EXIT_OK
     if not entries:
         out.line("no denials of unknown tokens recorded" + (f" since {args.since}" if args.since else ""))
         return EXIT_OK
-    out.table(
+    header, rows = _with_counts(
         ("time", "token", "mode", "source", "seen", "rule"),
         [
             (
@@ -105,7 +138,12 @@ async def _unknown_denials(admin: Admin, args: argparse.Namespace, out: Output) 
             )
             for e in entries
         ],
-        title=f"{len(entries)} most recent denials of tokens without a record (by fingerprint), newest first",
+        entries,
+    )
+    out.table(
+        header,
+        rows,
+        title=f"{_how_many(entries)} of tokens without a record (by fingerprint), newest first",
     )
     return EXIT_OK
 
