@@ -16,6 +16,12 @@ rotated per run:
   asyncio.Protocol + hiredis.Reader, writes of a loop turn sent together).
 
 All hash the token with the same keyed hash (`Store.token_hash`) and decide on what they read.
+
+Redis CPU per read, per alternative and concurrency: the `INFO commandstats` usec of the commands
+each sends, summed over the primaries, per check (the validator: MULTI + EXEC, whose usec
+includes the commands it runs, + any EVALSHA; the others: HGETALL + SMEMBERS), and the
+redis-server process's CPU (`used_cpu_user` + `used_cpu_sys`, so with the network I/O) per check.
+Redis CPU is what every validator process of a fleet shares.
 uvloop. Not pinned to CPUs: on the 2-vCPU VM of docs/benchmarks.md, putting client and server on
 different CPUs made every round trip several times slower (cross-CPU wake-ups), so the scheduler
 places them.
@@ -37,7 +43,7 @@ from benchmarks._harness import (
     run_async,
     unique_prefix,
 )
-from benchmarks._targets import RawRouter
+from benchmarks._targets import RawRouter, _sync_primaries
 from validator import Admin, Validator
 
 NAME = "miss"
@@ -45,6 +51,24 @@ OURS = "Validator.check()"
 REDIS_PY = "redis-py pipeline"
 RAW = "raw client (floor)"
 CONCURRENCY = (1, 100)
+# The commands whose commandstats usec make up each alternative's reads (see the docstring).
+READ_COMMANDS = {
+    OURS: ("multi", "exec", "evalsha"),
+    REDIS_PY: ("hgetall", "smembers"),
+    RAW: ("hgetall", "smembers"),
+}
+
+
+def _redis_cpu(url: str, commands: tuple[str, ...]) -> tuple[float, float]:
+    """(usec of `commands` in commandstats, redis-server CPU seconds) summed over the primaries."""
+    usec = cpu = 0.0
+    with _sync_primaries(url) as primaries:
+        for client in primaries:
+            stats = client.info("commandstats")
+            usec += sum(float(stats.get(f"cmdstat_{name}", {}).get("usec", 0)) for name in commands)
+            used = client.info("cpu")
+            cpu += float(used["used_cpu_user"]) + float(used["used_cpu_sys"])
+    return usec, cpu
 
 
 async def _main(config: Config) -> list[Result]:
@@ -76,10 +100,17 @@ async def _main(config: Config) -> list[Result]:
                     for name in interleaved(list(checks), run):
                         validator.cache.clear()
                         loads = validator.cache.loads_started
+                        usec, cpu = _redis_cpu(server.url, READ_COMMANDS[name])
                         elapsed = await drive(checks[name], requests, concurrency)
+                        usec_after, cpu_after = _redis_cpu(server.url, READ_COMMANDS[name])
                         if name == OURS and validator.cache.loads_started - loads != n:
                             raise RuntimeError("miss: not every check read the store")
-                        samples.setdefault(f"{concurrency} task(s): {name}", []).append(n / elapsed * 1e9)
+                        case = f"{concurrency} task(s): {name}"
+                        samples.setdefault(case, []).append(n / elapsed * 1e9)
+                        samples.setdefault(f"{case}: Redis commands", []).append((usec_after - usec) / n)
+                        samples.setdefault(f"{case}: redis-server CPU", []).append(
+                            (cpu_after - cpu) / n * 1e6
+                        )
         await redis_py.close()
         raw.router.close()
     results: list[Result] = []
@@ -90,6 +121,21 @@ async def _main(config: Config) -> list[Result]:
             Result(NAME, label + RAW, "checks/s", samples[label + RAW], vs=(label + REDIS_PY,)),
             Result(NAME, label + OURS, "checks/s", samples[label + OURS], vs=(label + REDIS_PY, label + RAW)),
         ]
+        for row, unit in (
+            (": Redis commands", "µs commandstats/read"),
+            (": redis-server CPU", "µs CPU/read"),
+        ):
+            results += [
+                Result(NAME, label + RAW + row, unit, samples[label + RAW + row], higher_is_better=False),
+                Result(
+                    NAME,
+                    label + OURS + row,
+                    unit,
+                    samples[label + OURS + row],
+                    higher_is_better=False,
+                    vs=(label + RAW + row,),
+                ),
+            ]
     where = "one server" if server.kind == "redis" else f"a {server.kind}"
     results[0].note = f"{n:,} cold tokens per run, each checked once, on {where}"
     return results

@@ -442,7 +442,8 @@ class Validator:
                 raw = None
             if raw is not None:
                 self._fast_reads += 1
-                result: asyncio.Future[tuple[TokenRules, bool]] = asyncio.get_running_loop().create_future()
+                # The reply's loop, not `asyncio.get_running_loop()`: a getpid() call on 3.11.
+                result: asyncio.Future[tuple[TokenRules, bool]] = raw.get_loop().create_future()
                 raw.add_done_callback(
                     functools.partial(self._finish_read, token_hash, shard, result, time.monotonic())
                 )

@@ -62,6 +62,7 @@ async def test_a_fast_read_whose_transport_closed_reads_the_general_way(
     validator = await seeded(backend.url)
     try:
         monkeypatch.setattr(Multiplexer, "send_now", closed)
+        monkeypatch.setattr(Multiplexer, "transaction_now", closed)
         for token in TOKENS:
             assert (await validator.check(token, client_ip=CLIENT_IP)).allowed
     finally:
@@ -78,6 +79,10 @@ async def test_a_redirected_read_whose_fallback_transport_closed_is_a_store_fail
         # redis-py's own connections write to closed transports.
         monkeypatch.setattr(Multiplexer, "execute", failing_future)
         monkeypatch.setattr(Multiplexer, "send_now", lambda self, *a: asyncio.ensure_future(failing_future()))
+        monkeypatch.setattr(Multiplexer, "transaction", failing_future)
+        monkeypatch.setattr(
+            Multiplexer, "transaction_now", lambda self, *a: asyncio.ensure_future(failing_future())
+        )
         monkeypatch.setattr(AbstractConnection, "send_packed_command", closed)
         await assert_every_check_fails_closed(validator)
     finally:
@@ -105,6 +110,7 @@ async def test_the_middleware_answers_503_not_500(backend: Backend, monkeypatch:
     try:
         validator.shards.marker_changed()
         monkeypatch.setattr(Multiplexer, "send_now", closed)
+        monkeypatch.setattr(Multiplexer, "transaction_now", closed)
         monkeypatch.setattr(AbstractConnection, "send_packed_command", closed)
         statuses: list[int] = []
 
@@ -148,6 +154,7 @@ def test_under_uvloop(redis_server: RedisProcess, monkeypatch: pytest.MonkeyPatc
         try:
             validator.shards.marker_changed()
             monkeypatch.setattr(Multiplexer, "send_now", closed)
+            monkeypatch.setattr(Multiplexer, "transaction_now", closed)
             monkeypatch.setattr(AbstractConnection, "send_packed_command", closed)
             await assert_every_check_fails_closed(validator)
         finally:

@@ -62,9 +62,9 @@ async def test_a_read_is_one_round_trip(
     redis_py_commands: list[object] = []
     send, flush = Multiplexer._send, Multiplexer._flush
 
-    def counting_send(self: Multiplexer, protocol: Any, packed: bytes) -> Any:
+    def counting_send(self: Multiplexer, protocol: Any, packed: bytes, replies: int = 1) -> Any:
         commands.append(packed)
-        return send(self, protocol, packed)
+        return send(self, protocol, packed, replies)
 
     def counting_flush(self: Multiplexer, protocol: Any) -> None:
         writes.append(1)
@@ -81,7 +81,9 @@ async def test_a_read_is_one_round_trip(
     await store.close()
     assert restrictions is not None and restrictions.domains == ["app.example.com"]
     assert len(commands) == 1
-    assert commands[0].startswith(b"*6\r\n$7\r\nEVALSHA")  # EVALSHA sha 3 meta domains ips
+    # MULTI, HGETALL meta, SMEMBERS domains, SMEMBERS ips, EXEC: written as one.
+    assert commands[0].startswith(b"*1\r\n$5\r\nMULTI\r\n") and commands[0].endswith(b"$4\r\nEXEC\r\n")
+    assert commands[0].count(b"SMEMBERS") == 2
     assert len(writes) == 1
     assert redis_py_commands == []
 

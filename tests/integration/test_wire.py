@@ -1,18 +1,27 @@
-"""The multiplexed read connection against real redis-servers: auth, db, unix socket, scripts."""
+"""The multiplexed read connection against real redis-servers: auth, db, unix socket, the read
+transaction (MULTI/EXEC) on every deployment, and its redirections on a Redis Cluster."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
 
+from tests.redis_cluster import Backend, LocalCluster
 from tests.redis_servers import RedisProcess, free_port
-from validator import Admin, Store, StoreUnavailable
-from validator.store.wire import Multiplexer, WireError
+from validator import Admin, Reason, Store, StoreUnavailable, Validator
+from validator.store import UnreadableRecord
+from validator.store import wire as wire_module
+from validator.store.cluster import ClusterWires
+from validator.store.layout import slot_of
+from validator.store.wire import Multiplexer, WireError, _transaction_outcome
 
 TOKEN = "tok_wire"
 
@@ -154,3 +163,214 @@ async def test_a_busy_loop_before_the_write_is_not_a_redis_timeout(redis_url: st
     time.sleep(0.3)  # noqa: ASYNC251 - blocking the loop is the point
     assert await asyncio.wait_for(queued, timeout=5) == "PONG"
     wire.close()
+
+
+# ------------------------------------------------------------------ reads as MULTI/EXEC transactions
+
+
+async def command_calls(backend: Backend, *names: str) -> int:
+    """Calls of the commands `names` on every write node since the last reset, summed."""
+    total = 0
+    for client in backend.write_nodes():
+        stats = await client.info("commandstats")
+        total += sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in names)
+        await client.config_resetstat()
+        await client.aclose()
+    return total
+
+
+@pytest.mark.timeout(60)
+async def test_a_miss_is_one_transaction_on_every_deployment(backend: Backend) -> None:
+    admin = Admin.from_url(backend.url, secret="w")
+    await admin.init()
+    await admin.set_domains(TOKEN, ["app.example.com"])
+    await admin.enable(TOKEN, "domain")
+    await admin.close()
+    async with Validator.from_url(backend.url, secret="w", timeout=2, connect_timeout=2) as validator:
+        await validator.check("warm-up: connect to the node")
+        # Fast path (`read_now`) and general path (`Store.read`), known and unknown token.
+        await command_calls(backend)  # reset
+        listed = await validator.check(TOKEN, origin="https://app.example.com")
+        restrictions = await validator.store.read(validator.store.token_hash(TOKEN))
+        unknown = await validator.store.read(validator.store.token_hash("tok_never_stored"))
+        assert listed.reason is Reason.DOMAIN_LISTED
+        assert restrictions is not None and restrictions.domains == ["app.example.com"]
+        assert unknown is None
+        calls = {name: await command_calls(backend, name) for name in ("exec", "evalsha", "eval")}
+    assert calls == {"exec": 3, "evalsha": 0, "eval": 0}
+
+
+@pytest.mark.timeout(30)
+async def test_a_script_flush_does_not_matter_to_reads(redis_url: str) -> None:
+    assert await stored_and_read(redis_url) == ["app.example.com"]
+    store = Store.from_url(redis_url, secret="w")
+    await store.client.script_flush()
+    restrictions = await store.read(store.token_hash(TOKEN))
+    assert restrictions is not None and restrictions.domains == ["app.example.com"]
+    assert await store.client.script_exists(store._read.sha) == [False]  # not loaded again
+    await store.close()
+
+
+@pytest.mark.timeout(30)
+async def test_a_wrong_type_inside_the_transaction_is_an_unreadable_record(redis_url: str) -> None:
+    store = Store.from_url(redis_url, secret="w")
+    meta, domains, _ = store.keys(store.token_hash(TOKEN))
+    await store.client.hset(meta, mapping={"d": "1", "i": "0", "v": "1"})
+    await store.client.set(domains, "not a set")
+    with pytest.raises(UnreadableRecord) as error:
+        await store.read(store.token_hash(TOKEN))
+    assert "WRONGTYPE" in str(error.value)
+    await store.close()
+
+
+def test_transaction_outcomes() -> None:
+    ok, queued = "OK", "QUEUED"
+    ask = hiredis.ReplyError("ASK 866 127.0.0.1:7001")
+    moved = hiredis.ReplyError("MOVED 866 127.0.0.1:7001")
+    abort = hiredis.ReplyError("EXECABORT Transaction discarded because of previous errors.")
+    assert _transaction_outcome([ok, queued, queued, [["v", "1"], []]]) == [["v", "1"], []]
+    cases: dict[str, list[Any]] = {
+        "MOVED 866 127.0.0.1:7001": [ok, moved, moved, moved, abort],
+        "ASK 866 127.0.0.1:7001": [ok, ask, ask, ask, abort],
+        "TRYAGAIN keys split by a slot migration (ASK 866 127.0.0.1:7001 for some)": [
+            ok,
+            queued,
+            ask,
+            queued,
+            abort,
+        ],
+        "TRYAGAIN Multiple keys request during rehashing of slot": [
+            ok,
+            queued,
+            queued,
+            hiredis.ReplyError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        ],
+        "NOAUTH Authentication required.": [
+            hiredis.ReplyError("NOAUTH Authentication required."),
+            hiredis.ReplyError("NOAUTH x"),
+            hiredis.ReplyError("ERR EXEC without MULTI"),
+        ],
+        "WRONGTYPE Operation against a key": [
+            ok,
+            queued,
+            queued,
+            [[], hiredis.ReplyError("WRONGTYPE Operation against a key")],
+        ],
+    }
+    for expected, replies in cases.items():
+        outcome = _transaction_outcome(replies)
+        assert isinstance(outcome, WireError) and outcome.kind == "reply"
+        assert str(outcome) == expected
+
+
+@pytest.mark.timeout(60)
+async def test_a_moved_inside_the_transaction_is_followed_and_fixes_the_route(
+    redis_cluster: LocalCluster,
+) -> None:
+    backend = Backend("cluster", redis_cluster.url, lambda: [node.port for node in redis_cluster.primaries()])
+    backend.flushall()
+    admin = Admin.from_url(backend.url, secret="w")
+    await admin.init()
+    await admin.set_ips(TOKEN, ["203.0.113.7"])
+    await admin.enable(TOKEN, "ip")
+    await admin.close()
+    async with Validator.from_url(backend.url, secret="w", timeout=2, connect_timeout=2) as validator:
+        store = validator.store
+        wires = store._wires
+        assert isinstance(wires, ClusterWires)
+        token_hash = store.token_hash(TOKEN)
+        slot = slot_of(token_hash)
+        right = wires.for_tag(token_hash)
+        assert right is not None, "the layout is known once connected"
+        wrong = next(wires._node(node) for node in wires._layout or {} if wires._node(node) is not right)
+        refusals: list[str] = []
+        outcome = wire_module._transaction_outcome
+
+        def spy(replies: list[object]) -> object:
+            result = outcome(replies)
+            if isinstance(result, WireError):
+                refusals.append(str(result))
+            return result
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(wire_module, "_transaction_outcome", spy)
+            for read in ("general", "fast"):
+                wires._by_slot[slot] = wrong
+                if read == "general":
+                    restrictions = await store.read(token_hash)
+                    assert restrictions is not None and restrictions.ips == ["203.0.113.7"]
+                else:
+                    validator.cache.clear()
+                    decision = await validator.check(TOKEN, client_ip="203.0.113.7")
+                    assert decision.reason is Reason.IP_LISTED
+                assert wires._by_slot[slot] is right, read
+        assert len(refusals) == 2 and all(text.startswith(f"MOVED {slot} ") for text in refusals)
+
+
+@pytest.mark.timeout(90)
+async def test_a_migrating_slot_is_read_by_the_transaction_redirects(redis_cluster: LocalCluster) -> None:
+    backend = Backend("cluster", redis_cluster.url, lambda: [node.port for node in redis_cluster.primaries()])
+    backend.flushall()
+    admin = Admin.from_url(backend.url, secret="w")
+    await admin.init()
+    await admin.set_ips(TOKEN, ["203.0.113.7"])  # no domain set: its key does not exist
+    await admin.enable(TOKEN, "ip")
+    await admin.close()
+    async with Validator.from_url(backend.url, secret="w", timeout=2, connect_timeout=2) as validator:
+        store = validator.store
+        token_hash = store.token_hash(TOKEN)
+        slot = slot_of(token_hash)
+        meta, _, ips = store.keys(token_hash)
+        ports = [node.port for node in redis_cluster.primaries()]
+        nodes = {port: aioredis.Redis(port=port, decode_responses=True) for port in ports}
+        try:
+            counts = {port: await nodes[port].cluster("COUNTKEYSINSLOT", slot) for port in ports}
+            owner = next(port for port, count in counts.items() if count > 0)
+            target = next(port for port in ports if port != owner)
+            ids = {port: await nodes[port].cluster("MYID") for port in (owner, target)}
+            await nodes[target].execute_command(  # type: ignore[no-untyped-call]
+                "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[owner]
+            )
+            await nodes[owner].execute_command(  # type: ignore[no-untyped-call]
+                "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target]
+            )
+            refusals: list[str] = []
+            outcome = wire_module._transaction_outcome
+
+            def spy(replies: list[object]) -> object:
+                result = outcome(replies)
+                if isinstance(result, WireError):
+                    refusals.append(str(result).split(" ", 1)[0])
+                return result
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(wire_module, "_transaction_outcome", spy)
+                # Split: meta and IPs on the source, the domain set nowhere (TRYAGAIN).
+                first = await store.read(token_hash)
+                # Every key on the target (ASK).
+                await nodes[owner].execute_command(  # type: ignore[no-untyped-call]
+                    "MIGRATE",
+                    "127.0.0.1",
+                    target,
+                    "",
+                    0,
+                    5000,
+                    "KEYS",
+                    meta,
+                    ips,
+                    store.history_key(token_hash),
+                )
+                second = await store.read(token_hash)
+            for restrictions in (first, second):
+                assert restrictions is not None and restrictions.ip_enabled
+                assert restrictions.ips == ["203.0.113.7"]
+            assert refusals == ["TRYAGAIN", "ASK"]
+        finally:
+            # The migration ends on the target: a resharding as any other.
+            for port in ports:
+                with contextlib.suppress(Exception):
+                    await nodes[port].execute_command(  # type: ignore[no-untyped-call]
+                        "CLUSTER", "SETSLOT", slot, "NODE", ids[target]
+                    )
+            for client in nodes.values():
+                await client.aclose()

@@ -32,7 +32,7 @@ from redis.asyncio.connection import parse_url
 
 from validator.errors import ConfigurationError
 
-__all__ = ["Multiplexer", "SingleWire", "WireError", "Wires", "tls_context"]
+__all__ = ["Multiplexer", "SingleWire", "WireError", "Wires", "pack_transaction", "tls_context"]
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 
@@ -132,6 +132,54 @@ class WireError(Exception):
         self.kind = kind
 
 
+def _transaction_outcome(replies: list[Any]) -> Any:
+    """What a transaction (MULTI, the queued commands, EXEC: `replies` are theirs) answered: EXEC's
+    reply, the queued commands' replies in order, or the `WireError` (kind "reply") that says why
+    it did not run.
+
+    Redis checks a Redis Cluster slot twice: each command as it is queued, and all the keys
+    together at EXEC (as for one multi-key command). A command refused while queued (MOVED, ASK)
+    makes EXEC answer EXECABORT, which names no node: the refusal is the answer then, so that
+    the redirect logic (`Wires.redirected`, `validator.store.migration`) sees the MOVED or ASK.
+    On a migrating slot's source each single-key command is answered ASK when its key is not
+    there: all of them ASK means none of the keys is left there (ASK), some means the keys are
+    split (answered as Redis answers a multi-key command then: TRYAGAIN).
+    """
+    executed = replies[-1]
+    if executed.__class__ is list:
+        for item in executed:
+            if isinstance(item, hiredis.ReplyError):  # WRONGTYPE: a key of another type
+                return WireError(str(item), "reply")
+        return executed
+    if isinstance(replies[0], hiredis.ReplyError):  # MULTI refused (NOAUTH, say): nothing queued
+        return WireError(str(replies[0]), "reply")
+    text = str(executed)
+    if not isinstance(executed, hiredis.ReplyError):
+        return WireError(f"unexpected EXEC reply {executed!r:.80}", "reply")
+    if not text.startswith("EXECABORT"):
+        return WireError(text, "reply")  # refused at EXEC: MOVED, ASK, TRYAGAIN, CLUSTERDOWN ...
+    refusals = [str(reply) for reply in replies[1:-1] if isinstance(reply, hiredis.ReplyError)]
+    if not refusals:
+        return WireError(text, "reply")
+    asks = [refusal for refusal in refusals if refusal.startswith("ASK ")]
+    if len(asks) == len(refusals):
+        if len(asks) == len(replies) - 2:
+            return WireError(asks[0], "reply")
+        return WireError(f"TRYAGAIN keys split by a slot migration ({asks[0]} for some)", "reply")
+    moved = [refusal for refusal in refusals if refusal.startswith("MOVED ")]
+    return WireError((moved or refusals)[0], "reply")
+
+
+# RESP of MULTI and EXEC, written around a transaction's commands.
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+
+def pack_transaction(*commands: tuple[str | int, ...]) -> bytes:
+    """MULTI, `commands`, EXEC, packed for `Multiplexer.transaction_now` or `transaction`."""
+    return b"".join((_MULTI, *map(_pack, commands), _EXEC))
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: Multiplexer) -> None:
         self.owner = owner
@@ -139,6 +187,11 @@ class _Protocol(asyncio.Protocol):
         # connection every read shares: it decodes as a surrogate, which parsing refuses.
         self.reader = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
         self.transport: asyncio.Transport | None = None
+        # The replies of the transaction at the head of the queue, so far.
+        self.gathered: list[Any] = []
+        # The loop the connection lives on, asked once: `asyncio.get_running_loop()` makes a
+        # getpid() system call per call on CPython 3.11 (~9% of a cache miss, issue 14).
+        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but behave as one.
@@ -160,7 +213,23 @@ class _Protocol(asyncio.Protocol):
             if not pending:
                 self.owner._fail(WireError("reply without a request"))
                 return
-            future, _ = pending.popleft()
+            future, _, expected = pending[0]
+            if expected != 1:
+                # A transaction: its replies are gathered, and settle its future at EXEC's.
+                gathered = self.gathered
+                gathered.append(reply)
+                if len(gathered) < expected:
+                    continue
+                self.gathered = []
+                pending.popleft()
+                if not future.done():
+                    outcome = _transaction_outcome(gathered)
+                    if outcome.__class__ is WireError:
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+                continue
+            pending.popleft()
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -210,7 +279,9 @@ class Multiplexer:
         self.connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
-        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        # Per request written: its future, when it was written, and how many replies it takes
+        # (1; a transaction's, all of its commands').
+        self._pending: collections.deque[tuple[asyncio.Future[Any], float, int]] = collections.deque()
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
@@ -232,10 +303,27 @@ class Multiplexer:
             return None
         return self._send(protocol, _pack(args))
 
-    def _send(self, protocol: _Protocol, packed: bytes) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+    async def transaction(self, packed: bytes, commands: int) -> Any:
+        """Run a transaction packed by `pack_transaction` with `commands` commands and wait for
+        EXEC's reply (the commands' replies). Raises `WireError` (see `_transaction_outcome`)."""
+        protocol = self._protocol
+        if protocol is None:
+            if self._closed is not None:
+                raise self._closed
+            protocol = await self._connect()
+        return await self._send(protocol, packed, commands + 2)
+
+    def transaction_now(self, packed: bytes, commands: int) -> asyncio.Future[Any] | None:
+        """`transaction` if the connection is up: the future of EXEC's reply, else None."""
+        protocol = self._protocol
+        if protocol is None:
+            return None
+        return self._send(protocol, packed, commands + 2)
+
+    def _send(self, protocol: _Protocol, packed: bytes, replies: int = 1) -> asyncio.Future[Any]:
+        loop = protocol.loop
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((future, time.monotonic()))
+        self._pending.append((future, time.monotonic(), replies))
         self._outgoing.append(packed)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -255,13 +343,14 @@ class Multiplexer:
         pending = self._pending
         now = time.monotonic()
         for i in range(max(0, len(pending) - len(outgoing)), len(pending)):
-            pending[i] = (pending[i][0], now)
+            future, _, replies = pending[i]
+            pending[i] = (future, now, replies)
 
     def _check_timeouts(self) -> None:
         self._watchdog = None
         if not self._pending:
             return
-        _, sent_at = self._pending[0]
+        _, sent_at, _ = self._pending[0]
         # Replies come in order: if the oldest is late, the connection is stuck (e.g. a
         # SIGSTOPped server). Drop it, failing everything queued on it.
         late = time.monotonic() - sent_at - self.timeout
@@ -296,7 +385,7 @@ class Multiplexer:
             current.transport.abort()
         pending, self._pending = self._pending, collections.deque()
         self._outgoing = []
-        for future, _ in pending:
+        for future, _, _ in pending:
             if not future.done():
                 future.set_exception(error)
 

@@ -1,4 +1,7 @@
 -- One token's restrictions in one round trip, as one consistent snapshot.
+-- Used by redis-py's reads only (no multiplexed connection, a redirected read, a slot migration's
+-- target: validator/store/migration.py); the multiplexed connection reads the same snapshot in a
+-- MULTI/EXEC transaction (Store._read_transaction), for a fifth of the Redis CPU.
 -- KEYS: meta (hash), domains (set), ips (set), all under one hash tag; or the meta key alone, on a
 -- Redis Cluster slot's migration target after ASKING once none of the three is left on the source
 -- (validator/store/migration.py): the sets are then named from it (`...:m` -> `...:d`, `...:i`).
