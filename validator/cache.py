@@ -11,32 +11,36 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Generic, Self, TypeVar
 
 from validator.errors import ConfigurationError
+from validator.model import Entry
 
-__all__ = ["Cache", "Entry"]
+__all__ = ["Boxed", "Cache", "Entry"]
 
 V = TypeVar("V")
 
 
-class Entry(Generic[V]):
-    """A cached value; fresh until `fresh_until`, usable on store errors until `usable_until`."""
+class Boxed(Entry, Generic[V]):
+    """An entry carrying any value."""
 
-    __slots__ = ("fresh_until", "recent", "token_hash", "usable_until", "value")
+    __slots__ = ("value",)
 
-    def __init__(self, value: V, token_hash: str, fresh_until: float, usable_until: float) -> None:
+    def __init__(self, value: V) -> None:
+        super().__init__()
         self.value = value
-        self.token_hash = token_hash
-        self.fresh_until = fresh_until
-        self.usable_until = usable_until
-        self.recent = False
+
+    def copied(self) -> Self:
+        return type(self)(self.value)
 
 
-class _Load(Generic[V]):
+E = TypeVar("E", bound=Entry)
+
+
+class _Load(Generic[E]):
     __slots__ = ("invalidated", "task", "token_hash")
 
-    def __init__(self, token_hash: str, task: asyncio.Task[tuple[V, bool]]) -> None:
+    def __init__(self, token_hash: str, task: asyncio.Task[tuple[E, bool]]) -> None:
         self.token_hash = token_hash
         self.task = task
         self.invalidated = False
@@ -48,7 +52,7 @@ def _consume_exception(task: asyncio.Task[object]) -> None:
         task.exception()
 
 
-class Cache(Generic[V]):
+class Cache(Generic[E]):
     """Bounded LRU maps for known and unknown tokens (kept apart so a flood of random tokens
     evicts only other unknown tokens), with single-flight loading."""
 
@@ -78,11 +82,11 @@ class Cache(Generic[V]):
         # fresh for at most `incoherent_ttl` (by default 0: not served fresh at all).
         self.coherent_for: Callable[[str], bool] | None = None
         self._clock = clock
-        self._known: OrderedDict[str, Entry[V]] = OrderedDict()
-        self._unknown: OrderedDict[str, Entry[V]] = OrderedDict()
+        self._known: OrderedDict[str, E] = OrderedDict()
+        self._unknown: OrderedDict[str, E] = OrderedDict()
         self._token_of: dict[str, str] = {}
-        self._loads: dict[str, _Load[V]] = {}
-        self._loads_by_hash: dict[str, _Load[V]] = {}
+        self._loads: dict[str, _Load[E]] = {}
+        self._loads_by_hash: dict[str, _Load[E]] = {}
         self.loads_started = 0
         self.evictions = 0  # entries pushed out by the size bound
         self.invalidations = 0  # entries dropped because the store said they changed
@@ -91,13 +95,11 @@ class Cache(Generic[V]):
     def __len__(self) -> int:
         return len(self._known) + len(self._unknown)
 
-    def fresh(self, token: str) -> Entry[V] | None:
+    def fresh(self, token: str) -> E | None:
         """The entry for `token` if it is fresh (the hot path); marks it recently used."""
-        lru = self._known
-        entry = lru.get(token)
+        entry = self._known.get(token)
         if entry is None:
-            lru = self._unknown
-            entry = lru.get(token)
+            entry = self._unknown.get(token)
             if entry is None:
                 return None
         if entry.fresh_until < self._clock():
@@ -108,7 +110,7 @@ class Cache(Generic[V]):
         entry.recent = True
         return entry
 
-    def usable(self, token: str) -> Entry[V] | None:
+    def usable(self, token: str) -> E | None:
         """The entry for `token` if it may still serve while the store is failing."""
         entry = self._known.get(token) or self._unknown.get(token)
         if entry is None or entry.usable_until < self._clock():
@@ -119,8 +121,8 @@ class Cache(Generic[V]):
         self,
         token: str,
         token_hash: str,
-        read: Callable[[], Awaitable[tuple[V, bool]]],
-    ) -> V:
+        read: Callable[[], Awaitable[tuple[E, bool]]],
+    ) -> E:
         """Load through `read` (returning the value and whether the token is known), sharing
         one read among concurrent callers for the same token. An invalidation of the token
         while the read is in flight keeps its result out of the cache."""
@@ -136,7 +138,7 @@ class Cache(Generic[V]):
         value, _ = await asyncio.shield(load.task)
         return value
 
-    def _finish(self, token: str, load: _Load[V], task: asyncio.Task[tuple[V, bool]]) -> None:
+    def _finish(self, token: str, load: _Load[E], task: asyncio.Task[tuple[E, bool]]) -> None:
         del self._loads[token]
         del self._loads_by_hash[load.token_hash]
         if task.cancelled() or task.exception() is not None or load.invalidated:
@@ -144,7 +146,7 @@ class Cache(Generic[V]):
         value, known = task.result()
         self._put(token, load.token_hash, value, known)
 
-    def _put(self, token: str, token_hash: str, value: V, known: bool) -> None:
+    def _put(self, token: str, token_hash: str, entry: E, known: bool) -> None:
         now = self._clock()
         ttl = self.ttl if known else self.unknown_ttl
         fresh_until = now + ttl
@@ -152,7 +154,12 @@ class Cache(Generic[V]):
             # Changes to it may be missed: kept as the stale-if-error fallback, fresh at most
             # `incoherent_ttl`.
             fresh_until = now + min(ttl, self.incoherent_ttl) if self.incoherent_ttl > 0 else 0.0
-        entry = Entry(value, token_hash, fresh_until, now + ttl + self.max_stale)
+        if entry.token_hash:
+            entry = entry.copied()
+        entry.token_hash = token_hash
+        entry.fresh_until = fresh_until
+        entry.usable_until = now + ttl + self.max_stale
+        entry.recent = False
         lru, limit = (self._known, self.max_entries) if known else (self._unknown, self.max_unknown)
         self._drop(token)
         lru[token] = entry

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from validator.cache import Cache
+from validator.cache import Boxed, Cache
 
 
 class Clock:
@@ -17,7 +17,7 @@ class Clock:
         return self.now
 
 
-def make(clock: Clock, **kwargs: float) -> Cache[str]:
+def make(clock: Clock, **kwargs: float) -> Cache[Boxed[str]]:
     settings: dict[str, float] = {
         "max_entries": 3,
         "max_unknown": 2,
@@ -29,11 +29,11 @@ def make(clock: Clock, **kwargs: float) -> Cache[str]:
     return Cache(clock=clock, **settings)  # type: ignore[arg-type]
 
 
-async def fill(cache: Cache[str], token: str, value: str, known: bool = True) -> None:
-    async def read() -> tuple[str, bool]:
-        return value, known
+async def fill(cache: Cache[Boxed[str]], token: str, value: str, known: bool = True) -> None:
+    async def read() -> tuple[Boxed[str], bool]:
+        return Boxed(value), known
 
-    assert await cache.load(token, "h-" + token, read) == value
+    assert (await cache.load(token, "h-" + token, read)).value == value
 
 
 async def test_hit_after_load_and_expiry() -> None:
@@ -83,16 +83,16 @@ async def test_concurrent_loads_share_one_read() -> None:
     reads = 0
     release = asyncio.Event()
 
-    async def read() -> tuple[str, bool]:
+    async def read() -> tuple[Boxed[str], bool]:
         nonlocal reads
         reads += 1
         await release.wait()
-        return "A", True
+        return Boxed("A"), True
 
     waiters = [asyncio.ensure_future(cache.load("a", "h-a", read)) for _ in range(100)]
     await asyncio.sleep(0)
     release.set()
-    assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == ["A"] * 100
+    assert [entry.value for entry in await asyncio.wait_for(asyncio.gather(*waiters), 5)] == ["A"] * 100
     assert reads == 1
 
 
@@ -100,23 +100,23 @@ async def test_cancelled_first_caller_does_not_cancel_the_shared_read() -> None:
     cache = make(Clock())
     release = asyncio.Event()
 
-    async def read() -> tuple[str, bool]:
+    async def read() -> tuple[Boxed[str], bool]:
         await release.wait()
-        return "A", True
+        return Boxed("A"), True
 
     first = asyncio.ensure_future(cache.load("a", "h-a", read))
     second = asyncio.ensure_future(cache.load("a", "h-a", read))
     await asyncio.sleep(0)
     first.cancel()
     release.set()
-    assert await asyncio.wait_for(second, 5) == "A"
+    assert (await asyncio.wait_for(second, 5)).value == "A"
     assert cache.fresh("a") is not None
 
 
 async def test_failed_read_reaches_every_waiter_and_caches_nothing() -> None:
     cache = make(Clock())
 
-    async def read() -> tuple[str, bool]:
+    async def read() -> tuple[Boxed[str], bool]:
         await asyncio.sleep(0)
         raise RuntimeError("store down")
 
@@ -130,10 +130,10 @@ async def test_invalidation_during_a_read_keeps_its_result_out(how: str) -> None
     cache = make(Clock())
     started, release = asyncio.Event(), asyncio.Event()
 
-    async def read() -> tuple[str, bool]:
+    async def read() -> tuple[Boxed[str], bool]:
         started.set()
         await release.wait()
-        return "old", True
+        return Boxed("old"), True
 
     load = asyncio.ensure_future(cache.load("a", "h-a", read))
     await started.wait()
@@ -142,7 +142,7 @@ async def test_invalidation_during_a_read_keeps_its_result_out(how: str) -> None
     else:
         cache.clear()
     release.set()
-    assert await asyncio.wait_for(load, 5) == "old"
+    assert (await asyncio.wait_for(load, 5)).value == "old"
     assert cache.fresh("a") is None
 
 
@@ -154,3 +154,21 @@ async def test_invalidate_by_hash() -> None:
     cache.invalidate("h-unknown")
     assert cache.fresh("a") is None
     assert cache.fresh("b") is not None
+
+
+@pytest.mark.timeout(10)
+async def test_an_entry_already_held_is_stored_as_a_copy() -> None:
+    cache = make(Clock())
+    shared = Boxed("U")  # as the rules of every unknown token are one object
+
+    async def read() -> tuple[Boxed[str], bool]:
+        return shared, False
+
+    await cache.load("u1", "h-u1", read)
+    await cache.load("u2", "h-u2", read)
+    first, second = cache.fresh("u1"), cache.fresh("u2")
+    assert first is not None and second is not None and first is not second
+    assert (first.token_hash, second.token_hash) == ("h-u1", "h-u2")
+    assert first.value == second.value == "U"
+    cache.invalidate("h-u1")
+    assert cache.fresh("u1") is None and cache.fresh("u2") is second

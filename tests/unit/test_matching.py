@@ -7,11 +7,13 @@ import ipaddress
 import pytest
 
 from validator.errors import InvalidEntry
-from validator.rules.domains import DomainSet
+from validator.model import Restrictions
+from validator.rules.decide import TokenRules
+from validator.rules.domains import DomainSet, joined
 from validator.rules.entries import normalize_domain
 from validator.rules.ips import IPSet, parse_ip
 from validator.rules.networks import normalize_ip
-from validator.rules.request import host_of
+from validator.rules.request import _MEMO_SIZE, HOST_KEYS, host_key, host_of
 
 # ------------------------------------------------------------------------------ host_of
 
@@ -315,3 +317,40 @@ def test_normalize_ip_refuses(entry: str, says: str) -> None:
 def test_private_ip_allowed_with_override() -> None:
     assert normalize_ip("10.1.2.3", allow_private=True).stored == "10.1.2.3"
     assert normalize_ip("::1", allow_private=True).stored == "::1"
+
+
+# ------------------------------------------------------------ lists as joined strings (hot path)
+
+
+@pytest.mark.timeout(10)
+def test_joined_lists_leave_out_entries_holding_a_separator() -> None:
+    assert joined(["a.com", "b.com", "a.com"], "\n") == "\na.com\nb.com\n"
+    assert joined(["a.com\nb.com", "c\td"], "\n") == "\n"  # nothing kept: no empty entry either
+    assert "\n\n" not in joined([], "\n")
+
+
+@pytest.mark.timeout(10)
+def test_a_plain_token_keeps_one_string_and_no_sets() -> None:
+    plain = TokenRules(
+        Restrictions(domain_enabled=True, ip_enabled=True, domains=["a.example.com"], ips=["11.0.0.1"])
+    )
+    assert (plain.domain_set, plain.ip_set) == (None, None)
+    assert plain.lists == "\na.example.com\n\t11.0.0.1\t"
+    # A host never matches an address entry, nor an address a host entry.
+    assert not plain.decide("https://11.0.0.1", None, False, None).allowed
+    assert not plain.decide(None, None, False, "a.example.com").allowed
+    wide = TokenRules(
+        Restrictions(domain_enabled=True, ip_enabled=True, domains=["*.example.com"], ips=["11.0.0.0/24"])
+    )
+    assert wide.domain_set is not None and wide.ip_set is not None
+    assert wide.decide("https://x.example.com", None, False, None).allowed
+    assert wide.decide(None, None, False, "11.0.0.9").allowed
+    assert wide.decide(None, None, False, "::ffff:11.0.0.9").allowed
+
+
+@pytest.mark.timeout(10)
+def test_host_key_memo_stays_bounded() -> None:
+    for n in range(_MEMO_SIZE + 10):
+        assert host_key(f"https://h{n}.example.com") == f"\nh{n}.example.com\n"
+    assert len(HOST_KEYS) <= _MEMO_SIZE
+    assert host_key("https://a b") is None

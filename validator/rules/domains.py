@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     pass
-from validator.rules.request import DEFAULT_PORTS, T, is_hostname, origin_of
+from validator.rules.request import DEFAULT_PORTS, DOMAIN_SEP, IP_SEP, T, is_hostname, origin_of
 
 # Lists hold at most `limit` (5) entries: a tuple of that size is as quick to search as a set
 # and takes a fraction of the memory (a 5-entry frozenset is ~730 bytes), which matters with
@@ -18,6 +18,14 @@ _NOT_QUALIFIED: dict[str, tuple[Any, ...]] = {}  # shared by every list without 
 
 def _compact(items: Collection[T]) -> Collection[T]:
     return tuple(items) if len(items) <= _SMALL else frozenset(items)
+
+
+def joined(items: Iterable[str], sep: str) -> str:
+    """`items` as one string, each between two `sep`s: `sep + x + sep in joined(...)` is membership
+    (for an `x` without `sep`). Items holding either separator are left out: no host or address
+    holds one, so they match nothing anyway, and kept they would split into entries that do."""
+    kept = [item for item in dict.fromkeys(items) if DOMAIN_SEP not in item and IP_SEP not in item]
+    return sep + sep.join(kept) + sep if kept else sep
 
 
 # A qualified entry's condition on the request: (scheme or None for any, port or None for any).
@@ -47,12 +55,16 @@ class DomainSet:
     port; `host in domain_set` answers for those. An entry qualified by a scheme and/or a port
     (`https://app.example.com`, `localhost:3000`, `http://localhost:*`) also needs the
     request's scheme and effective port: `matches(host, url)` answers for every entry.
+
+    The exact bare hosts are `exact`, joined (`joined`, DOMAIN_SEP): the hot path
+    (`TokenRules`) keeps that string alone when `more` is false, and this object otherwise.
     """
 
-    __slots__ = ("_exact", "_parents", "_qualified_exact", "_qualified_parents", "qualified")
+    __slots__ = ("_odd", "_parents", "_qualified_exact", "_qualified_parents", "exact", "qualified")
 
     def __init__(self, entries: Iterable[str]) -> None:
-        exact: set[str] = set()
+        exact: list[str] = []
+        odd: list[str] = []  # exact entries holding a separator: no request host can, see `joined`
         parents: set[str] = set()
         qualified_exact: dict[str, list[_Qualifier]] = {}
         qualified_parents: dict[str, list[_Qualifier]] = {}
@@ -60,23 +72,37 @@ class DomainSet:
             pattern, qualifier = _split_entry(entry)
             wildcard = pattern.startswith("*.")
             if qualifier is None:
-                (parents if wildcard else exact).add(pattern[2:] if wildcard else pattern)
+                if wildcard:
+                    parents.add(pattern[2:])
+                else:
+                    (odd if DOMAIN_SEP in pattern or IP_SEP in pattern else exact).append(pattern)
             elif wildcard:
                 qualified_parents.setdefault(pattern[2:], []).append(qualifier)
             else:
                 qualified_exact.setdefault(pattern, []).append(qualifier)
-        self._exact = _compact(exact)
+        self.exact = joined(exact, DOMAIN_SEP)
+        self._odd = tuple(odd)
         self._parents = _compact(parents)
         self._qualified_exact = {h: tuple(q) for h, q in qualified_exact.items()} or _NOT_QUALIFIED
         self._qualified_parents = {h: tuple(q) for h, q in qualified_parents.items()} or _NOT_QUALIFIED
         self.qualified = bool(qualified_exact or qualified_parents)
         """Whether any entry is qualified by a scheme or port (so `matches` needs the URL)."""
 
+    @property
+    def more(self) -> bool:
+        """Whether any entry is a wildcard or qualified: `exact` alone does not answer."""
+        return bool(self._parents) or self.qualified
+
     def __contains__(self, host: object) -> bool:
         """Whether `host` matches a bare entry (one without scheme or port)."""
-        if host in self._exact:
+        if not isinstance(host, str):
+            return False
+        if DOMAIN_SEP in host or IP_SEP in host:
+            # No `host_of` result holds one (so `TokenRules` never asks): only an odd entry matches.
+            return host in self._odd
+        if f"{DOMAIN_SEP}{host}{DOMAIN_SEP}" in self.exact:
             return True
-        if not self._parents or not isinstance(host, str):
+        if not self._parents:
             return False
         return _under(host, self._parents) is not None
 
@@ -101,7 +127,9 @@ class DomainSet:
 
     def __len__(self) -> int:
         return (
-            len(self._exact)
+            self.exact.count(DOMAIN_SEP)
+            - 1
+            + len(self._odd)
             + len(self._parents)
             + sum(map(len, self._qualified_exact.values()))
             + sum(map(len, self._qualified_parents.values()))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import idna
 
@@ -55,6 +55,13 @@ def authority(text: str, start: int) -> tuple[int, int]:
     return (start if at == -1 else at + 1), end
 
 
+# The form nearly every browser sends: http(s), a lower-case ASCII host without port or
+# userinfo, then nothing or a path, query or fragment without a space or control character.
+# One regex answers it in ~0.3 us against ~1.4 us for the general scan below (benchmarks:
+# hotpath, distinct Origins); it accepts only values the general scan gives the same host for.
+_PLAIN_URL = re.compile(r"https?://([a-z0-9._-]+)(?:[/?#\\][^\x00-\x20\x7f]*)?").fullmatch
+
+
 def host_of(url: str) -> str | None:
     """The normalised host of an `Origin` or `Referer` value, or None if it has none.
 
@@ -67,6 +74,17 @@ def host_of(url: str) -> str | None:
     """
     if len(url) > MAX_URL_LENGTH:
         return None
+    plain = _PLAIN_URL(url)
+    if plain is not None:
+        host: str = plain[1]
+        if host[-1] == ".":
+            host = host[:-1]
+        return host or None
+    return _scanned_host(url)
+
+
+def _scanned_host(url: str) -> str | None:
+    """`host_of` for any value up to MAX_URL_LENGTH long: the general scan."""
     scheme = _URL_START.match(url)
     if scheme is None or _NOT_IN_URL.search(url) is not None:
         return None
@@ -100,26 +118,56 @@ _MEMO_SIZE = 8192
 T = TypeVar("T")
 _AF_INET = socket.AF_INET
 _inet_pton = socket.inet_pton
+# A miss is a `dict.get` default rather than a caught KeyError: raising and catching one cost
+# ~14% of a cached check when every Origin is new (benchmarks: hotpath, distinct values).
+_MISSING: Any = object()
 
 
 def _remembered(parse: Callable[[str], T]) -> Callable[[str], T]:
     memo: dict[str, T] = {}
 
     def lookup(text: str) -> T:
-        try:
-            return memo[text]
-        except KeyError:
-            pass
-        if len(memo) >= _MEMO_SIZE:
-            memo.clear()
-        value = memo[text] = parse(text)
-        return value
+        value = memo.get(text, _MISSING)
+        if value is _MISSING:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            value = memo[text] = parse(text)
+        return value  # type: ignore[no-any-return]
 
     return lookup
 
 
 # `host_of(url)`, remembered for the values seen most recently.
 request_host = _remembered(host_of)
+
+# A token's exact hosts are held as one string, each between two DOMAIN_SEPs, and its exact
+# addresses likewise between IP_SEPs (`validator.rules.domains`, `validator.rules.ips`): a
+# substring test there is one C call, and one string takes a fifth of the memory of a tuple of
+# five (benchmarks: memory). Neither character can be in a host `host_of` gives (control
+# characters make a URL malformed) nor in an address; entries holding one are left out.
+DOMAIN_SEP = "\n"
+IP_SEP = "\t"
+
+
+# `host_key(url)`'s memo: the hot path (`TokenRules.decide`) reads it inline.
+HOST_KEYS: dict[str, str | None] = {}
+
+
+def host_key(url: str) -> str | None:
+    """`host_of(url)` between two DOMAIN_SEPs (what a token's joined hosts hold), or None;
+    remembered for the values seen most recently."""
+    key = HOST_KEYS.get(url, _MISSING)
+    return new_host_key(url) if key is _MISSING else key
+
+
+def new_host_key(url: str) -> str | None:
+    """`host_key(url)` for a `url` not in HOST_KEYS: parsed, then remembered. (The hot path has
+    looked it up already: one probe and one call fewer on every new Origin.)"""
+    if len(HOST_KEYS) >= _MEMO_SIZE:
+        HOST_KEYS.clear()
+    host = host_of(url)
+    key = HOST_KEYS[url] = None if host is None else f"{DOMAIN_SEP}{host}{DOMAIN_SEP}"
+    return key
 
 
 def origin_of(url: str) -> tuple[str, str, int | None] | None:
