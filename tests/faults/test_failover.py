@@ -227,7 +227,6 @@ async def test_cluster_resharding_under_load(cluster: LocalCluster) -> None:
         await warm(validator, tokens)
         assert validator.listener is not None
         assert validator.store.topology is not None
-        before = validator.listener.connections
         layout = await validator.store.topology.discover()
         source, target = cluster.primaries()[:2]
 
