@@ -8,6 +8,7 @@ hashes) can find it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -38,18 +39,15 @@ E = TypeVar("E", bound=Entry)
 
 
 class _Load(Generic[E]):
-    __slots__ = ("invalidated", "task", "token_hash")
+    __slots__ = ("invalidated", "read", "token_hash", "waiters")
 
-    def __init__(self, token_hash: str, task: asyncio.Task[tuple[E, bool]]) -> None:
+    def __init__(self, token_hash: str, read: asyncio.Future[tuple[E, bool]]) -> None:
         self.token_hash = token_hash
-        self.task = task
+        self.read = read
         self.invalidated = False
-
-
-def _consume_exception(task: asyncio.Task[object]) -> None:
-    # Every awaiter may have been cancelled; don't let asyncio log "never retrieved".
-    if not task.cancelled():
-        task.exception()
+        # One future per caller waiting for the read: a caller's cancellation cancels its own
+        # future only, never the read the others share.
+        self.waiters: list[asyncio.Future[E]] = []
 
 
 class Cache(Generic[E]):
@@ -128,23 +126,45 @@ class Cache(Generic[E]):
         while the read is in flight keeps its result out of the cache."""
         load = self._loads.get(token)
         if load is None:
-            task = asyncio.ensure_future(read())
-            task.add_done_callback(_consume_exception)
-            load = _Load(token_hash, task)
+            source = read()
+            # A future (the validator's fast read) is watched as it is: no task around it.
+            load = _Load(
+                token_hash, source if isinstance(source, asyncio.Future) else asyncio.ensure_future(source)
+            )
             self._loads[token] = load
             self._loads_by_hash[token_hash] = load
             self.loads_started += 1
-            task.add_done_callback(lambda done: self._finish(token, load, done))
-        value, _ = await asyncio.shield(load.task)
-        return value
+            load.read.add_done_callback(functools.partial(self._finish, token, load))
+        # Each caller awaits a future of its own, settled by `_finish` once the entry is stored:
+        # `asyncio.shield` around the shared read cost an outer future, two callbacks and an
+        # event-loop pass more per miss (benchmarks: miss). The read's loop, not
+        # `asyncio.get_running_loop()`: a getpid() call on 3.11.
+        waiter: asyncio.Future[E] = load.read.get_loop().create_future()
+        load.waiters.append(waiter)
+        return await waiter
 
-    def _finish(self, token: str, load: _Load[E], task: asyncio.Task[tuple[E, bool]]) -> None:
+    def _finish(self, token: str, load: _Load[E], read: asyncio.Future[tuple[E, bool]]) -> None:
         del self._loads[token]
         del self._loads_by_hash[load.token_hash]
-        if task.cancelled() or task.exception() is not None or load.invalidated:
-            return
-        value, known = task.result()
-        self._put(token, load.token_hash, value, known)
+        outcome: E | BaseException | None = None  # None: the read was cancelled, so are the callers
+        if not read.cancelled():
+            error = read.exception()  # retrieved here: no "never retrieved" log if nobody waits
+            if error is not None:
+                outcome = error
+            else:
+                value, known = read.result()
+                if not load.invalidated:
+                    self._put(token, load.token_hash, value, known)
+                outcome = value
+        for waiter in load.waiters:
+            if waiter.done():  # its caller was cancelled
+                continue
+            if outcome is None:
+                waiter.cancel()
+            elif isinstance(outcome, BaseException):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
 
     def _put(self, token: str, token_hash: str, entry: E, known: bool) -> None:
         now = self._clock()

@@ -374,3 +374,46 @@ async def test_a_migrating_slot_is_read_by_the_transaction_redirects(redis_clust
                     )
             for client in nodes.values():
                 await client.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_cold_checks_beyond_the_load_bound_queue_for_a_fast_read(redis_url: str) -> None:
+    # More distinct cold tokens at once than `max_concurrent_loads`: the fast reads in flight
+    # never exceed the bound, the others wait for a slot (not the general path), and all finish.
+    tokens = [f"tok_queue_{n}" for n in range(50)]
+    admin = Admin.from_url(redis_url, secret="w")
+    await admin.init()
+    for token in tokens:
+        await admin.set_domains(token, ["app.example.com"])
+    await admin.close()
+    validator = Validator.from_url(redis_url, secret="w", max_concurrent_loads=4)
+    async with validator:
+        widest = 0
+        start_read = validator._start_read
+
+        def watched(token_hash: str, shard: Any) -> Any:
+            nonlocal widest
+            read = start_read(token_hash, shard)
+            widest = max(widest, validator._fast_reads)
+            return read
+
+        general = 0
+        read = validator._read
+
+        async def counted(token_hash: str, shard: Any) -> Any:
+            nonlocal general
+            general += 1
+            return await read(token_hash, shard)
+
+        validator._start_read = watched  # type: ignore[method-assign]
+        validator._read = counted  # type: ignore[method-assign]
+        await validator.check(tokens[0], origin="https://app.example.com")  # connects the wire
+        validator.cache.clear()
+        general = 0
+        decisions = await asyncio.wait_for(
+            asyncio.gather(*(validator.check(t, origin="https://app.example.com") for t in tokens)), 10
+        )
+        assert all(d.allowed for d in decisions)
+        assert widest == 4
+        assert general == 0
+        assert validator._fast_reads == 0 and not validator._queued_reads

@@ -7,7 +7,15 @@ from typing import Self
 from validator.model import Decision, Entry, Mode, Reason, Restrictions, Source, decision, reported
 from validator.rules.domains import DomainSet
 from validator.rules.ips import IPSet, ip_listed
-from validator.rules.request import _MISSING, HOST_KEYS, IP_SEP, new_host_key
+from validator.rules.request import (
+    _AF_INET,
+    _MISSING,
+    DOMAIN_SEP,
+    HOST_KEYS,
+    IP_SEP,
+    _inet_pton,
+    new_host_key,
+)
 
 __all__ = ["ReportOnlyRules", "TokenRules", "classify", "compile_rules"]
 
@@ -73,6 +81,12 @@ class TokenRules(Entry):
             self.back = None
         else:
             self.back = _BACK_END_NOT_ALLOWED if r.domain_enabled else _UNRESTRICTED[_BACK]
+        # The common record, bare hosts and IPv4 addresses only, is the joined string alone: built
+        # directly it takes ~1.3 µs, through the two sets ~6 µs, a fifth of a miss (benchmarks: miss).
+        lists = _plain_lists(r.domains, r.ips)
+        if lists is not None:
+            self.lists = lists
+            return
         # Both lists are compiled even when off: an entry that does not parse makes the record
         # unreadable whether or not its list is on (`Validator._outcome`).
         domains = DomainSet(r.domains)
@@ -141,6 +155,28 @@ class TokenRules(Entry):
             # dotted decimal (`ip_listed`): no parse, no memo.
             return _IP_NOT_LISTED
         return _IP_LISTED if ip_listed(self.lists, self.ip_set, client_ip) else _IP_NOT_LISTED
+
+
+def _plain_lists(domains: list[str], ips: list[str]) -> str | None:
+    """`TokenRules.lists` for lists of bare exact hosts and dotted-decimal IPv4 addresses only,
+    exactly as `DomainSet(domains).exact + IPSet(ips).exact` makes it; None for anything else
+    (a wildcard, a scheme, a port, a network, IPv6, a separator in an entry: the sets decide)."""
+    hosts = DOMAIN_SEP.join(domains)
+    if "*" in hosts or ":" in hosts or IP_SEP in hosts or hosts.count(DOMAIN_SEP) != max(len(domains) - 1, 0):
+        return None
+    addresses = IP_SEP.join(ips)
+    if "/" in addresses or ":" in addresses or DOMAIN_SEP in addresses:
+        return None
+    try:
+        for address in ips:
+            _inet_pton(_AF_INET, address)  # exactly the canonical dotted decimal `IPSet` keeps as is
+    except (OSError, ValueError):
+        return None
+    if len(set(domains)) != len(domains) or len(set(ips)) != len(ips):
+        return None  # repeated entries (not from a Redis set): `joined` keeps one of each
+    return (f"{DOMAIN_SEP}{hosts}{DOMAIN_SEP}" if domains else DOMAIN_SEP) + (
+        f"{IP_SEP}{addresses}{IP_SEP}" if ips else IP_SEP
+    )
 
 
 class ReportOnlyRules(TokenRules):
