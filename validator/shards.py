@@ -88,6 +88,11 @@ class Shards:
     def all(self) -> list[Shard]:
         return [self.whole, *self.by_name.values()]
 
+    @property
+    def single(self) -> bool:
+        """Whether every token is in the whole store's shard (no Cluster layout known)."""
+        return self._by_slot is None
+
     def of(self, token_hash: str) -> Shard:
         """The shard that holds `token_hash`'s keys (their hash tag is the token hash)."""
         by_slot = self._by_slot
