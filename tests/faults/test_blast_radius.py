@@ -59,14 +59,6 @@ def cluster() -> Iterator[LocalCluster]:
     setup.cleanup()
 
 
-@pytest.fixture
-def sentinel() -> Iterator[LocalSentinel]:
-    setup = LocalSentinel()
-    setup.start()
-    yield setup
-    setup.cleanup()
-
-
 @dataclass
 class Worker:
     process: asyncio.subprocess.Process

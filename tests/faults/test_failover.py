@@ -33,14 +33,6 @@ def cluster() -> Iterator[LocalCluster]:
     setup.cleanup()
 
 
-@pytest.fixture
-def sentinel() -> Iterator[LocalSentinel]:
-    setup = LocalSentinel()
-    setup.start()
-    yield setup
-    setup.cleanup()
-
-
 async def seed(url: str) -> Tokens:
     """40 restricted tokens (on a cluster: spread over every primary), half of them allowed."""
     admin = Admin.from_url(url, secret=SECRET)
