@@ -409,3 +409,23 @@ async def test_denials_fail_while_redis_is_down_and_are_written_again_after() ->
             await raw.aclose()
     finally:
         server.cleanup()
+
+
+@pytest.mark.timeout(30)
+async def test_a_refused_xadd_fails_only_its_own_denials(denying: Validator, raw: aioredis.Redis) -> None:
+    """The batch goes out as one packed request; an error reply (here WRONGTYPE: the token's
+    stream key holds a string) counts that stream's denials as failed, and no others."""
+    store, log = denying.store, denying.denial_log
+    assert log is not None
+    token_hash = store.token_hash(TOKEN)
+    await raw.set(store.denials_key(token_hash), "not a stream")
+    unknown = [store.token_hash(f"tok_refused_{n}_do_not_print") for n in range(3)]
+    for _ in range(2):  # one batch: recorded without yielding
+        log.record(token_hash, decision(False, Reason.IP_NOT_LISTED, Source.BACK_END), None, CLIENT_IP)
+    for other in unknown:
+        log.record(other, decision(False, Reason.UNKNOWN_TOKEN, Source.BACK_END), None, CLIENT_IP)
+    await drained(denying)
+    assert (log.recorded, log.failed, log.dropped) == (3, 2, 0)
+    assert await raw.get(store.denials_key(token_hash)) == "not a stream"
+    listed = await store.unknown_denials(count=10)
+    assert {e["token"] for e in listed} == {fingerprint(h) for h in unknown}

@@ -421,3 +421,70 @@ async def test_cold_checks_beyond_the_load_bound_queue_for_a_fast_read(redis_url
         assert widest == 4
         assert general == 0
         assert validator._fast_reads == 0 and not validator._queued_reads
+
+
+def _packed(*commands: tuple[str | int, ...]) -> bytes:
+    return b"".join(hiredis.pack_command(command) for command in commands)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(30)
+async def test_send_packed_resolves_one_future_with_every_reply_in_order(redis_url: str) -> None:
+    wire = Multiplexer(redis_url, timeout=2, connect_timeout=2)
+    try:
+        assert wire.send_packed(_packed(("PING",)), 1) is None  # not connected: nothing queued
+        assert await asyncio.wait_for(wire.execute("DEL", "packed:list"), 5) in (0, 1)
+        # Interleaved with single commands and a transaction: each gets its own replies.
+        before = wire.send_now("ECHO", "before")
+        packed = wire.send_packed(
+            _packed(("RPUSH", "packed:list", "a"), ("RPUSH", "packed:list", "b"), ("ECHO", "x")), 3
+        )
+        after = wire.send_now("ECHO", "after")
+        assert before is not None and packed is not None and after is not None
+        assert await asyncio.wait_for(packed, 5) == [1, 2, "x"]
+        assert (await before, await after) == ("before", "after")
+        assert await wire.execute("LRANGE", "packed:list", 0, -1) == ["a", "b"]
+        with pytest.raises(ValueError):
+            wire.send_packed(b"", 0)
+    finally:
+        wire.close()
+
+
+@pytest.mark.timeout(30)
+async def test_send_packed_an_error_reply_takes_only_its_command_place(redis_url: str) -> None:
+    wire = Multiplexer(redis_url, timeout=2, connect_timeout=2)
+    try:
+        await asyncio.wait_for(wire.execute("SET", "packed:string", "v"), 5)
+        packed = wire.send_packed(
+            _packed(("ECHO", "a"), ("LPUSH", "packed:string", "x"), ("NOSUCHCOMMAND",), ("ECHO", "b")), 4
+        )
+        assert packed is not None
+        first, wrong_type, unknown, last = await asyncio.wait_for(packed, 5)
+        assert (first, last) == ("a", "b")
+        assert isinstance(wrong_type, WireError) and wrong_type.kind == "reply"
+        assert str(wrong_type).startswith("WRONGTYPE")
+        assert isinstance(unknown, WireError) and unknown.kind == "reply"
+        assert await wire.execute("ECHO", "still up") == "still up"
+    finally:
+        wire.close()
+
+
+@pytest.mark.timeout(30)
+async def test_send_packed_fails_as_a_whole_when_the_connection_is_lost() -> None:
+    server = RedisProcess()
+    server.start()
+    wire = Multiplexer(server.url, timeout=2, connect_timeout=2)
+    try:
+        assert await asyncio.wait_for(wire.execute("PING"), 5) == "PONG"
+        # The server closes the connection (CLIENT KILL of itself) before the later replies.
+        packed = wire.send_packed(
+            _packed(("ECHO", "a"), ("CLIENT", "KILL", "SKIPME", "no"), ("ECHO", "b")), 3
+        )
+        assert packed is not None
+        with pytest.raises(WireError) as lost:
+            await asyncio.wait_for(packed, 5)
+        assert lost.value.kind == "connection"
+        # The next request connects again.
+        assert await asyncio.wait_for(wire.execute("PING"), 5) == "PONG"
+    finally:
+        wire.close()
+        server.cleanup()

@@ -214,6 +214,20 @@ class _Protocol(asyncio.Protocol):
                 self.owner._fail(WireError("reply without a request"))
                 return
             future, _, expected = pending[0]
+            if expected < 0:
+                # Commands sent together by `send_packed`: their replies settle its future as a
+                # list once the last is in, each error reply as a `WireError` in its place.
+                gathered = self.gathered
+                gathered.append(
+                    WireError(str(reply), "reply") if isinstance(reply, hiredis.ReplyError) else reply
+                )
+                if len(gathered) < -expected:
+                    continue
+                self.gathered = []
+                pending.popleft()
+                if not future.done():
+                    future.set_result(gathered)
+                continue
             if expected != 1:
                 # A transaction: its replies are gathered, and settle its future at EXEC's.
                 gathered = self.gathered
@@ -280,7 +294,7 @@ class Multiplexer:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         # Per request written: its future, when it was written, and how many replies it takes
-        # (1; a transaction's, all of its commands').
+        # (1; a transaction's, all of its commands'; minus the count for `send_packed`).
         self._pending: collections.deque[tuple[asyncio.Future[Any], float, int]] = collections.deque()
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
@@ -319,6 +333,23 @@ class Multiplexer:
         if protocol is None:
             return None
         return self._send(protocol, packed, commands + 2)
+
+    def send_packed(self, data: bytes, replies: int) -> asyncio.Future[list[Any]] | None:
+        """Queue `replies` commands packed together in RESP (`data`, not a transaction) if the
+        connection is up: ONE future, of the list of their replies in order, each error reply a
+        `WireError` (kind "reply") in its place; else None. The future fails (`WireError`) only
+        when the connection does (lost, timed out, closed): then none of the replies is known.
+
+        For a writer that sends many commands at once (`DenialStreams.append_denials`): one
+        future and one queue entry for all of them instead of one per command.
+        """
+        if replies < 1:
+            raise ValueError(f"send_packed needs at least one command, not {replies}")
+        protocol = self._protocol
+        if protocol is None:
+            return None
+        # Pending entries count replies as negative numbers to tell them from a transaction's.
+        return self._send(protocol, data, -replies)
 
     def _send(self, protocol: _Protocol, packed: bytes, replies: int = 1) -> asyncio.Future[Any]:
         loop = protocol.loop
