@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.unit.test_asgi import Headers, Recorder, call, key
-from validator import Admin, Reason, Restrictions, Validator
+from validator import Admin, ConfigurationError, Reason, Restrictions, Source, Validator
 from validator.web import proxy_headers
 from validator.web.middleware import TokenAccessMiddleware
 from validator.web.proxy_headers import _forwarded_hops, _TrustedHosts, _x_forwarded_for_hops
@@ -173,3 +173,66 @@ async def test_client_address_through_proxies(
     reply = await call(middleware, [key("i"), *headers], client=None if peer is None else (peer, 1))
     assert reply.scope["state"]["token_access"].reason is reason
     assert reply.status == (200 if reason is LISTED else 403)
+
+
+# --------------------------------------------------------------------------- single-address headers
+
+# Headers in which a trusted edge puts the one address it saw (issue "Protect any stack", part 3).
+SINGLE_HEADERS = ["x-real-ip", "cf-connecting-ip", "true-client-ip", "fly-client-ip", "x-client-address"]
+
+SINGLE_VALUES = [
+    pytest.param([CLIENT], LISTED, id="one address"),
+    pytest.param([f"  {CLIENT} "], LISTED, id="spaces around"),
+    pytest.param(["::ffff:203.0.113.7"], LISTED, id="v4-mapped v6"),
+    pytest.param(["2001:db8::7"], NOT_LISTED, id="v6"),
+    pytest.param([f"{CLIENT}:4711"], NO_IP, id="with a port"),
+    pytest.param([f"[{CLIENT}]"], NO_IP, id="bracketed"),
+    pytest.param([f"{CLIENT}, 10.0.0.3"], NO_IP, id="a list"),
+    pytest.param([f"198.51.100.1,{CLIENT}"], NO_IP, id="a list ending in the listed one"),
+    pytest.param([CLIENT, CLIENT], NO_IP, id="the header twice"),
+    pytest.param([CLIENT, "198.51.100.1"], NO_IP, id="the header twice, differing"),
+    pytest.param([""], NO_IP, id="empty"),
+    pytest.param(["unknown"], NO_IP, id="unknown"),
+    pytest.param(["203.0.113.007"], NO_IP, id="leading zeros"),
+    pytest.param(["1" * 100], NO_IP, id="huge"),
+    pytest.param(["203.0.113.7\x00"], NO_IP, id="a NUL"),
+]
+
+
+@pytest.mark.parametrize("name", SINGLE_HEADERS)
+@pytest.mark.parametrize(("values", "reason"), SINGLE_VALUES)
+async def test_a_single_address_header_from_a_trusted_edge(
+    validator: Validator, name: str, values: list[str], reason: Reason
+) -> None:
+    middleware = TokenAccessMiddleware(Recorder(), validator=validator, **TRUST, proxy_header=name)
+    headers = [(name.encode(), v.encode("latin-1")) for v in values]
+    reply = await call(middleware, [key("i"), *headers], client=(PROXY, 1))
+    assert reply.scope["state"]["token_access"].reason is reason
+    assert reply.status == (200 if reason is LISTED else 403)
+
+
+@pytest.mark.parametrize("name", SINGLE_HEADERS)
+async def test_a_single_address_header_is_read_only_from_a_trusted_edge_and_alone(
+    validator: Validator, name: str
+) -> None:
+    middleware = TokenAccessMiddleware(Recorder(), validator=validator, **TRUST, proxy_header=name.upper())
+    header = (name.encode(), CLIENT.encode())
+    # From an untrusted peer the header is the client's own claim: the peer counts.
+    reply = await call(middleware, [key("i"), header], client=(UNTRUSTED, 1))
+    assert reply.scope["state"]["token_access"].reason is NOT_LISTED
+    # Only the configured header is read: X-Forwarded-For and Forwarded say nothing then.
+    for other in (xff(CLIENT), fwd("for=" + CLIENT)):
+        reply = await call(middleware, [key("i"), *other], client=(PROXY, 1))
+        assert reply.scope["state"]["token_access"].reason is NOT_LISTED
+    # A browser request is decided by its Origin; the address plays no part.
+    reply = await call(middleware, [key("i"), header, (b"origin", b"https://x.example")], client=(PROXY, 1))
+    assert reply.scope["state"]["token_access"].source is Source.FRONT_END
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["origin", "Referer", "authorization", "x-api-key", "sec-fetch-site", "access-control-x", "bad name", ""],
+)
+async def test_a_proxy_header_that_means_something_else_is_refused(validator: Validator, name: str) -> None:
+    with pytest.raises(ConfigurationError, match="cannot name the client"):
+        TokenAccessMiddleware(Recorder(), validator=validator, **TRUST, proxy_header=name)

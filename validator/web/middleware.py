@@ -26,7 +26,13 @@ from validator.core import Validator
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision
 from validator.store import fingerprint
-from validator.web.proxy_headers import _HTTP_TOKEN, _forwarded_hops, _TrustedHosts, _x_forwarded_for_hops
+from validator.web.proxy_headers import (
+    _HTTP_TOKEN,
+    _forwarded_hops,
+    _one_address,
+    _TrustedHosts,
+    _x_forwarded_for_hops,
+)
 from validator.web.responses import _FORBIDDEN, _UNAUTHORIZED, _UNAVAILABLE, _Reply, _with_cors
 from validator.web.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,6 +51,10 @@ log = logging.getLogger("validator")
 
 
 TokenSource = Literal["bearer", "header", "query"]
+# The client-address headers proxies and CDNs send (any other header name is accepted too).
+ProxyHeader = Literal[
+    "x-forwarded-for", "forwarded", "x-real-ip", "cf-connecting-ip", "true-client-ip", "fly-client-ip"
+]
 _TOKEN_SOURCES: tuple[TokenSource, ...] = ("bearer", "header", "query")
 
 
@@ -98,8 +108,13 @@ class TokenAccessMiddleware:
       (for public routes) with `scope["state"]["token_access"] = None`.
     - `max_token_length`: a longer token is refused (403) without a look-up (default: the
       validator's `max_token_length`). So is a token with a byte outside `!`..`~` (docs/behaviour.md).
-    - `trusted_proxies`: addresses or CIDR networks of proxies whose `proxy_header`
-      (`"x-forwarded-for"` or `"forwarded"`) names the client. None by default.
+    - `trusted_proxies`: addresses or CIDR networks of proxies whose `proxy_header` names the
+      client. None by default. `proxy_header`: a chain, `"x-forwarded-for"` (default) or
+      `"forwarded"` (RFC 7239), walked right to left past the trusted proxies; or a header in
+      which the trusted edge puts the one address it saw: `"x-real-ip"` (nginx),
+      `"cf-connecting-ip"`, `"true-client-ip"`, `"fly-client-ip"` or any other name. Only that
+      header is read; for a single-address header, a value that is not exactly one address (two,
+      a port, a repeat of the header, garbage) means the client is unknown (no IP).
     - `preflight`: a CORS preflight carries no token: `"pass"` it to the app, or `"answer"` it
       here with `cors_allow_methods`, `cors_allow_headers` (default: `Authorization`, the
       token header, `Content-Type`) and `cors_max_age`.
@@ -127,7 +142,7 @@ class TokenAccessMiddleware:
         require_token: bool = True,
         max_token_length: int | None = None,
         trusted_proxies: Iterable[str] | str = (),
-        proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for",
+        proxy_header: ProxyHeader | str = "x-forwarded-for",
         preflight: Literal["pass", "answer"] = "pass",
         cors: bool = False,
         cors_allow_methods: Sequence[str] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"),
@@ -157,9 +172,17 @@ class TokenAccessMiddleware:
             max_token_length = validator.max_token_length
         if not 1 <= max_token_length <= MAX_TOKEN_LENGTH:
             raise ConfigurationError(f"max_token_length must be between 1 and {MAX_TOKEN_LENGTH}")
-        if proxy_header not in ("x-forwarded-for", "forwarded"):
+        proxy_header = proxy_header.lower()
+        taken = ("origin", "referer", "authorization", token_header.lower())
+        if (
+            not _HTTP_TOKEN.fullmatch(proxy_header)
+            or proxy_header in taken
+            or proxy_header.startswith(("sec-fetch-", "access-control-"))
+        ):
             raise ConfigurationError(
-                f"proxy_header must be 'x-forwarded-for' or 'forwarded', not {proxy_header!r}"
+                f"proxy_header {proxy_header!r} cannot name the client: use x-forwarded-for, "
+                "forwarded, x-real-ip, cf-connecting-ip, true-client-ip, fly-client-ip or a header "
+                "name of your edge's that no other setting uses"
             )
         if preflight not in ("pass", "answer"):
             raise ConfigurationError(f"preflight must be 'pass' or 'answer', not {preflight!r}")
@@ -174,6 +197,7 @@ class TokenAccessMiddleware:
         self.max_token_length = max_token_length
         self.trusted_proxies = _TrustedHosts(trusted_proxies)
         self.proxy_header = proxy_header
+        self._chain = proxy_header in ("x-forwarded-for", "forwarded")
         self.answer_preflight = preflight == "answer"
         self.cors = cors
         self.report_only = report_only
@@ -411,6 +435,9 @@ class TokenAccessMiddleware:
 
     def _forwarded_client(self, proxy: list[bytes]) -> str | None:
         """The client that the proxy header names, for a connection from a trusted proxy."""
+        if not self._chain:
+            # The edge's own header: exactly one value, exactly one address.
+            return _one_address(proxy[0].decode("latin-1")) if len(proxy) == 1 else None
         merged = ",".join(value.decode("latin-1") for value in proxy)
         if self.proxy_header == "forwarded":
             return self.trusted_proxies.client(_forwarded_hops(merged))

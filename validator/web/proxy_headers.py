@@ -1,4 +1,5 @@
-"""The client address behind trusted proxies: `Forwarded` (RFC 7239) and `X-Forwarded-For`.
+"""The client address behind trusted proxies: `Forwarded` (RFC 7239), `X-Forwarded-For`, and the
+single-address headers edges set (`X-Real-IP`, `CF-Connecting-IP`, ...).
 
 Shaped like uvicorn's `middleware/proxy_headers.py`: `_TrustedHosts` parses the trusted
 addresses and networks once, and the hop lists are read right to left, stopping at the first
@@ -94,6 +95,16 @@ def _host_of_node(node: str) -> str | None:
     if not node or not _IP_CHARS.issuperset(node):
         return None
     return node
+
+
+def _one_address(value: str) -> str | None:
+    """The address in a single-address header (`X-Real-IP`, `CF-Connecting-IP`, ...): the value
+    must be exactly one IPv4 or IPv6 address, nothing else (no port, no list); its canonical form."""
+    value = value.strip()
+    if not value or len(value) > 64 or not _IP_CHARS.issuperset(value):
+        return None
+    address = parse_ip(value)
+    return None if address is None else str(address)
 
 
 def _split_unquoted(text: str, separator: str) -> list[str]:
