@@ -35,7 +35,7 @@ from typing import Any
 
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.model import Decision, DeniedRequest, Entry, Reason, Source
-from validator.rules.request import DEFAULT_PORTS, authority, request_host
+from validator.rules.request import request_host, scheme_and_port
 from validator.store import Store, fingerprint
 from validator.store.denials import DenialEntry, Description
 
@@ -60,17 +60,11 @@ def _origin(url: str, host: str) -> str:
     with the effective port (the scheme's default when none is given), or "" when its port is not
     a port number: what `origin_of` gives, from the remembered host instead of a second parse of
     the value (2.4 us of `host_of` per denial otherwise)."""
-    sep = url.find("://")
-    start, end = authority(url, sep + 3)
-    scheme = url[:sep].lower()
-    colon = url.find(":", start, end)
-    port_text = url[colon + 1 : end] if colon != -1 else ""
-    if not port_text:
-        port = DEFAULT_PORTS.get(scheme)
-        return f"{scheme}://{host}" if port is None else f"{scheme}://{host}:{port}"
-    if len(port_text) > 5 or not 0 < int(port_text) < 65536:
+    found = scheme_and_port(url)
+    if found is None:
         return ""
-    return f"{scheme}://{host}:{int(port_text)}"
+    scheme, port = found
+    return f"{scheme}://{host}" if port is None else f"{scheme}://{host}:{port}"
 
 
 def _description(decision: Decision, url: str | None, client_ip: str | None) -> Description:

@@ -180,13 +180,20 @@ def origin_of(url: str) -> tuple[str, str, int | None] | None:
     host = host_of(url)
     if host is None:
         return None
+    found = scheme_and_port(url)
+    return None if found is None else (found[0], host, found[1])
+
+
+def scheme_and_port(url: str) -> tuple[str, int | None] | None:
+    """The scheme (lower case) and effective port (see `origin_of`) of an `Origin` or `Referer`
+    value whose host parsed; None if its port is not a port number."""
     sep = url.find("://")
     start, end = authority(url, sep + 3)
     scheme = url[:sep].lower()
     colon = url.find(":", start, end)
     port_text = url[colon + 1 : end] if colon != -1 else ""
     if not port_text:
-        return scheme, host, DEFAULT_PORTS.get(scheme)
+        return scheme, DEFAULT_PORTS.get(scheme)
     if len(port_text) > 5 or not 0 < int(port_text) < 65536:
         return None
-    return scheme, host, int(port_text)
+    return scheme, int(port_text)
