@@ -155,3 +155,25 @@ async def test_a_closed_validator_reads_and_listens_again_on_every_deployment(st
     finally:
         await validator.close()
         await admin.close()
+
+
+@pytest.mark.timeout(30)
+async def test_nothing_read_while_a_node_is_not_listened_to_is_served_fresh(
+    redis_url: str, admin: Admin
+) -> None:
+    """Issue 17, item 3: between a node's lost (or not yet confirmed) subscription and its
+    confirmation, every check of its tokens reads the store; the cache serves them fresh again
+    only once the node is listened to, and what it held before is read again then."""
+    async with Validator.from_url(redis_url, secret=SECRET) as validator:
+        assert validator.listener is not None
+        await validator.sync()
+        assert (await validator.check(TOKEN, client_ip=LISTED)).allowed
+        assert validator.check_cached(TOKEN, client_ip=LISTED) is not None
+        node = next(iter(validator.listener.layout))
+        validator.shards.on_down(node)  # as when its connection drops
+        assert validator.check_cached(TOKEN, client_ip=LISTED) is None, "served fresh after the loss"
+        assert (await validator.check(TOKEN, client_ip=LISTED)).allowed  # read, not cached fresh
+        assert validator.check_cached(TOKEN, client_ip=LISTED) is None, "cached fresh while not listened to"
+        validator.shards.on_up(node, connected=True)  # the subscription is confirmed again
+        assert (await validator.check(TOKEN, client_ip=LISTED)).allowed
+        assert validator.check_cached(TOKEN, client_ip=LISTED) is not None
