@@ -192,12 +192,14 @@ class _Protocol(asyncio.Protocol):
         # The loop the connection lives on, asked once: `asyncio.get_running_loop()` makes a
         # getpid() system call per call on CPython 3.11 (~9% of a cache miss, issue 14).
         self.loop = asyncio.get_running_loop()
+        self.answered = False  # whether the server has sent anything yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         reader = self.reader
         reader.feed(data)
         pending = self.owner._pending
@@ -253,6 +255,12 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = _tls_problem(exc) or exc or "closed by server"
+        tls = self.owner._tls
+        no_certificate = tls is not None and not tls.get("ssl_certfile")
+        if isinstance(exc, ConnectionResetError) and not self.answered and no_certificate:
+            # A TLS 1.3 server checks the client certificate after the handshake; its alert
+            # ("certificate required") races the first request and may be lost to the reset.
+            reason = f"{exc} before any reply; perhaps {_TLS_ALERTS['TLSV13_ALERT_CERTIFICATE_REQUIRED']}"
         self.owner._fail(WireError(f"connection lost: {reason}"), self)
 
 
