@@ -23,6 +23,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -120,6 +121,9 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         self.key_prefix = key_prefix
         self.limit = limit
         self.url = url
+        # Options every `lua/write.lua` call carries (history retention, ...); a call's own
+        # options (its actor) go over them.
+        self.write_options: dict[str, Any] = {}
         self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
         # The Redis nodes whose invalidations keep caches coherent (None: nothing to listen to).
         self.topology = topology
@@ -278,15 +282,18 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
                 # A primary gone (a failover): redis-py finds the new one.
                 return await self._read(keys=keys)
 
-    async def write(self, token_hash: str, op: str, *args: str) -> tuple[Restrictions | None, bool]:
+    async def write(
+        self, token_hash: str, op: str, *args: str, options: Mapping[str, Any] | None = None
+    ) -> tuple[Restrictions | None, bool]:
         """Run one atomic change (see `lua/write.lua`); returns the stored state and whether it
         changed. The state is None when the token has no record and the change only takes
-        away (remove, clear, disable, mode): such a change creates nothing.
+        away (remove, clear, disable, mode): such a change creates nothing. `options` (the
+        script's options: "actor", ...) go over `write_options`.
 
         Raises `StoreNotInitialised` or `LimitExceeded` (nothing written), or `StoreUnavailable`.
         """
         await self._require_marker(token_hash)
-        keys, argv = self._write_call(token_hash, op, args)
+        keys, argv = self._write_call(token_hash, op, args, options=options)
         with _store_errors():
             if isinstance(self.client, RedisCluster):
                 reply = await self._cluster_write(self.client, keys, argv)
@@ -356,14 +363,22 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         return f"{self.key_prefix}{{{token_hash}}}:h"
 
     def _write_call(
-        self, token_hash: str, op: str, args: Sequence[str], *, marked: bool = True
+        self,
+        token_hash: str,
+        op: str,
+        args: Sequence[str],
+        *,
+        marked: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of `lua/write.lua` for one change; `marked`: refused on a store without
-        this secret's marker (checked by the script where it can reach the marker)."""
+        this secret's marker (checked by the script where it can reach the marker); `options`:
+        the script's options, over `write_options`."""
         keys = [*self.keys(token_hash), self.history_key(token_hash)]
+        encoded = json.dumps({**self.write_options, **options} if options else self.write_options)
         if marked and self._marker_in_script:
-            return [*keys, self.marker_key], [op, self.limit, self.marker_value, *args]
-        return keys, [op, self.limit, "", *args]
+            return [*keys, self.marker_key], [op, self.limit, self.marker_value, encoded, *args]
+        return keys, [op, self.limit, "", encoded, *args]
 
     def _write_result(self, reply: list[Any]) -> tuple[Restrictions | None, bool]:
         if reply[0] == "marker":

@@ -3,7 +3,7 @@ restore), and the SCAN of every stored token. `Store` has them through `BulkComm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.commands.core import AsyncScript
@@ -30,7 +30,13 @@ class BulkCommands:
         async def _require_marker(self) -> None: ...
         def _notify(self, token_hash: str) -> None: ...
         def _write_call(
-            self, token_hash: str, op: str, args: Sequence[str], *, marked: bool = True
+            self,
+            token_hash: str,
+            op: str,
+            args: Sequence[str],
+            *,
+            marked: bool = True,
+            options: Mapping[str, Any] | None = None,
         ) -> tuple[list[str], list[str | int]]: ...
         def _write_result(self, reply: list[Any]) -> tuple[Restrictions | None, bool]: ...
 
@@ -41,9 +47,14 @@ class BulkCommands:
         return [entry if isinstance(entry, str) else entry.decode() for entry in entries]
 
     async def write_many(
-        self, changes: Sequence[tuple[str, Sequence[str]]], *, marked: bool = True
+        self,
+        changes: Sequence[tuple[str, Sequence[str]]],
+        *,
+        marked: bool = True,
+        options: Mapping[str, Any] | None = None,
     ) -> list[tuple[Restrictions | None, bool] | LimitExceeded]:
-        """Run many `write` changes, each `(token_hash, (op, *args))`, pipelined in one round trip.
+        """Run many `write` changes, each `(token_hash, (op, *args))`, pipelined in one round trip
+        (`options` as `write`'s, for every change).
 
         Each change is atomic on its own, the batch is not. A change refused for the limit comes
         back as its `LimitExceeded` (nothing of it written); raises `StoreNotInitialised` (unless
@@ -56,7 +67,7 @@ class BulkCommands:
             replies = await self._evalsha_many(
                 self._write,
                 [
-                    self._write_call(token_hash, op, args, marked=marked)
+                    self._write_call(token_hash, op, args, marked=marked, options=options)
                     for token_hash, (op, *args) in changes
                 ],
             )

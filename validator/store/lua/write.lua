@@ -9,12 +9,14 @@
 --       token's other keys were moved there (validator/store/migration.py): the others are then
 --       named from it (`...:m` -> `...:d`, `:i`, `:h`), and looked for before anything is written
 -- ARGV[1] = op, ARGV[2] = limit, ARGV[3] = the marker's expected value when KEYS[5] is given,
+-- ARGV[4] = options, a JSON object (at least "{}"): "actor" (who made the change, recorded in the
+-- history entry), "history_length" (how many history entries to keep, default 50),
 -- then per op:
---   add | remove | set   ARGV[4] = "d" or "i", ARGV[5..] = normalised entries
---   switch               ARGV[4] = "d" or "i", ARGV[5] = "0" or "1"
---   mode                 ARGV[4] = "enforce" or "report"
---   put                  ARGV[4] = d switch, ARGV[5] = i switch, ARGV[6] = mode,
---                        ARGV[7] = number of domains, then the domains, then the ips
+--   add | remove | set   ARGV[5] = "d" or "i", ARGV[6..] = normalised entries
+--   switch               ARGV[5] = "d" or "i", ARGV[6] = "0" or "1"
+--   mode                 ARGV[5] = "enforce" or "report"
+--   put                  ARGV[5] = d switch, ARGV[6] = i switch, ARGV[7] = mode,
+--                        ARGV[8] = number of domains, then the domains, then the ips
 --                        (a whole record, as import writes it)
 --   delete
 -- Returns {"ok", changed (0/1), meta, domains, ips} after the change,
@@ -35,9 +37,9 @@
 -- cjson an empty array from an empty object. A call that changes nothing leaves the history
 -- alone, so re-running an import adds nothing. Delete removes the history with everything else.
 
-local HISTORY_LENGTH = 50
-
 local op, limit = ARGV[1], tonumber(ARGV[2])
+local options = cjson.decode(ARGV[4])
+local history_length = tonumber(options.history_length) or 50
 local meta_key = KEYS[1]
 local base = string.sub(meta_key, 1, -2)
 local history_key = KEYS[4] or base .. 'h'
@@ -79,8 +81,11 @@ end
 local function record(entry)
   local now = redis.call('TIME')
   entry.at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if type(options.actor) == 'string' then
+    entry.actor = options.actor
+  end
   redis.call('LPUSH', history_key, cjson.encode(entry))
-  redis.call('LTRIM', history_key, 0, HISTORY_LENGTH - 1)
+  redis.call('LTRIM', history_key, 0, history_length - 1)
 end
 
 -- On a Redis Cluster (no marker key given) the slot may be migrating. Inside a script too, Redis
@@ -121,8 +126,8 @@ end
 
 local changed = false
 local exists = redis.call('EXISTS', meta_key) == 1
-local creates = op == 'add' or op == 'put' or (op == 'set' and #ARGV > 4)
-  or (op == 'switch' and ARGV[5] == '1')
+local creates = op == 'add' or op == 'put' or (op == 'set' and #ARGV > 5)
+  or (op == 'switch' and ARGV[6] == '1')
 if not exists and not creates then
   return {'absent'}
 end
@@ -138,9 +143,9 @@ end
 
 local entry = {op = op}
 if op == 'add' or op == 'remove' or op == 'set' then
-  local list = ARGV[4]
+  local list = ARGV[5]
   local key = set_key[list]
-  local entries = slice(5, #ARGV)
+  local entries = slice(6, #ARGV)
   entry.restriction = list_name[list]
   if op == 'add' then
     local new = {}
@@ -183,23 +188,23 @@ if op == 'add' or op == 'remove' or op == 'set' then
     end
   end
 elseif op == 'switch' then
-  entry.op = ARGV[5] == '1' and 'enable' or 'disable'
-  entry.restriction = list_name[ARGV[4]]
+  entry.op = ARGV[6] == '1' and 'enable' or 'disable'
+  entry.restriction = list_name[ARGV[5]]
   create_if_absent()
-  if redis.call('HGET', meta_key, ARGV[4]) ~= ARGV[5] then
-    redis.call('HSET', meta_key, ARGV[4], ARGV[5])
+  if redis.call('HGET', meta_key, ARGV[5]) ~= ARGV[6] then
+    redis.call('HSET', meta_key, ARGV[5], ARGV[6])
     changed = true
   end
 elseif op == 'mode' then
-  entry.mode = ARGV[4]
-  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[4] then
-    redis.call('HSET', meta_key, 'r', ARGV[4])
+  entry.mode = ARGV[5]
+  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[5] then
+    redis.call('HSET', meta_key, 'r', ARGV[5])
     changed = true
   end
 elseif op == 'put' then
-  local n = tonumber(ARGV[7])
-  local domains = slice(8, 7 + n)
-  local ips = slice(8 + n, #ARGV)
+  local n = tonumber(ARGV[8])
+  local domains = slice(9, 8 + n)
+  local ips = slice(9 + n, #ARGV)
   if #domains > limit then
     return {'limit', 'd', redis.call('SMEMBERS', set_key.d)}
   end
@@ -207,25 +212,25 @@ elseif op == 'put' then
     return {'limit', 'i', redis.call('SMEMBERS', set_key.i)}
   end
   create_if_absent()
-  for list, value in pairs({d = ARGV[4], i = ARGV[5]}) do
+  for list, value in pairs({d = ARGV[5], i = ARGV[6]}) do
     if redis.call('HGET', meta_key, list) ~= value then
       redis.call('HSET', meta_key, list, value)
       changed = true
     end
   end
-  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[6] then
-    redis.call('HSET', meta_key, 'r', ARGV[6])
+  if (redis.call('HGET', meta_key, 'r') or 'enforce') ~= ARGV[7] then
+    redis.call('HSET', meta_key, 'r', ARGV[7])
     changed = true
   end
-  entry.mode = ARGV[6]
+  entry.mode = ARGV[7]
   for list, entries in pairs({d = domains, i = ips}) do
     if not same_members(set_key[list], entries) then
       replace(set_key[list], entries)
       changed = true
     end
   end
-  entry.domain_enabled = ARGV[4] == '1'
-  entry.ip_enabled = ARGV[5] == '1'
+  entry.domain_enabled = ARGV[5] == '1'
+  entry.ip_enabled = ARGV[6] == '1'
   entry.domains = #domains > 0 and domains or nil
   entry.ips = #ips > 0 and ips or nil
 else
