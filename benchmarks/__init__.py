@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "import": "benchmarks.bulk_import",
     "outage": "benchmarks.outage",
     "denials": "benchmarks.denials",
+    "gate": "benchmarks.gate",
 }
 
 # The benchmarks that also run on a Redis Cluster or a Sentinel-managed master (`--store

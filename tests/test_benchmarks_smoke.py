@@ -75,6 +75,28 @@ def test_miss_and_import_run_on_cluster_and_sentinel_beside_standalone(
     assert leftovers == []
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_gate_reports_the_gate_alone_and_behind_nginx(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "gate", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cases = {result["case"]: result for result in json.loads(out.read_text())["results"]}
+    gate = cases["validator-gate alone (nginx mode, cached token, allowed)"]
+    assert gate["median"] > 0
+    assert gate["ratios"]["upstream alone (uvicorn, 200 hello)"] > 0
+    # nginx is installed by scripts/install-system: the through-nginx figures are there too.
+    assert cases["nginx -> gate -> upstream"]["ratios"]["nginx -> upstream"] > 0
+    assert "p50 at 1 connection: added by the gate" in cases
+
+
 @pytest.mark.timeout(60)
 def test_a_cluster_store_is_refused_by_a_single_server_benchmark() -> None:
     done = subprocess.run(

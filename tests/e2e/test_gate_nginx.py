@@ -1,0 +1,204 @@
+"""The gate behind a real nginx (`auth_request`), configured with docs/deploying/nginx.conf.
+
+A real redis-server, tokens written with the Admin API, `python -m validator.web.gate --proxy
+nginx`, nginx and a small upstream on free loopback ports; requests from curl (from 127.0.0.2,
+an address that is no trusted proxy) and from headless Chromium, as clients would send them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.chromium import Chromium
+from tests.e2e.conftest import SECRET
+from tests.e2e.proxies import (
+    BROWSER_CASES,
+    CLIENT_IP,
+    CURL_CASES,
+    FORBIDDEN,
+    PROXY_IP,
+    RESTRICTIONS,
+    Gate,
+    Nginx,
+    Upstream,
+    curl,
+    expect_error_cors,
+    expect_reply,
+    fetch_in_browser,
+    put_token,
+    run_case,
+)
+from tests.redis_servers import RedisProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    app = Upstream()
+    app.start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def gate(redis_server: RedisProcess) -> Iterator[Gate]:
+    # Some token stored first: a store nobody ever wrote to may be taken for a wiped one.
+    put_token(redis_server.url, f"tok-first-{uuid.uuid4().hex}", RESTRICTIONS["domain"])
+    process = Gate("nginx", redis_server.url)
+    process.start()
+    yield process
+    process.cleanup()
+
+
+@pytest.fixture(scope="module")
+def nginx(gate: Gate, upstream: Upstream) -> Iterator[Nginx]:
+    proxy = Nginx(gate.port, upstream.port)
+    proxy.start()
+    yield proxy
+    proxy.cleanup()
+
+
+# --------------------------------------------------------------------------- curl
+
+
+@pytest.mark.parametrize(("restriction", "headers", "query", "status"), CURL_CASES)
+def test_curl_through_nginx(
+    nginx: Nginx,
+    redis_server: RedisProcess,
+    restriction: str | None,
+    headers: tuple[str, ...],
+    query: str,
+    status: int,
+) -> None:
+    run_case(nginx.url(), redis_server.url, restriction, headers, query, status)
+
+
+def test_the_app_gets_the_decision_not_the_clients_say(nginx: Nginx, redis_server: RedisProcess) -> None:
+    token = f"tok-gate-{uuid.uuid4().hex}"
+    put_token(redis_server.url, token, RESTRICTIONS["client-ip"])
+    forged = ("X-Token-Access: allowed", "X-Token-Fingerprint: forged", "X-Real-IP: 203.0.113.7")
+
+    reply = curl(nginx.url() + "/v1/hello", f"Authorization: Bearer {token}", *forged, method="POST")
+    assert reply.status == 200, reply
+    seen = reply.json()
+    assert isinstance(seen, dict)
+    assert seen["method"] == "POST"
+    assert seen["headers"]["x-token-fingerprint"] not in ("forged", token)
+    assert seen["headers"]["x-real-ip"] == CLIENT_IP
+    assert seen["headers"]["authorization"] == f"Bearer {token}"  # the app authenticates with it
+
+    public = curl(nginx.url() + "/status", *forged).json()
+    assert isinstance(public, dict)
+    assert "x-token-access" not in public["headers"]
+    assert "x-token-fingerprint" not in public["headers"]
+
+
+def test_the_gate_refuses_a_client_that_goes_around_nginx(gate: Gate, redis_server: RedisProcess) -> None:
+    token = f"tok-gate-{uuid.uuid4().hex}"
+    put_token(redis_server.url, token, RESTRICTIONS["elsewhere"])
+    reply = curl(
+        gate.url() + "/check",
+        f"X-API-Key: {token}",
+        "X-Original-Method: GET",
+        "X-Original-URI: /v1/hello",
+        "X-Real-IP: 203.0.113.7",
+    )
+    assert reply.status == 403
+    assert reply.json() == FORBIDDEN
+
+
+def test_denial_reference_passes_through(nginx: Nginx, gate: Gate, redis_server: RedisProcess) -> None:
+    """The gate's `Access-Denied-Ref` on a 403 reaches the client through nginx
+    (`auth_request_set` + `add_header ... always`), CORS-readable by a page on another origin."""
+    token = f"tok-gate-{uuid.uuid4().hex}"
+    put_token(redis_server.url, token, RESTRICTIONS["elsewhere"])
+    headers = (f"X-API-Key: {token}", "X-Original-Method: GET", "X-Original-URI: /v1/hello")
+    direct = curl(gate.url() + "/check", *headers, f"X-Real-IP: {CLIENT_IP}", source=PROXY_IP)
+    assert direct.status == 403
+    through = curl(nginx.url() + "/v1/hello", f"X-API-Key: {token}")
+    assert through.status == 403
+    expect_reply(through)
+    assert "access-control-allow-origin" not in through.headers
+    from_page = curl(nginx.url() + "/v1/hello", f"X-API-Key: {token}", "Origin: http://evil.test")
+    expect_error_cors(from_page, "http://evil.test")
+    sent, seen = direct.header("access-denied-ref"), through.header("access-denied-ref")
+    assert sent and seen and len(seen) == len(sent)
+
+
+def test_the_reference_a_client_sees_names_the_denial(nginx: Nginx, redis_server: RedisProcess) -> None:
+    """What a support desk does with the `Access-Denied-Ref` a client reports through nginx:
+    `validator-admin denials --ref` finds the denial the gate logged, with what the gate saw."""
+    token = f"tok-gate-{uuid.uuid4().hex}"
+    put_token(redis_server.url, token, RESTRICTIONS["domain"])
+    reply = curl(nginx.url() + "/v1/hello", f"X-API-Key: {token}", "Origin: https://evil.test")
+    assert reply.status == 403
+    ref = reply.header("access-denied-ref")
+    assert ref
+
+    env = {**os.environ, "VALIDATOR_STORE_URL": redis_server.url, "VALIDATOR_SECRET": SECRET}
+    deadline = time.monotonic() + 10  # the gate's denial writer flushes in the background
+    while True:
+        found = subprocess.run(
+            [sys.executable, "-m", "validator", "denials", "--ref", ref, "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+            check=True,
+        )
+        answer = json.loads(found.stdout)
+        if answer["found"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert answer["found"], answer
+    (denial,) = answer["denials"]
+    assert (denial["seen"], denial["source"]) == ("evil.test", "front_end")
+    assert token not in found.stdout
+
+
+# --------------------------------------------------------------------------- fail closed
+
+
+@pytest.mark.parametrize("broken", ["store down", "gate down"])
+def test_unavailable_is_503(upstream: Upstream, broken: str) -> None:
+    """A store that does not answer with nothing cached (the gate answers 503, which nginx's
+    auth_request turns into a 500), and a gate that does not answer (a 502 there): the client
+    gets the gate's 503 JSON, never the app."""
+    dead = free_port()
+    gate = None
+    if broken == "store down":
+        gate = Gate("nginx", f"redis://127.0.0.1:{dead}/0")
+        gate.start()
+    proxy = Nginx(gate.port if gate is not None else dead, upstream.port)
+    proxy.start()
+    try:
+        reply = curl(proxy.url() + "/v1/hello", "X-API-Key: any-token")
+        assert reply.status == 503, reply
+        expect_reply(reply)
+    finally:
+        proxy.cleanup()
+        if gate is not None:
+            gate.cleanup()
+
+
+# --------------------------------------------------------------------------- Chromium
+
+
+@pytest.mark.parametrize(("restriction", "page", "api", "status"), BROWSER_CASES)
+def test_fetch_from_chromium_through_nginx(
+    nginx: Nginx,
+    redis_server: RedisProcess,
+    browser: Chromium,
+    restriction: str,
+    page: str,
+    api: str,
+    status: int,
+) -> None:
+    fetch_in_browser(browser, nginx, redis_server.url, restriction, page, api, status)
