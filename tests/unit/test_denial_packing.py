@@ -7,9 +7,9 @@ import pytest
 
 from validator.store.denials import _FINGERPRINT, _Packer, _xadd
 
-FRONT = ("front_end", "app.example.com", "domain_not_listed", "enforce", "https://app.example.com")
-BACK = ("back_end", "203.0.113.9", "ip_not_listed", "report", "-")
-UNICODE = ("front_end", "bücher.example", "domain_not_listed", "enforce", "-")
+FRONT = ("front_end", "app.example.com", "domain_not_listed", "enforce", "https://app.example.com", "00a1")
+BACK = ("back_end", "203.0.113.9", "ip_not_listed", "report", "-", "ffff")
+UNICODE = ("front_end", "bücher.example", "domain_not_listed", "enforce", "-", "0000")
 ENTRIES = [
     ("tokhash" + "A" * 20, 1796112000.123, 1, 1796112000.123, FRONT),
     ("tokhash" + "B" * 20, 1796112001.5, 3, 1796112000.0, BACK),  # a merged entry

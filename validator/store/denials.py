@@ -1,22 +1,28 @@
 """The denial streams in Redis (see `validator.denials` for the in-process log that fills them).
 
 A stored token's denials go to a capped, expiring stream of its own; those of tokens without a
-record go to a sharded unknown-token log. `Store` has these commands through `DenialStreams`.
+record go to a sharded unknown-token log. `Store` has these commands through `DenialStreams`,
+and the lookup of the entry an `Access-Denied-Ref` names (`find_denial`, see `denial_refs`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hmac
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from validator.errors import StoreUnavailable
+from validator.store.denial_refs import DenialRef, DenialRefs
 from validator.store.layout import _store_errors, fingerprint
 from validator.store.wire import Multiplexer, WireError, Wires
 
-# What is stored of a denial besides its times, count and token: (source, seen, reason, mode, origin).
-Description = tuple[str, str, str, str, str]
+# What is stored of a denial besides its times, count and token: (source, seen, reason, mode,
+# origin, tag); `tag`: 4 hex digits of the request's tag (`denial_refs.request_tag`), which ties
+# an `Access-Denied-Ref` to its entry.
+Description = tuple[str, str, str, str, str, str]
 # One denial-log entry: (token hash, at, count, first, description): `count` denials of the same
 # request, the first at `first`, the last at `at` (wall-clock seconds). A plain tuple: the writer
 # makes one per denial in a flood of distinct tokens.
@@ -26,12 +32,47 @@ DenialEntry = tuple[str, float, int, float, Description]
 _Stream = tuple[str, int, bool, list[DenialEntry]]
 
 
+# How far from a reference's time its entry may be written (stream IDs are Redis's clock at the
+# write, later than the denial by the writer's delay, and apart from the validator's clock by
+# however far the two hosts' clocks are); how far its recorded time may be from the reference's.
+REF_WINDOW_MS = 10 * 60 * 1000
+REF_SLACK_MS = 1000
+
+
+class FoundDenial(NamedTuple):
+    """One denial-log entry found for a reference."""
+
+    token_hash: str | None  # the token's whole hash (its own stream); None: the unknown-token log
+    fingerprint: str
+    entry: dict[str, str]  # the stream entry's fields (at, source, seen, ... tag; count, first)
+    key: str  # the stream
+
+
+class FoundDenials(NamedTuple):
+    """What `find_denial` found: the matching entries (best first), the streams read, and the
+    time of the oldest entry those streams still hold (None: no stream)."""
+
+    matches: list[FoundDenial]
+    streams: list[str]
+    oldest_ms: int | None
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _id_ms(id_: object) -> int:
+    text = id_.decode() if isinstance(id_, bytes) else str(id_)
+    return int(text.partition("-")[0])
+
+
 class DenialStreams:
     """The denial-log commands of `Store` (on its `client`, under its `key_prefix`)."""
 
     client: Any
     key_prefix: str
     _wires: Wires | None
+    _hmac: hmac.HMAC
 
     # The unknown-token log is 16 capped streams, one per hash tag below: tag k hashes (CRC16,
     # as Redis Cluster does) into the k-th sixteenth of the 16,384 slots, so on a cluster the
@@ -262,13 +303,97 @@ class DenialStreams:
         with _store_errors():
             await self.client.delete(self.denials_key(token_hash))
 
+    @functools.cached_property
+    def denial_refs(self) -> DenialRefs:
+        """The cipher of `Access-Denied-Ref` values, keyed by (a hash of) the token secret: the
+        validators and the admin tools of one secret read each other's references."""
+        mac = self._hmac.copy()
+        mac.update(b"\0token-access-validator denial-ref")  # no token holds a NUL: no token's hash
+        return DenialRefs(mac.digest())
+
+    async def find_denial(self, ref: DenialRef, *, window_ms: int = REF_WINDOW_MS) -> FoundDenials:
+        """The denial-log entries a LOGGED reference names: those of its token (the 7 hash
+        characters it holds), written within `window_ms` of its time, whose span of merged
+        repeats (`first`..`at`) holds its time (give or take REF_SLACK_MS), with its request tag;
+        of those, the nearest in time. One, unless two requests' tags collide (1 in 65,536).
+
+        A stored token's stream is found by a SCAN for its hash characters (on a Cluster, of
+        every primary), the unknown-token log in its 16 shards; in each stream, only the entries
+        within `window_ms` of the reference's time are read (XRANGE on the stream IDs, which are
+        Redis's times of writing: the window covers the writer's delay and clocks apart)."""
+        if not ref.token:
+            return FoundDenials([], [], None)
+        prefix = self.key_prefix.rstrip(":")
+        if ref.unknown:
+            keys = self.unknown_denials_keys()
+        else:
+            pattern = _glob_escape(f"{prefix}-denials:{{{ref.token}") + "*}"
+            found: set[str] = set()
+            with _store_errors():
+                async for key in self.client.scan_iter(match=pattern, count=1000, _type="stream"):
+                    found.add(key.decode() if isinstance(key, bytes) else str(key))
+            keys = sorted(found)
+        if not keys:
+            return FoundDenials([], [], None)
+        low, high = max(0, ref.at_ms - window_ms), ref.at_ms + window_ms
+        with _store_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.xrange(key, min=f"{low}-0", max=f"{high}-0")
+                pipe.xrange(key, min="-", max="+", count=1)  # the oldest entry left
+            replies = await pipe.execute()
+        tag = f"{ref.tag:04x}"
+        matches: list[tuple[int, FoundDenial]] = []
+        oldest: int | None = None
+        own = f"{prefix}-denials:{{"
+        for key, window, first in zip(keys, replies[::2], replies[1::2], strict=True):
+            for id_, _ in first or []:
+                at = _id_ms(id_)
+                oldest = at if oldest is None else min(oldest, at)
+            for _, raw in window or []:
+                fields = {str(name): str(value) for name, value in (raw or {}).items()}
+                if fields.get("tag") != tag:
+                    continue
+                token = fields.pop("token", "") if ref.unknown else key[len(own) : -1]
+                if not token.startswith(ref.token):
+                    continue
+                try:
+                    last = int(fields.get("at", ""))
+                    since = int(fields.get("first", last))
+                except ValueError:
+                    continue
+                # The writer's clock reading and the reply's may differ by a wall-clock step.
+                if since - REF_SLACK_MS <= ref.at_ms <= last + REF_SLACK_MS:
+                    distance = max(since - ref.at_ms, ref.at_ms - last, 0)
+                    token_hash = None if ref.unknown else token
+                    matches.append((distance, FoundDenial(token_hash, fingerprint(token), fields, key)))
+        # Only the nearest: identical requests of the token (the same tag) written apart (two
+        # batches) both match within the slack; the one whose span holds the time is the one.
+        nearest = min((distance for distance, _ in matches), default=0)
+        return FoundDenials([match for distance, match in matches if distance == nearest], keys, oldest)
+
+    async def hashes_starting(self, fingerprint_: str, count: int = 1000) -> list[str]:
+        """The hashes of the stored tokens whose hash starts with `fingerprint_` (a SCAN of the
+        restriction keys): the record an unknown-token log entry's token may have been given
+        since. Usually none or one."""
+        pattern = _glob_escape(f"{self.key_prefix}{{{fingerprint_}") + "*}:m"
+        found: set[str] = set()
+        with _store_errors():
+            async for key in self.client.scan_iter(match=pattern, count=count):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                start = len(self.key_prefix) + 1
+                token_hash = name[start : -len("}:m")]
+                if token_hash.startswith(fingerprint_) and "}" not in token_hash:
+                    found.add(token_hash)
+        return sorted(found)
+
 
 def _xadd(key: str, max_length: int, entry: DenialEntry, token: str | None) -> tuple[str | int, ...]:
     """The XADD of one entry: the per-token stream's format, which `validator-admin denials` and
-    `check --replay` read (at, source, seen, reason, mode, origin; `count` and `first` when the
-    entry holds repeated denials); the unknown-token log's entries also name their `token` (by
-    fingerprint)."""
-    _, at, count, first, (source, seen, reason, mode, origin) = entry
+    `check --replay` read (at, source, seen, reason, mode, origin, tag; `count` and `first` when
+    the entry holds repeated denials); the unknown-token log's entries also name their `token`
+    (by fingerprint)."""
+    _, at, count, first, (source, seen, reason, mode, origin, tag) = entry
     head = ("XADD", key, "MAXLEN", "~", max_length, "*") if token is None else (
         "XADD", key, "MAXLEN", "~", max_length, "*", "token", token
     )  # fmt: skip
@@ -285,6 +410,8 @@ def _xadd(key: str, max_length: int, entry: DenialEntry, token: str | None) -> t
         mode,
         "origin",
         origin,
+        "tag",
+        tag,
     )
     if count == 1:
         return head + fields
@@ -320,7 +447,7 @@ class _Packer:
         packed_key = _bulk(key)
         # After the array's length: XADD key MAXLEN ~ cap * [token]; an entry's own fields follow.
         head = b"$4\r\nXADD\r\n%b$6\r\nMAXLEN\r\n$1\r\n~\r\n%b$1\r\n*\r\n" % (packed_key, _bulk_int(cap))
-        arity = 18
+        arity = 20
         if named:
             head += b"$5\r\ntoken\r\n"
             arity += 2
@@ -330,12 +457,12 @@ class _Packer:
         for token_hash, at, count, first, description in entries:
             fields = described.get(description)
             if fields is None:
-                source, seen, reason, mode, origin = description
+                source, seen, reason, mode, origin, tag = description
                 fields = described[description] = b"".join(
                     (
                         b"$6\r\nsource\r\n", _bulk(source), b"$4\r\nseen\r\n", _bulk(seen),
                         b"$6\r\nreason\r\n", _bulk(reason), b"$4\r\nmode\r\n", _bulk(mode),
-                        b"$6\r\norigin\r\n", _bulk(origin),
+                        b"$6\r\norigin\r\n", _bulk(origin), b"$3\r\ntag\r\n", _bulk(tag),
                     )
                 )  # fmt: skip
             parts = [single if count == 1 else repeated]

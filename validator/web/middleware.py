@@ -24,8 +24,10 @@ from typing import Final, Literal
 
 from validator.core import Validator
 from validator.errors import ConfigurationError, StoreUnavailable
-from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision
+from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision, Reason
 from validator.store import fingerprint
+from validator.store.denial_refs import AMBIGUOUS, MALFORMED_TOKEN, UNLOGGED, UNREADABLE
+from validator.web.exemption import _Exemption
 from validator.web.proxy_headers import (
     _HTTP_TOKEN,
     _forwarded_hops,
@@ -122,6 +124,10 @@ class TokenAccessMiddleware:
       denied, get `Access-Control-Allow-Origin: <that origin>` and `Vary: Origin`.
     - `report_only`: a rollout switch for every token: a request the rules deny is let through
       (`decision.reported`), and logged and counted as a would-be denial.
+    - `exempt`: exact paths (`scope["path"]`, so with a root_path, the path with it) that need no
+      token, e.g. `["/healthz", "/docs", "/openapi.json"]`; endpoints marked `@public` are added.
+      A listed path is exempt only when Starlette routes it to a route without path parameters
+      (validator/web/exemption.py); otherwise it is checked as usual.
 
     Repeated or conflicting `Origin`, `Referer` or token values are refused with 403. The
     decision goes to `scope["state"]["token_access"]` and the token checked to
@@ -149,6 +155,7 @@ class TokenAccessMiddleware:
         cors_allow_headers: Sequence[str] | None = None,
         cors_max_age: int = 600,
         report_only: bool = False,
+        exempt: Iterable[str] | str = (),
     ) -> None:
         sources = tuple(token_sources)
         if not sources or len(set(sources)) != len(sources) or not set(sources) <= set(_TOKEN_SOURCES):
@@ -201,6 +208,9 @@ class TokenAccessMiddleware:
         self.answer_preflight = preflight == "answer"
         self.cors = cors
         self.report_only = report_only
+        self._exemption = _Exemption(exempt)
+        self._exemption.discover(app)
+        self._exempt_paths = self._exemption.paths
         self._query_name = token_query.encode("utf-8")
         self._read_query = "query" in sources
         # The names of ours replace the common ones (`authorization`, a proxy header, ...).
@@ -228,6 +238,11 @@ class TokenAccessMiddleware:
                 send = self._lifespan_send(send)
             await self.app(scope, receive, send)
             return
+        # The one cost of exemptions to every other request: this set look-up.
+        if scope["path"] in self._exempt_paths and self._exemption.applies(scope, self.app):
+            scope.setdefault("state", {}).update(token_access=None, api_token=None)
+            await self.app(scope, receive, send)
+            return
         try:
             token, origin, origin_text, referer_text, sec_fetch, client_ip = self._read(scope)
         except Exception:
@@ -237,7 +252,7 @@ class TokenAccessMiddleware:
             return
         if token is _MALFORMED:
             log.debug("ambiguous or oversized origin, referer or token: denied")
-            await self._reply(scope, send, _FORBIDDEN, origin)
+            await self._reply(scope, send, _FORBIDDEN, origin, self._refused(AMBIGUOUS))
             return
         if token is _PREFLIGHT_REQUEST:
             # A preflight never carries the token: the browser checks the real request's reply.
@@ -285,9 +300,11 @@ class TokenAccessMiddleware:
         state["token_access"] = decision
         state["api_token"] = token
         if not decision.allowed:
+            # Now, before anything is awaited: `DenialLog.ref` reads the denial the check took.
+            ref = self._denial_ref(decision)
             if log.isEnabledFor(logging.DEBUG):
                 self._log_denial(token, decision)
-            await self._reply(scope, send, _FORBIDDEN, origin)
+            await self._reply(scope, send, _FORBIDDEN, origin, ref)
             return
         if self.cors and origin and scope_type == "http" and _ECHOABLE.fullmatch(origin):
             send = _with_cors(send, origin)
@@ -302,6 +319,9 @@ class TokenAccessMiddleware:
             kind = message["type"]
             if kind == "lifespan.startup.complete":
                 validator.start()
+                # Routes added after the middleware was built are known now.
+                self._exemption.discover(self.app)
+                self._exempt_paths = self._exemption.paths
             elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 try:
                     await validator.close()
@@ -445,8 +465,15 @@ class TokenAccessMiddleware:
 
     # -------------------------------------------------------------------------- answering
 
-    async def _reply(self, scope: Scope, send: Send, reply: _Reply, origin: bytes | None) -> None:
+    async def _reply(
+        self, scope: Scope, send: Send, reply: _Reply, origin: bytes | None, ref: bytes | None = None
+    ) -> None:
+        """Send `reply`; a 403 carries `Access-Denied-Ref` (`ref`, or that of a request refused
+        before any check), readable by page script when `cors` is on."""
         headers = list(reply.headers)
+        forbidden = reply is _FORBIDDEN
+        if forbidden:
+            headers.append((b"access-denied-ref", ref or self._refused(UNREADABLE)))
         if scope["type"] == "websocket":
             if "websocket.http.response" in (scope.get("extensions") or {}):
                 await send(
@@ -460,8 +487,23 @@ class TokenAccessMiddleware:
         if self.cors and origin and _ECHOABLE.fullmatch(origin):
             headers.append((b"access-control-allow-origin", origin))
             headers.append((b"vary", b"Origin"))
+        if self.cors and forbidden:
+            headers.append((b"access-control-expose-headers", b"Access-Denied-Ref"))
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
+
+    def _denial_ref(self, decision: Decision) -> bytes:
+        """The reference of a denial the check has just returned (see `DenialLog.ref`)."""
+        if decision.reason is Reason.MALFORMED_TOKEN:
+            return self._refused(MALFORMED_TOKEN)  # refused before any look-up: nothing logged
+        denials = self.validator.denial_log
+        if denials is None:
+            return self.validator.store.denial_refs.encode(UNLOGGED, False, int(time.time() * 1000), "", 0)
+        return denials.ref(decision)
+
+    def _refused(self, why: int) -> bytes:
+        """The reference of a request refused before any token check (`REFUSALS`)."""
+        return self.validator.store.denial_refs.refused(int(time.time() * 1000), why)
 
     async def _answer_preflight(self, send: Send, origin: bytes) -> None:
         headers = list(self._preflight_headers)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from validator.admin.api import Admin
+from validator.admin.api import Admin, Explanation, replayed_request
 from validator.admin.cli.output import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -22,13 +22,12 @@ from validator.admin.cli.output import (
     _switch,
     _token,
     _unsound,
-    _what,
     _when,
 )
-from validator.errors import (
-    StoreNotInitialised,
-)
+from validator.errors import InvalidEntry, StoreNotInitialised
 from validator.model import Restrictions
+from validator.store.denial_refs import DROPPED, KINDS, REFUSALS, REFUSED, UNLOGGED, DenialRef
+from validator.store.denials import FoundDenials
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -55,8 +54,10 @@ def _since_ms(text: str | None) -> int:
 def _denial_json(entry: dict[str, str]) -> dict[str, object]:
     """An entry as `--json` shows it: the stored fields, its `time` (of its last denial), how many
     denials it holds (`count`: repeats of one request written together are one entry), and
-    for several, the time of the first (`first_time`)."""
-    shown: dict[str, object] = {**entry, "time": _when(int(entry.get("at", 0))), "count": _count(entry)}
+    for several, the time of the first (`first_time`). Not its `tag`, which means something
+    only to the process that wrote it (it ties an Access-Denied-Ref to the entry)."""
+    shown: dict[str, object] = {k: v for k, v in entry.items() if k != "tag"}
+    shown |= {"time": _when(int(entry.get("at", 0))), "count": _count(entry)}
     if "first" in entry:
         shown["first_time"] = _when(int(entry["first"]))
     return shown
@@ -85,8 +86,15 @@ def _with_counts(
 
 
 async def cmd_denials(admin: Admin, args: argparse.Namespace, out: Output) -> int:
+    if args.ref is not None:
+        if args.token is not None or args.unknown:
+            raise CliError(EXIT_USAGE, "--ref finds one denial by itself: give no TOKEN and no --unknown")
+        return await _denial_by_ref(admin, args.ref, out)
     if (args.token is None) == (not args.unknown):
-        raise CliError(EXIT_USAGE, "give a TOKEN, or --unknown for the denials of tokens without a record")
+        raise CliError(
+            EXIT_USAGE,
+            "give a TOKEN, --unknown for the denials of tokens without a record, or --ref REF",
+        )
     if args.unknown:
         return await _unknown_denials(admin, args, out)
     token = _token(args.token)
@@ -148,6 +156,96 @@ async def _unknown_denials(admin: Admin, args: argparse.Namespace, out: Output) 
     return EXIT_OK
 
 
+def _ref_note(ref: DenialRef, found: FoundDenials) -> str:
+    """Why a reference leads to no entry, in words (exactly which denials are never found)."""
+    if ref.kind == REFUSED:
+        return (
+            f"refused before any token was checked: {REFUSALS.get(ref.tag, 'refused')}; nothing "
+            "is logged for such requests (no token to file it under)"
+        )
+    if ref.kind == DROPPED:
+        return (
+            "not in the log: the validator's denial queue was full (a flood, or the store "
+            "down), so the denial was counted as dropped and never written"
+        )
+    if ref.kind == UNLOGGED:
+        return "not in the log: the validator that refused it keeps no denial log (denial_log=False)"
+    if not ref.unknown and found.oldest_ms is not None and found.oldest_ms > ref.at_ms:
+        return (
+            f"not in the log any more: newer denials of the token pushed it out of its capped log "
+            f"(the oldest entry left is of {_when(found.oldest_ms)})"
+        )
+    if ref.unknown:
+        return (
+            "not in the log: pushed out of the capped unknown-token log by newer denials (a flood "
+            "of invented tokens keeps only the newest), expired (denial_ttl), or never written "
+            "(the store was unreachable then)"
+        )
+    return (
+        "not in the log: expired (denial_ttl after the token's last denial), or never written "
+        "(the store was unreachable then)"
+    )
+
+
+async def _denial_by_ref(admin: Admin, text: str, out: Output) -> int:
+    try:
+        ref, found = await admin.find_denial(text)
+    except InvalidEntry as error:
+        # Never repeated: a mistyped argument may be a token.
+        raise CliError(EXIT_USAGE, f"--ref: {error}") from None
+    shown_ref = "".join(text.split()).replace("-", "").lower()  # as `DenialRefs.decode` read it
+    which = "the unknown-token log" if ref.unknown else "its own log"
+    token = f"{ref.token}..." if ref.token else "-"
+    if out.json:
+        out.data(
+            {
+                "ref": shown_ref,
+                "kind": KINDS[ref.kind],
+                "time": _when(ref.at_ms),
+                "token_hash_starts": ref.token or None,
+                "unknown_token": ref.unknown,
+                "found": bool(found.matches),
+                "denials": [
+                    {"token": match.fingerprint} | _denial_json(match.entry) for match in found.matches
+                ],
+                "note": None if found.matches else _ref_note(ref, found),
+            }
+        )
+        return EXIT_OK
+    title = f"Access-Denied-Ref {shown_ref}: {KINDS[ref.kind]} at {_when(ref.at_ms)}"
+    if not found.matches:
+        out.table(
+            (), [("token", token), ("time", _when(ref.at_ms)), ("log", _ref_note(ref, found))], title=title
+        )
+        return EXIT_OK
+    if len(found.matches) > 1:
+        out.warn(
+            f"{len(found.matches)} entries match this reference (two requests of the token whose "
+            "tags collide, 1 in 65,536): one of them is the denial"
+        )
+    for match in found.matches:
+        e = match.entry
+        rows = [
+            ("token", f"{match.fingerprint} (in {which})"),
+            ("time", _when(ref.at_ms)),
+            ("mode", "would deny (report-only)" if e.get("mode") == "report" else "denied"),
+            ("source", e.get("source", "-")),
+            ("seen", e.get("seen", "-")),
+            ("origin", e.get("origin") or "-"),
+            ("rule", e.get("reason", "-")),
+        ]
+        if _count(e) > 1:
+            rows.append(
+                (
+                    "repeats",
+                    f"one of {_count(e):,} identical requests from {_when(int(e.get('first', 0)))} "
+                    f"to {_when(int(e.get('at', 0)))}, logged as one entry",
+                )
+            )
+        out.table((), rows, title=title)
+    return EXIT_OK
+
+
 async def cmd_init(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     created = await admin.init(force=args.force)
     if out.json:
@@ -159,21 +257,51 @@ async def cmd_init(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+async def _replay_ref(admin: Admin, args: argparse.Namespace, out: Output) -> tuple[str, Explanation]:
+    """`check --replay REF`: the denial the reference names, decided again (needs no token)."""
+    try:
+        ref, found = await admin.find_denial(args.replay)
+    except InvalidEntry as error:
+        raise CliError(EXIT_USAGE, f"--replay: {error}") from None
+    if not found.matches:
+        raise CliError(EXIT_USAGE, f"--replay: no denial to replay: {_ref_note(ref, found)}")
+    match = found.matches[0]
+    if args.token is not None and admin.token_hash(_token(args.token))[: len(ref.token)] != ref.token:
+        raise CliError(EXIT_USAGE, "--replay: this reference names a denial of another token")
+    denial = match.entry
+    out.warn(
+        f"replaying the denial of {_when(int(denial.get('at', 0)))} "
+        f"({denial.get('source')}, {denial.get('seen')}, {denial.get('reason')}), rebuilt from the "
+        "log: the Origin's scheme, host and port, or the client address (a Referer's path is not kept)"
+    )
+    if match.token_hash is None:
+        out.warn(
+            "the token had no stored record then; the log names it by fingerprint only, so what "
+            "is stored now is found by that fingerprint"
+        )
+    try:
+        e = await admin.replay_denial(match, unknown_allowed=not args.deny_unknown)
+    except StoreNotInitialised as error:
+        raise CliError(EXIT_UNREACHABLE, _unsound(error.state)) from None
+    args.ip = replayed_request(denial)["client_ip"]
+    return match.fingerprint, e
+
+
 async def cmd_check(admin: Admin, args: argparse.Namespace, out: Output) -> int:
-    token = _token(args.token)
     if args.replay:
+        name, e = await _replay_ref(admin, args, out)
+        return _explained(name, e, args, out)
+    if args.token is None:
+        raise CliError(EXIT_USAGE, "give a TOKEN (or --replay REF with the reference of a denial)")
+    token = _token(args.token)
+    if args.replay is not None:
         # The last recorded denial, decided again against what is stored now.
         last = await admin.denials(token, count=1)
         if not last:
             raise CliError(EXIT_USAGE, "--replay: no denial is recorded for this token")
         denial = last[0]
-        if denial.get("source") == "front_end":
-            seen = denial.get("seen", "-")
-            args.origin = denial.get("origin") or (f"https://{seen}" if seen != "-" else "null")
-            args.referer, args.ip = None, None
-        else:
-            args.origin = args.referer = None
-            args.ip = None if denial.get("seen") in (None, "-") else denial.get("seen")
+        request = replayed_request(denial)
+        args.origin, args.referer, args.ip = request["origin"], None, request["client_ip"]
         out.warn(
             f"replaying the denial of {_when(int(denial.get('at', 0)))} "
             f"({denial.get('source')}, {denial.get('seen')}, {denial.get('reason')})"
@@ -189,7 +317,11 @@ async def cmd_check(admin: Admin, args: argparse.Namespace, out: Output) -> int:
         )
     except StoreNotInitialised as error:
         raise CliError(EXIT_UNREACHABLE, _unsound(error.state)) from None
-    name = admin.fingerprint(token)
+    return _explained(admin.fingerprint(token), e, args, out)
+
+
+def _explained(name: str, e: Explanation, args: argparse.Namespace, out: Output) -> int:
+    """Show an explanation of the request of `check`; its exit code."""
     if out.json:
         out.data(
             {"token": name} | msgspec.to_builtins(e) | {"restrictions": _restrictions_json(e.restrictions)}
@@ -216,23 +348,3 @@ async def cmd_check(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     if args.ip and e.source.value == "front_end":
         out.warn("--ip is not used: a front-end request is decided by its domain")
     return EXIT_OK if e.allowed else EXIT_REFUSED
-
-
-async def cmd_history(admin: Admin, args: argparse.Namespace, out: Output) -> int:
-    token = _token(args.token)
-    entries = await admin.history(token, args.count)
-    name = admin.fingerprint(token)
-    if out.json:
-        out.data(
-            {"token": name, "history": [msgspec.to_builtins(e) | {"time": _when(e.at)} for e in entries]}
-        )
-        return EXIT_OK
-    if not entries:
-        out.line(f"token {name}: no history (nothing changed, or the token was deleted)")
-        return EXIT_OK
-    out.table(
-        ("time (UTC)", "version", "change"),
-        [(_when(e.at), str(e.version), _what(e)) for e in entries],
-        title=f"token {name}: {len(entries)} most recent changes, newest first",
-    )
-    return EXIT_OK
