@@ -6,10 +6,13 @@ invalidation off: it does not touch the hit path). One timed pass checks every t
 shuffled order, for each case: front-end allow (Origin is a listed domain), front-end deny
 (unlisted Origin), back-end allow (listed client IP), back-end deny (unlisted IP).
 
-Two data sets, each with its own tokens, measured one after the other: "distinct", the worst
+Three data sets, each with its own tokens, measured one after the other: "distinct", the worst
 case, where Origins and addresses differ from token to token, denied ones included (no memo of
-recent values can help); and "realistic", where every token lists 5 of 50 domains and 5 of 50
-addresses, so that requests come from 50 Origins and 50 client IPs in all.
+recent values can help); "realistic", where every token lists 5 of 50 domains and 5 of 50
+addresses, so that requests come from 50 Origins and 50 client IPs in all; and "expiring", the
+realistic data with every entry expiring a day later (issue 16: what a look at the clock before
+each decision costs), timed beside a second validator that caches the same tokens and entries
+without expiry ("no expiry"), interleaved in the same runs.
 
 Alternatives, interleaved run by run (ABAB): `check_cached()` (the synchronous fast path), `await
 check()`, and the floor: a hand-written function doing only the dict look-up, host cut and set
@@ -23,13 +26,24 @@ would be laid out in memory in the order it is read, which no floor built otherw
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 import time
 from collections.abc import Awaitable, Callable
 
 from benchmarks._baselines import FloorTable, floor_check, floor_check_async
-from benchmarks._data import SECRET, Request, allowed_request, denied_request, domains, ips, seed, token
+from benchmarks._data import (
+    SECRET,
+    Request,
+    allowed_request,
+    denied_request,
+    domains,
+    ips,
+    record,
+    seed,
+    token,
+)
 from benchmarks._drive import drive
 from benchmarks._harness import (
     Config,
@@ -43,6 +57,7 @@ from benchmarks._harness import (
     unique_prefix,
 )
 from validator import Admin, Validator
+from validator.admin.api import PreparedPut
 
 NAME = "hotpath"
 
@@ -110,7 +125,30 @@ def _verify(validator: Validator, requests: list[Request], allowed: bool) -> Non
 
 # data set -> (token kind: 4 letters, so tokens stay 35 characters long; whether its tokens list
 # shared values: `benchmarks._data`, `shared`)
-DATA_SETS: dict[str, tuple[str, bool]] = {"distinct": ("live", False), "realistic": ("real", True)}
+DATA_SETS: dict[str, tuple[str, bool]] = {
+    "distinct": ("live", False),
+    "realistic": ("real", True),
+    "expiring": ("expi", True),
+}
+# Data sets whose entries all expire (a day after seeding): their checks are timed beside those of
+# a second validator caching the same tokens and entries without expiry, interleaved in each run.
+EXPIRING = {"expiring"}
+CACHED_PLAIN = "check_cached(), no expiry"
+AWAITED_PLAIN = "await check(), no expiry"
+
+
+async def _seed_expiring(admin: Admin, n: int, kind: str, shared: bool) -> None:
+    """`seed`, with every entry expiring a day from now."""
+    await admin.init(force=True)
+    at = int((time.time() + 86_400) * 1000)
+    for start in range(0, n, 1000):
+        batch = []
+        for i in range(start, min(n, start + 1000)):
+            r = record(i, shared)
+            r.domain_expiry = dict.fromkeys(r.domains, at)
+            r.ip_expiry = dict.fromkeys(r.ips, at)
+            batch.append(PreparedPut(admin.token_hash(token(i, kind)), r))
+        await admin.put_many(batch)
 
 
 async def _measure(config: Config, url: str, data_set: str, n: int, runs: int) -> dict[str, list[float]]:
@@ -129,40 +167,55 @@ async def _measure(config: Config, url: str, data_set: str, n: int, runs: int) -
     table: FloorTable = {
         token(i, kind): (frozenset(domains(i, shared)), frozenset(ips(i, shared))) for i in range(n)
     }
-    prefix = unique_prefix(NAME)
+    expiring = data_set in EXPIRING
+    prefix, plain_prefix = unique_prefix(NAME), unique_prefix(NAME)
     admin = Admin.from_url(url, secret=SECRET, key_prefix=prefix)
     progress(NAME, f"{data_set}: seeding {n:,} tokens")
-    await seed(admin, range(n), kind, shared=shared)
+    if expiring:
+        await _seed_expiring(admin, n, kind, shared)
+        plain_admin = Admin.from_url(url, secret=SECRET, key_prefix=plain_prefix)
+        await seed(plain_admin, range(n), kind, shared=shared)
+        await plain_admin.close()
+    else:
+        await seed(admin, range(n), kind, shared=shared)
     await admin.close()
-    validator = Validator.from_url(
-        url, secret=SECRET, key_prefix=prefix, cache_size=n, ttl=1e9, invalidation=False
-    )
+    validators = [
+        Validator.from_url(url, secret=SECRET, key_prefix=p, cache_size=n, ttl=1e9, invalidation=False)
+        for p in ((prefix, plain_prefix) if expiring else (prefix,))
+    ]
+    validator, plain = validators[0], validators[-1]
     samples: dict[str, list[float]] = {}
-    async with connected(validator, NAME):
-        progress(NAME, f"{data_set}: warming the cache with {n:,} cold checks")
-        await _warm(validator, [allowed_request(i, True, kind, shared) for i in range(n)])
+    async with contextlib.AsyncExitStack() as stack:
+        for v in validators:
+            await stack.enter_async_context(connected(v, NAME))
+            progress(NAME, f"{data_set}: warming the cache with {n:,} cold checks")
+            await _warm(v, [allowed_request(i, True, kind, shared) for i in range(n)])
+            for case, (_, allow) in CASES.items():
+                _verify(v, requests[case], allow)
         for case, (_, allow) in CASES.items():
-            _verify(validator, requests[case], allow)
             if not all(floor_check(table, *r) is allow for r in requests[case]):
                 raise RuntimeError(f"hotpath: the floor got {data_set} {case} wrong")
-        loads = validator.cache.loads_started
+        loads = [v.cache.loads_started for v in validators]
         sync: dict[str, Callable[[list[Request]], int]] = {
             FLOOR: lambda r: _floor(table, r),
             CACHED: lambda r: _check_cached(validator, r),
+            CACHED_PLAIN: lambda r: _check_cached(plain, r),
         }
         awaited: dict[str, Callable[[list[Request]], Awaitable[int]]] = {
             FLOOR_ASYNC: lambda r: _floor_async(table, r),
             AWAITED: lambda r: _awaited(validator, r),
+            AWAITED_PLAIN: lambda r: _awaited(plain, r),
         }
+        impls = [FLOOR, CACHED, FLOOR_ASYNC, AWAITED] + ([CACHED_PLAIN, AWAITED_PLAIN] if expiring else [])
         for run in range(runs):
             progress(NAME, f"{data_set}: run {run + 1}/{runs}")
             for case in CASES:
-                for impl in interleaved([FLOOR, CACHED, FLOOR_ASYNC, AWAITED], run):
+                for impl in interleaved(impls, run):
                     elapsed = (
                         sync[impl](requests[case]) if impl in sync else await awaited[impl](requests[case])
                     )
                     samples.setdefault(f"{data_set}: {case}: {impl}", []).append(elapsed / n)
-        if validator.cache.loads_started != loads:
+        if [v.cache.loads_started for v in validators] != loads:
             raise RuntimeError("hotpath: a timed check missed the cache")
     return samples
 
@@ -179,12 +232,23 @@ async def _main(config: Config) -> list[Result]:
     for data_set in DATA_SETS:
         for case in CASES:
             name = f"{data_set}: {case}"
-            for impl, vs in (
+            rows: list[tuple[str, tuple[str, ...]]] = [
                 (FLOOR, ()),
                 (CACHED, (FLOOR,)),
                 (FLOOR_ASYNC, ()),
                 (AWAITED, (FLOOR_ASYNC, FLOOR)),
-            ):
+            ]
+            if data_set in EXPIRING:
+                # The same tokens and entries without expiry, timed in the same runs.
+                rows = [
+                    (FLOOR, ()),
+                    (CACHED_PLAIN, ()),
+                    (CACHED, (CACHED_PLAIN, FLOOR)),
+                    (FLOOR_ASYNC, ()),
+                    (AWAITED_PLAIN, ()),
+                    (AWAITED, (AWAITED_PLAIN, FLOOR_ASYNC)),
+                ]
+            for impl, vs in rows:
                 results.append(
                     Result(
                         NAME,
@@ -197,7 +261,8 @@ async def _main(config: Config) -> list[Result]:
                 )
     results[0].note = (
         f"{n:,} cached tokens per data set, checked in shuffled order, each once per case and run; "
-        "distinct: Origins and IPs differ per token; realistic: 50 Origins and 50 IPs in all"
+        "distinct: Origins and IPs differ per token; realistic: 50 Origins and 50 IPs in all; "
+        "expiring: realistic with every entry expiring a day later"
     )
     return results
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, Self, TypeVar
 
+from validator import model
 from validator.errors import ConfigurationError
 from validator.model import Entry
 
@@ -174,6 +176,11 @@ class Cache(Generic[E]):
             # Changes to it may be missed: kept as the stale-if-error fallback, fresh at most
             # `incoherent_ttl`.
             fresh_until = now + min(ttl, self.incoherent_ttl) if self.incoherent_ttl > 0 else 0.0
+        if entry.lapses_at < math.inf:
+            # An entry of its rules expires (a wall-clock instant): fresh until then at most, so a
+            # hit needs no clock (benchmarks: hotpath, "expiring"); 1 ms early, for `fresh` still
+            # serves an entry at its `fresh_until`. The one read after it drops the entry.
+            fresh_until = min(fresh_until, now + (entry.lapses_at - model.wall_clock()) - 0.001)
         if entry.token_hash:
             entry = entry.copied()
         entry.token_hash = token_hash

@@ -8,6 +8,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable
@@ -38,6 +39,7 @@ __all__ = ["READ_LATENCY_BUCKETS", "Settings", "Stats", "Validator"]
 log = logging.getLogger("validator")
 
 _MALFORMED = decision(False, Reason.MALFORMED_TOKEN)
+_NEVER = math.inf
 
 
 class Validator:
@@ -314,6 +316,7 @@ class Validator:
                     # What `record` would do (a full queue, no log line due), without the call:
                     # ~150 ns of a denied check in a flood (`DenialLog.dropping`).
                     denials.dropped += 1
+                    denials.last = entry  # for the reply's reference (`DenialLog.ref`)
                 else:
                     denials.record(entry, result, origin or referer, client_ip)
         # Counting by id: a Decision is a shared constant, and hashing the Struct costs more.
@@ -351,6 +354,7 @@ class Validator:
                 if denials is not None:
                     if denials.dropping:
                         denials.dropped += 1  # as in `check_cached`
+                        denials.last = entry
                     else:
                         denials.record(entry, result, origin or referer, client_ip)
             self._counts[id(result)] += 1
@@ -382,6 +386,8 @@ class Validator:
                 except StoreUnavailable as failure:
                     error = failure
                 else:
+                    if rules.lapses_at < _NEVER:
+                        rules = rules.current()  # an entry may have lapsed since the read
                     result = rules.decide(origin, referer, sec_fetch, client_ip)
                     return self._decided(token_hash, result, report_only, origin or referer, client_ip)
         # The store is failing (if the breaker is open: answered now, without a read or a timeout).
@@ -419,7 +425,9 @@ class Validator:
     ) -> Decision:
         stale = self.cache.usable(token)
         if stale is not None:
-            result = stale.value.decide(origin, referer, sec_fetch, client_ip)
+            # Past its freshness: without the entries that have lapsed since (an outage never
+            # revives an expired entry).
+            result = stale.value.current().decide(origin, referer, sec_fetch, client_ip)
             return self._decided(stale.token_hash, result, report_only, origin or referer, client_ip)
         if self.fail_open:
             result = decision(True, Reason.STORE_UNAVAILABLE, classify(origin, referer, sec_fetch))

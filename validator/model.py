@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import math
 import re
+import time
 from typing import NamedTuple, Self
 
 import msgspec
@@ -32,6 +34,11 @@ __all__ = [
 DEFAULT_MAX_TOKEN_LENGTH = 512
 MAX_TOKEN_LENGTH = 4096
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
+
+# The clock that entries' expiries are instants of: the wall clock, in seconds since the epoch
+# (`lua/write.lua` stores them in ms, by the Redis server's clock). Read it as
+# `model.wall_clock()`, so that tests can move time by setting this attribute.
+wall_clock = time.time
 
 
 class Source(enum.Enum):
@@ -125,7 +132,9 @@ class Restrictions(msgspec.Struct, kw_only=True):
 
     `domains` and `ips` hold normalised entries (see `validator.rules.entries` and
     `validator.rules.networks`). `version` grows by one with every write, so two reads can tell
-    whether anything changed in between.
+    whether anything changed in between. A record read from the store may still hold entries
+    that have lapsed (they are swept at the token's next change): `active()` leaves them out, as
+    validators do.
     """
 
     domain_enabled: bool = False
@@ -134,6 +143,34 @@ class Restrictions(msgspec.Struct, kw_only=True):
     ips: list[str] = msgspec.field(default_factory=list)
     version: int = 0
     mode: Mode = Mode.ENFORCE
+    # Entries that expire: entry -> the instant it stops matching, in milliseconds since the
+    # epoch (wall clock). An entry not named here is permanent.
+    domain_expiry: dict[str, int] = msgspec.field(default_factory=dict)
+    ip_expiry: dict[str, int] = msgspec.field(default_factory=dict)
+
+    @property
+    def next_expiry(self) -> int | None:
+        """The earliest instant (ms since the epoch) at which one of the entries stops matching."""
+        if not (self.domain_expiry or self.ip_expiry):
+            return None
+        return min([*self.domain_expiry.values(), *self.ip_expiry.values()])
+
+    def active(self, now: float) -> Restrictions:
+        """These restrictions without the entries that have lapsed at `now` (seconds since the
+        epoch, as `time.time()`): an entry lapses when `expiry / 1000 <= now`. Itself when none has."""
+        if not (self.domain_expiry or self.ip_expiry):
+            return self
+        domain_gone = {entry for entry, at in self.domain_expiry.items() if at / 1000 <= now}
+        ip_gone = {entry for entry, at in self.ip_expiry.items() if at / 1000 <= now}
+        if not (domain_gone or ip_gone):
+            return self
+        return msgspec.structs.replace(
+            self,
+            domains=[entry for entry in self.domains if entry not in domain_gone],
+            ips=[entry for entry in self.ips if entry not in ip_gone],
+            domain_expiry={e: at for e, at in self.domain_expiry.items() if e not in domain_gone},
+            ip_expiry={e: at for e, at in self.ip_expiry.items() if e not in ip_gone},
+        )
 
 
 class DeniedRequest(NamedTuple):
@@ -160,6 +197,11 @@ class Entry:
     """
 
     __slots__ = ("fresh_until", "recent", "token_hash", "usable_until")
+
+    # When the value stops being right as it is: the wall-clock instant (`wall_clock()`) at which
+    # an entry of its rules expires (`validator.rules.decide.ExpiringRules` has a slot of this
+    # name). The cache serves it fresh no longer than that, so a hit never looks at a clock.
+    lapses_at: float = math.inf
 
     def __init__(self) -> None:
         self.token_hash = ""  # empty: not held by the cache

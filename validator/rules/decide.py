@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Self
 
+from validator import model
 from validator.model import Decision, Entry, Mode, Reason, Restrictions, Source, decision, reported
 from validator.rules.domains import DomainSet
 from validator.rules.ips import IPSet, ip_listed
@@ -17,7 +19,7 @@ from validator.rules.request import (
     new_host_key,
 )
 
-__all__ = ["ReportOnlyRules", "TokenRules", "classify", "compile_rules"]
+__all__ = ["ExpiringRules", "ReportOnlyRules", "TokenRules", "classify", "compile_rules"]
 
 _FRONT = Source.FRONT_END
 _BACK = Source.BACK_END
@@ -109,6 +111,10 @@ class TokenRules(Entry):
         """The cached value: the entry itself (see `validator.model.Entry`)."""
         return self
 
+    def current(self) -> TokenRules:
+        """These rules without the entries that have lapsed by now (`ExpiringRules`): itself."""
+        return self
+
     def copied(self) -> Self:
         twin = object.__new__(type(self))
         Entry.__init__(twin)
@@ -195,9 +201,62 @@ class ReportOnlyRules(TokenRules):
         return result if result.allowed else reported(result)
 
 
-def compile_rules(restrictions: Restrictions) -> TokenRules:
-    """The hot-path form of a stored record (a subclass only for report-only tokens, so that
-    enforcing ones pay nothing for the mode)."""
+class ExpiringRules(TokenRules):
+    """A token with entries that expire. `lapses_at` is the next of their instants: the cache
+    serves the rules fresh no longer than that, so the hit path decides as for any token, with
+    no clock (benchmarks: hotpath, "expiring"). Any path that serves them past it (a read that
+    raced the instant, a stale entry during an outage) calls `current()`, which recompiles them
+    in place without the lapsed entries. So an entry stops matching at its instant with no Redis
+    event and no sweep."""
+
+    __slots__ = ("lapses_at", "record")
+
+    def __init__(self, restrictions: Restrictions) -> None:
+        super().__init__(restrictions)
+        self.record = restrictions
+        self.lapses_at = _lapses_at(restrictions)
+
+    def copied(self) -> Self:
+        twin = super().copied()
+        twin.record, twin.lapses_at = self.record, self.lapses_at
+        return twin
+
+    def current(self) -> TokenRules:
+        if model.wall_clock() >= self.lapses_at:
+            self.lapse()
+        return self
+
+    def lapse(self) -> None:
+        """Drop the entries that have lapsed by now."""
+        active = self.record.active(model.wall_clock())
+        fresh = TokenRules(active)
+        self.front, self.back, self.lists = fresh.front, fresh.back, fresh.lists
+        self.domain_set, self.ip_set = fresh.domain_set, fresh.ip_set
+        self.record = active
+        self.lapses_at = _lapses_at(active)
+
+
+class ExpiringReportOnlyRules(ReportOnlyRules, ExpiringRules):
+    """A token in report-only mode with entries that expire."""
+
+    __slots__ = ()
+
+
+def _lapses_at(restrictions: Restrictions) -> float:
+    # Seconds since the epoch, computed as `Restrictions.active` compares: the same float.
+    next_expiry = restrictions.next_expiry
+    return math.inf if next_expiry is None else next_expiry / 1000
+
+
+def compile_rules(restrictions: Restrictions, now: float | None = None) -> TokenRules:
+    """The hot-path form of a stored record, without the entries lapsed at `now` (seconds since
+    the epoch; default: `model.wall_clock()`). A subclass only for report-only tokens and for
+    tokens with entries still to expire."""
+    if restrictions.domain_expiry or restrictions.ip_expiry:
+        active = restrictions.active(model.wall_clock() if now is None else now)
+        if active.domain_expiry or active.ip_expiry:
+            return (ExpiringReportOnlyRules if active.mode is Mode.REPORT else ExpiringRules)(active)
+        restrictions = active
     if restrictions.mode is Mode.REPORT:
         return ReportOnlyRules(restrictions)
     return TokenRules(restrictions)

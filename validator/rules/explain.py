@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from validator import model
 from validator.model import Reason, Restrictions, Source
 from validator.rules.decide import TokenRules
 from validator.rules.domains import DomainSet
@@ -51,7 +52,10 @@ def explain(
     client_ip: str | None = None,
     unknown_allowed: bool = True,
 ) -> Explanation:
-    """Decide a request against `restrictions` with `TokenRules`, and say why in words."""
+    """Decide a request against `restrictions` with `TokenRules`, and say why in words. Entries
+    that have lapsed by the wall clock are left out, as validators leave them out."""
+    if restrictions is not None:
+        restrictions = restrictions.active(model.wall_clock())
     decision = TokenRules(restrictions, unknown_allowed=unknown_allowed).decide(
         origin, referer, sec_fetch, client_ip
     )

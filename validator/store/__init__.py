@@ -27,6 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from validator.errors import ConfigurationError, LimitExceeded, StoreUnavailable
+from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreUnavailable
 from validator.model import Restrictions
 from validator.store import cluster as _cluster
 from validator.store import memory as _memory  # noqa: F401  (registers memory://)
@@ -385,6 +386,11 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
             raise self.not_initialised(reply[1])
         if reply[0] == "absent":
             return None, False
+        if reply[0] == "past":
+            raise InvalidEntry(
+                f"that expiry has already passed (the store's clock says {_instant(reply[1])}): "
+                "give a later --until or a positive --for (nothing was changed)"
+            )
         if reply[0] == "moving":
             # Only a pipelined write (`write_many`) gets here: `write` moves the keys and retries.
             raise StoreUnavailable(
@@ -402,3 +408,8 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
             )
         _, changed, meta, domains, ips = reply
         return _restrictions(meta, domains, ips), bool(changed)
+
+
+def _instant(at_ms: int) -> str:
+    """An instant in ms since the epoch as ISO 8601 UTC, to the second."""
+    return datetime.fromtimestamp(at_ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -3,7 +3,9 @@ records as `lua/read.lua` returns them (strictly parsed: `UnreadableRecord`).
 
 Per token, under one hash tag (so one Redis Cluster slot, one round trip):
 
-    {prefix}{<h>}:m   HASH  d, i = switches ("0"/"1"), v = version (grows with every change)
+    {prefix}{<h>}:m   HASH  d, i = switches ("0"/"1"), v = version (grows with every change),
+                            r = mode ("report"; absent: enforce), x:d:<entry> / x:i:<entry> =
+                            the instant (ms since the epoch) a domain / IP entry stops matching
     {prefix}{<h>}:d   SET   normalised domain entries
     {prefix}{<h>}:i   SET   normalised IP entries
 
@@ -90,6 +92,8 @@ class UnreadableRecord(StoreUnavailable):
 _SWITCHES = {"0": False, "1": True}
 _MODES = {mode.value: mode for mode in Mode}
 _META_FIELDS = frozenset(("d", "i", "v", "r"))
+# The meta hash's field holding an entry's expiry is this prefix + the entry (`lua/write.lua`).
+EXPIRY_FIELD: dict[str, str] = {"d": "x:d:", "i": "x:i:"}
 _ENFORCE = Mode.ENFORCE.value
 
 
@@ -140,9 +144,11 @@ def _restrictions(meta: Sequence[str], domains: Sequence[str], ips: Sequence[str
     if len(meta) % 2:
         raise UnreadableRecord("its hash came back with an odd number of items")
     fields = dict(zip(meta[::2], meta[1::2], strict=True))
+    domain_expiry: dict[str, int] = {}
+    ip_expiry: dict[str, int] = {}
     if not _META_FIELDS.issuperset(fields):
-        unknown = sorted(set(fields) - _META_FIELDS)
-        raise UnreadableRecord(f"unknown field(s) {', '.join(map(repr, unknown))}")
+        # Only a record with expiring entries pays for this.
+        domain_expiry, ip_expiry = _expiries(fields, domains, ips)
     domain_enabled = _SWITCHES.get(fields.get("d", ""))
     ip_enabled = _SWITCHES.get(fields.get("i", ""))
     if domain_enabled is None or ip_enabled is None:
@@ -161,4 +167,36 @@ def _restrictions(meta: Sequence[str], domains: Sequence[str], ips: Sequence[str
         ips=sorted(ips),
         version=int(version),
         mode=mode,
+        domain_expiry=domain_expiry,
+        ip_expiry=ip_expiry,
     )
+
+
+# An instant in ms since the epoch: up to 15 digits (year 33658), no sign, no leading zero.
+_MAX_EXPIRY_DIGITS = 15
+
+
+def _expiries(
+    fields: dict[str, str], domains: Sequence[str], ips: Sequence[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The expiry fields of a meta hash (`x:d:<entry>`, `x:i:<entry>` = ms since the epoch), by
+    list; removes them from `fields`. Raises `UnreadableRecord` for any other unknown field or an
+    instant that is not a number: an entry whose expiry cannot be read must not read as permanent.
+    A field for an entry not in its set is ignored (it makes nothing match); `write.lua` never
+    leaves one behind."""
+    expiry: dict[str, dict[str, int]] = {EXPIRY_FIELD["d"]: {}, EXPIRY_FIELD["i"]: {}}
+    members = {EXPIRY_FIELD["d"]: set(domains), EXPIRY_FIELD["i"]: set(ips)}
+    unknown = []
+    for name in [name for name in fields if name not in _META_FIELDS]:
+        prefix, entry = name[:4], name[4:]
+        if prefix not in expiry or not entry:
+            unknown.append(name)
+            continue
+        value = fields.pop(name)
+        if not (value.isascii() and value.isdigit() and len(value) <= _MAX_EXPIRY_DIGITS) or value[0] == "0":
+            raise UnreadableRecord(f"expiry {value!r} of entry {entry!r} is not an instant in milliseconds")
+        if entry in members[prefix]:
+            expiry[prefix][entry] = int(value)
+    if unknown:
+        raise UnreadableRecord(f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}")
+    return expiry[EXPIRY_FIELD["d"]], expiry[EXPIRY_FIELD["i"]]

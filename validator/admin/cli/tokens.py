@@ -5,6 +5,7 @@ mode (the put/add/remove/clear commands share `_report_change`).
 from __future__ import annotations
 
 import argparse
+import time
 
 from validator.admin.api import Admin, Change
 from validator.admin.cli.output import (
@@ -27,7 +28,10 @@ from validator.model import Mode, Restrictions
 async def cmd_show(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     token = _token(args.token)
     await _require_sound(admin)
+    now = time.time()
     stored = await admin.get(token)
+    if stored is not None:
+        stored = stored.active(now)  # what validators act on: lapsed entries are gone
     use, words = _use(stored)
     name = admin.fingerprint(token)
     if out.json:
@@ -43,8 +47,8 @@ async def cmd_show(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     out.table(
         ("restriction", "switch", "entries"),
         [
-            ("domain", _switch(r.domain_enabled), _entries(r.domains)),
-            ("ip", _switch(r.ip_enabled), _entries(r.ips)),
+            ("domain", _switch(r.domain_enabled), _entries(r.domains, r.domain_expiry, now)),
+            ("ip", _switch(r.ip_enabled), _entries(r.ips, r.ip_expiry, now)),
         ],
         title=f"token {name} ({version}): {words}",
     )
@@ -65,6 +69,8 @@ def _report_change(admin: Admin, token: str, change: Change, restriction: str, o
     r = change.restrictions
     if r is None:
         raise _nothing_stored(admin, token)
+    now = time.time()
+    r = r.active(now)
     name = admin.fingerprint(token)
     if out.json:
         out.data(
@@ -74,12 +80,16 @@ def _report_change(admin: Admin, token: str, change: Change, restriction: str, o
         return EXIT_OK
     for note in change.notes:
         out.line(note)
-    enabled, entries = (r.domain_enabled, r.domains) if restriction == "domain" else (r.ip_enabled, r.ips)
+    enabled, entries, expiry = (
+        (r.domain_enabled, r.domains, r.domain_expiry)
+        if restriction == "domain"
+        else (r.ip_enabled, r.ips, r.ip_expiry)
+    )
     limit = admin.store.limit
     state = f"version {r.version}" if change.changed else f"unchanged, version {r.version}"
     out.line(
         f"token {name} ({state}): {_NAMES[restriction]} restriction {_switch(enabled)}, "
-        f"{len(entries)} of {limit}: {_entries(entries)}"
+        f"{len(entries)} of {limit}: {_entries(entries, expiry, now)}"
     )
     if not enabled and entries:
         out.warn(
@@ -95,24 +105,28 @@ async def cmd_list(admin: Admin, args: argparse.Namespace, out: Output) -> int:
     token = _token(args.token)
     entries: list[str] = getattr(args, "entries", [])
     private = getattr(args, "allow_private", False)
+    expiry = {
+        "expires_at": getattr(args, "expires_at", None),
+        "expires_in": getattr(args, "expires_in", None),
+    }
     if args.restriction == "domain":
         match args.action:
             case "add":
-                change = await admin.add_domains(token, entries)
+                change = await admin.add_domains(token, entries, **expiry)
             case "remove":
                 change = await admin.remove_domains(token, entries)
             case "set":
-                change = await admin.set_domains(token, entries)
+                change = await admin.set_domains(token, entries, **expiry)
             case _:
                 change = await admin.clear_domains(token)
     else:
         match args.action:
             case "add":
-                change = await admin.add_ips(token, entries, allow_private=private)
+                change = await admin.add_ips(token, entries, allow_private=private, **expiry)
             case "remove":
                 change = await admin.remove_ips(token, entries)
             case "set":
-                change = await admin.set_ips(token, entries, allow_private=private)
+                change = await admin.set_ips(token, entries, allow_private=private, **expiry)
             case _:
                 change = await admin.clear_ips(token)
     return _report_change(admin, token, change, args.restriction, out)
