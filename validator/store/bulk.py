@@ -1,17 +1,37 @@
-"""The admin's bulk commands on the store: history, pipelined writes and reads (import, export,
-restore), and the SCAN of every stored token. `Store` has them through `BulkCommands`."""
+"""The admin's bulk commands on the store: history (one token's, and every token's merged in time
+order), pipelined writes and reads (import, export, restore), and the SCAN of every stored token.
+`Store` has them through `BulkCommands`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import heapq
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from validator.errors import LimitExceeded
 from validator.model import Restrictions
 from validator.store.layout import _restrictions, _store_errors
+
+
+class _At(msgspec.Struct):
+    """The one field of a history entry that the time-ordered merge reads."""
+
+    at: int
+
+
+def _at(raw: object) -> int | None:
+    """When a history entry was recorded (ms), or None for one that cannot be read (or none:
+    an empty list, a key of another type)."""
+    if not isinstance(raw, (str, bytes)):
+        return None
+    try:
+        return msgspec.json.decode(raw, type=_At).at
+    except msgspec.DecodeError:  # ValidationError included
+        return None
 
 
 class BulkCommands:
@@ -46,15 +66,112 @@ class BulkCommands:
             entries = await self.client.lrange(self.history_key(token_hash), 0, count - 1)
         return [entry if isinstance(entry, str) else entry.decode() for entry in entries]
 
+    async def history_since(
+        self, since_ms: int = 0, *, batch: int = 500, page: int = 16
+    ) -> AsyncIterator[tuple[str, int, str]]:
+        """Every token's history entries recorded at or after `since_ms`, as (token hash, at,
+        entry JSON), oldest first across all tokens (entries of the same millisecond in hash
+        order). Entries that cannot be read are left out.
+
+        The history keys are found with SCAN (every primary on a Redis Cluster) and merged by
+        time: memory holds one small tuple per token with entries since `since_ms`, and at most
+        `batch` * `page` entries. Each token's history is read from its oldest end, `page`
+        entries at a time, for `batch` tokens per pipelined round trip. Not a snapshot: a change
+        recorded while this runs may be left out, or shift a token's reading by an entry.
+        """
+        heap: list[tuple[int, str, int]] = []  # (no entry left is older, token hash, entries read)
+        async for hashes in self._history_hashes(batch):
+            ends = await self._pipelined(
+                [("LINDEX", self.history_key(h), n) for h in hashes for n in (0, -1)]
+            )
+            for n, token_hash in enumerate(hashes):
+                if not isinstance(ends[2 * n], (str, bytes)):
+                    continue  # gone since the SCAN, or a key of another type: no history
+                newest, oldest = _at(ends[2 * n]), _at(ends[2 * n + 1])
+                if newest is None or newest >= since_ms:
+                    heap.append((max(oldest or since_ms, since_ms), token_hash, 0))
+        heapq.heapify(heap)
+        while heap:
+            group = [heapq.heappop(heap) for _ in range(min(batch, len(heap)))]
+            pages = await self._pipelined(
+                [("LRANGE", self.history_key(h), -(taken + page), -(taken + 1)) for _, h, taken in group]
+            )
+            # What may be given out this round: no entry not yet read is older than `limit`.
+            limit = heap[0][0] if heap else None
+            read: list[tuple[str, int, list[tuple[int | None, str]], int | None]] = []
+            for (_, token_hash, taken), reply in zip(group, pages, strict=True):
+                if not isinstance(reply, list):
+                    continue  # a key of another type: not history
+                texts = [
+                    raw if isinstance(raw, str) else raw.decode(errors="replace") for raw in reversed(reply)
+                ]
+                entries = [(_at(text), text) for text in texts]
+                # A full page: more may follow, none older than the newest read.
+                more = max((at for at, _ in entries if at is not None), default=since_ms)
+                if len(reply) == page:
+                    limit = more if limit is None else min(limit, more)
+                read.append((token_hash, taken, entries, more if len(reply) == page else None))
+            ready: list[tuple[int, str, int, str]] = []
+            for token_hash, taken, entries, following in read:
+                for done, (at, text) in enumerate(entries):
+                    if at is not None and limit is not None and at > limit:
+                        heapq.heappush(heap, (at, token_hash, taken + done))
+                        break
+                    if at is not None and at >= since_ms:
+                        ready.append((at, token_hash, taken + done, text))
+                else:
+                    if following is not None:
+                        heapq.heappush(heap, (following, token_hash, taken + len(entries)))
+            ready.sort(key=lambda item: item[:3])
+            for at, token_hash, _, raw in ready:
+                yield token_hash, at, raw
+
+    async def _history_hashes(self, batch: int) -> AsyncIterator[list[str]]:
+        """The hashes of the tokens that have a history key, `batch` at a time (SCAN)."""
+        prefix = "".join("\\" + c if c in "*?[]\\" else c for c in self.key_prefix)
+        hashes: list[str] = []
+        seen: set[str] = set()
+        with _store_errors():
+            async for key in self.client.scan_iter(match=prefix + "{*}:h", count=1000):
+                name = key if isinstance(key, str) else key.decode()
+                token_hash = self.hash_of_key(name)
+                # SCAN may return a key twice, and the pattern's `*` could span a `}`.
+                if token_hash is None or self.history_key(token_hash) != name or token_hash in seen:
+                    continue
+                seen.add(token_hash)
+                hashes.append(token_hash)
+                if len(hashes) == batch:
+                    yield hashes
+                    hashes = []
+        if hashes:
+            yield hashes
+
+    async def _pipelined(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run plain commands in one pipeline (one round trip per node on a cluster); a command
+        refused by Redis (WRONGTYPE) comes back as its error, anything else raises."""
+        with _store_errors():
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            for reply in replies:
+                if isinstance(reply, Exception) and not (
+                    isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
+                ):
+                    raise reply
+        return replies
+
     async def write_many(
         self,
         changes: Sequence[tuple[str, Sequence[str]]],
         *,
         marked: bool = True,
         options: Mapping[str, Any] | None = None,
+        each_options: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[tuple[Restrictions | None, bool] | LimitExceeded]:
         """Run many `write` changes, each `(token_hash, (op, *args))`, pipelined in one round trip
-        (`options` as `write`'s, for every change).
+        (`options` as `write`'s, for every change; `each_options`, one per change, over them: a
+        put's entry expiries).
 
         Each change is atomic on its own, the batch is not. A change refused for the limit comes
         back as its `LimitExceeded` (nothing of it written); raises `StoreNotInitialised` (unless
@@ -67,8 +184,14 @@ class BulkCommands:
             replies = await self._evalsha_many(
                 self._write,
                 [
-                    self._write_call(token_hash, op, args, marked=marked, options=options)
-                    for token_hash, (op, *args) in changes
+                    self._write_call(
+                        token_hash,
+                        op,
+                        args,
+                        marked=marked,
+                        options={**(options or {}), **each_options[n]} if each_options else options,
+                    )
+                    for n, (token_hash, (op, *args)) in enumerate(changes)
                 ],
             )
         for (token_hash, _), reply in zip(changes, replies, strict=True):

@@ -11,6 +11,10 @@
 -- ARGV[1] = op, ARGV[2] = limit, ARGV[3] = the marker's expected value when KEYS[5] is given,
 -- ARGV[4] = options, a JSON object (at least "{}"): "actor" (who made the change, recorded in the
 -- history entry), "history_length" (how many history entries to keep, default 50),
+-- "expires_at" / "expires_in" (add, set: the entries stop matching at this instant, in ms since
+-- the epoch as digits, or this many ms after the server's clock now; neither: permanent),
+-- "expiry" (put: {"d": {entry: ms as digits}, "i": {...}}, the entries that expire),
+-- "history_max_age_ms" (entries older than this are dropped when the next one is recorded),
 -- then per op:
 --   add | remove | set   ARGV[5] = "d" or "i", ARGV[6..] = normalised entries
 --   switch               ARGV[5] = "d" or "i", ARGV[6] = "0" or "1"
@@ -25,21 +29,37 @@
 -- store was wiped, never initialised, or initialised for another secret (nothing written),
 -- or {"moving"} on a Redis Cluster slot's migration source, or when only the meta key is declared
 -- and another of the token's keys is on another node (nothing written),
+-- or {"past", ms now} when an add or set gives an expiry not after the server's clock (nothing written),
 -- or {"absent"} when the op only takes away (remove, set with no entries, switch off, mode) and
 -- the token has no record: such an op creates nothing, because an empty record with both
 -- switches off would turn a token that validators deny as unknown into an unrestricted one.
 --
 -- Every call that changes something pushes one history entry in the same atomic step, so the
 -- history never misses or invents a change: {"at": ms since the epoch (server clock), "op",
--- "version" (after the change), and per op "restriction" ("domain"/"ip"), "entries" (those
--- actually added or removed; the whole new list for set), "domain_enabled", "ip_enabled",
--- "domains", "ips" (put: the new record)}. Empty lists are left out, because Lua cannot tell
--- cjson an empty array from an empty object. A call that changes nothing leaves the history
--- alone, so re-running an import adds nothing. Delete removes the history with everything else.
+-- "version" (after the change), "actor" (when the options name one), and per op "restriction"
+-- ("domain"/"ip"), "entries" (those actually added or removed; the whole new list for set),
+-- "domain_enabled", "ip_enabled", "domains", "ips" (put: the new record)}. Empty lists are left
+-- out, because Lua cannot tell cjson an empty array from an empty object. A call that changes
+-- nothing leaves the history alone, so re-running an import adds nothing. Delete removes the
+-- history with everything else. The history is trimmed to "history_length" entries and, with
+-- "history_max_age_ms", to those recorded since then, in the same step (`record`).
+--
+-- Entries that expire: the meta hash's field `x:d:<entry>` (`x:i:<entry>`) holds the instant a
+-- domain (IP) entry stops matching, in ms since the epoch. Validators stop matching it at that
+-- instant by their own clock, with no write and no sweep; here, every call that may change the
+-- token first takes the entries lapsed by the server's clock out of their set and deletes their
+-- field, so that they free their slot before the limit is checked, and records them (op
+-- "expire", "entries", "restriction"). Adding an entry again with another expiry changes its
+-- expiry; without one, makes it permanent. No field outlives its entry (remove, set, put).
 
 local op, limit = ARGV[1], tonumber(ARGV[2])
 local options = cjson.decode(ARGV[4])
-local history_length = tonumber(options.history_length) or 50
+-- tonumber: a JSON null decodes as cjson.null, which is no number, so it means the default.
+local history_length = math.max(1, math.floor(tonumber(options.history_length) or 50))
+local history_max_age = tonumber(options.history_max_age_ms)
+if history_max_age and history_max_age <= 0 then
+  history_max_age = nil
+end
 local meta_key = KEYS[1]
 local base = string.sub(meta_key, 1, -2)
 local history_key = KEYS[4] or base .. 'h'
@@ -78,6 +98,26 @@ local function slice(from, to)
   return out
 end
 
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+local function expiry_field(list, member)
+  return 'x:' .. list .. ':' .. member
+end
+
+-- An instant from the options as stored (digits), or nil; false if it is not a number.
+local function instant(value, base)
+  local ms = tonumber(value)
+  if value == nil then
+    return nil
+  elseif ms == nil or ms ~= math.floor(ms) or ms < 0 then
+    return false
+  end
+  return string.format('%d', base + ms)
+end
+
 local function record(entry)
   local now = redis.call('TIME')
   entry.at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -86,6 +126,20 @@ local function record(entry)
   end
   redis.call('LPUSH', history_key, cjson.encode(entry))
   redis.call('LTRIM', history_key, 0, history_length - 1)
+  if history_max_age then
+    -- Retention by age, in the same atomic step: the list is newest first, so drop from the tail
+    -- while the oldest entry is older than the cutoff. Bounded by the count just kept, and the
+    -- entry just pushed is never older. An entry that cannot be read has no age: not history.
+    local cutoff = entry.at - history_max_age
+    for _ = 2, history_length do
+      local ok, oldest = pcall(cjson.decode, redis.call('LINDEX', history_key, -1))
+      local at = ok and type(oldest) == 'table' and tonumber(oldest.at)
+      if at and at >= cutoff then
+        break
+      end
+      redis.call('RPOP', history_key)
+    end
+  end
 end
 
 -- On a Redis Cluster (no marker key given) the slot may be migrating. Inside a script too, Redis
@@ -132,6 +186,77 @@ if not exists and not creates then
   return {'absent'}
 end
 
+local now = now_ms()
+local expires = nil
+if op == 'add' or op == 'set' then
+  if options.expires_in ~= nil then
+    expires = instant(options.expires_in, now)
+  else
+    expires = instant(options.expires_at, 0)
+  end
+  if expires == false then
+    return redis.error_reply('expires_at / expires_in must be a number of milliseconds')
+  end
+  if expires ~= nil and tonumber(expires) <= now then
+    return {'past', now}
+  end
+end
+
+local swept = false
+if exists then
+  -- Lapsed entries leave first (an unreadable instant counts as lapsed: fail closed), and a
+  -- field whose entry is not in its set goes too.
+  local meta = redis.call('HGETALL', meta_key)
+  local lapsed = {d = {}, i = {}}
+  for n = 1, #meta, 2 do
+    local list = string.match(meta[n], '^x:([di]):')
+    if list then
+      local member = string.sub(meta[n], 5)
+      local at = tonumber(meta[n + 1])
+      if at == nil or at <= now then
+        redis.call('HDEL', meta_key, meta[n])
+        if redis.call('SREM', set_key[list], member) == 1 then
+          lapsed[list][#lapsed[list] + 1] = member
+        end
+      elseif redis.call('SISMEMBER', set_key[list], member) == 0 then
+        redis.call('HDEL', meta_key, meta[n])
+      end
+    end
+  end
+  for _, list in ipairs({'d', 'i'}) do
+    if #lapsed[list] > 0 then
+      record({op = 'expire', restriction = list_name[list], entries = lapsed[list],
+              version = redis.call('HINCRBY', meta_key, 'v', 1)})
+      swept = true
+    end
+  end
+end
+
+-- Makes the expiry fields of `list` those of `expiry` (member -> ms as digits), for its members
+-- in `entries` only; whether any changed.
+local function set_expiries(list, entries, expiry)
+  local changed_any = false
+  local wanted = {}
+  for _, member in ipairs(entries) do
+    wanted[member] = expiry[member]
+  end
+  local meta = redis.call('HGETALL', meta_key)
+  local prefix = 'x:' .. list .. ':'
+  for n = 1, #meta, 2 do
+    if string.sub(meta[n], 1, 4) == prefix and wanted[string.sub(meta[n], 5)] == nil then
+      redis.call('HDEL', meta_key, meta[n])
+      changed_any = true
+    end
+  end
+  for member, at in pairs(wanted) do
+    if redis.call('HGET', meta_key, expiry_field(list, member)) ~= at then
+      redis.call('HSET', meta_key, expiry_field(list, member), at)
+      changed_any = true
+    end
+  end
+  return changed_any
+end
+
 -- Called once a change is known to be allowed (limits checked), before writing it.
 local function create_if_absent()
   if not exists then
@@ -148,10 +273,13 @@ if op == 'add' or op == 'remove' or op == 'set' then
   local entries = slice(6, #ARGV)
   entry.restriction = list_name[list]
   if op == 'add' then
-    local new = {}
+    local new, touched = {}, {}
     for _, member in ipairs(entries) do
       if redis.call('SISMEMBER', key, member) == 0 then
         new[#new + 1] = member
+        touched[#touched + 1] = member
+      elseif redis.call('HGET', meta_key, expiry_field(list, member)) ~= (expires or false) then
+        touched[#touched + 1] = member  -- its expiry changes, or it becomes permanent
       end
     end
     if #new > 0 and redis.call('SCARD', key) + #new > limit then
@@ -160,7 +288,17 @@ if op == 'add' or op == 'remove' or op == 'set' then
     create_if_absent()
     if #new > 0 then
       redis.call('SADD', key, unpack(new))
-      entry.entries = new
+    end
+    for _, member in ipairs(touched) do
+      if expires then
+        redis.call('HSET', meta_key, expiry_field(list, member), expires)
+      else
+        redis.call('HDEL', meta_key, expiry_field(list, member))
+      end
+    end
+    if #touched > 0 then
+      entry.entries = touched
+      entry.expires_at = expires and tonumber(expires) or nil
       changed = true
     end
   elseif op == 'remove' then
@@ -169,6 +307,7 @@ if op == 'add' or op == 'remove' or op == 'set' then
       if redis.call('SREM', key, member) == 1 then
         gone[#gone + 1] = member
       end
+      redis.call('HDEL', meta_key, expiry_field(list, member))
     end
     if #gone > 0 then
       entry.entries = gone
@@ -183,8 +322,16 @@ if op == 'add' or op == 'remove' or op == 'set' then
       replace(key, entries)
       changed = true
     end
+    local expiry = {}
+    for _, member in ipairs(entries) do
+      expiry[member] = expires or nil
+    end
+    if set_expiries(list, entries, expiry) then
+      changed = true
+    end
     if #entries > 0 then
       entry.entries = entries
+      entry.expires_at = expires and tonumber(expires) or nil
     end
   end
 elseif op == 'switch' then
@@ -203,8 +350,29 @@ elseif op == 'mode' then
   end
 elseif op == 'put' then
   local n = tonumber(ARGV[8])
-  local domains = slice(9, 8 + n)
-  local ips = slice(9 + n, #ARGV)
+  local expiry = {d = {}, i = {}}
+  local given = type(options.expiry) == 'table' and options.expiry or {}
+  -- Entries already lapsed by the server's clock are left out (import drops those it sees).
+  local function unexpired(list, entries)
+    local kept = {}
+    local of = type(given[list]) == 'table' and given[list] or {}
+    for _, member in ipairs(entries) do
+      local at = instant(of[member], 0)
+      if at == false then
+        return nil
+      end
+      if at == nil or tonumber(at) > now then
+        kept[#kept + 1] = member
+        expiry[list][member] = at
+      end
+    end
+    return kept
+  end
+  local domains = unexpired('d', slice(9, 8 + n))
+  local ips = unexpired('i', slice(9 + n, #ARGV))
+  if domains == nil or ips == nil then
+    return redis.error_reply('expiry instants must be numbers of milliseconds')
+  end
   if #domains > limit then
     return {'limit', 'd', redis.call('SMEMBERS', set_key.d)}
   end
@@ -228,11 +396,22 @@ elseif op == 'put' then
       replace(set_key[list], entries)
       changed = true
     end
+    if set_expiries(list, entries, expiry[list]) then
+      changed = true
+    end
   end
   entry.domain_enabled = ARGV[5] == '1'
   entry.ip_enabled = ARGV[6] == '1'
   entry.domains = #domains > 0 and domains or nil
   entry.ips = #ips > 0 and ips or nil
+  for list, name in pairs({d = 'domain_expiry', i = 'ip_expiry'}) do
+    if next(expiry[list]) ~= nil then
+      entry[name] = {}
+      for member, at in pairs(expiry[list]) do
+        entry[name][member] = tonumber(at)
+      end
+    end
+  end
 else
   return redis.error_reply('unknown op ' .. tostring(op))
 end
@@ -241,4 +420,4 @@ if changed then
   entry.version = redis.call('HINCRBY', meta_key, 'v', 1)
   record(entry)
 end
-return state(changed and 1 or 0)
+return state((changed or swept) and 1 or 0)
