@@ -6,14 +6,20 @@ Every entry is validated and normalised before anything is written; every refusa
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
+import math
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
-from typing import Literal
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import msgspec
 
+from validator.admin.audit import checked_actor, default_actor, retention_options
+from validator.admin.suggest import Suggestion, propose
 from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreNotInitialised
 from validator.model import MAX_TOKEN_LENGTH, Mode, Restrictions, is_token, token_rule
 from validator.rules.entries import Normalized, canonical_domain, normalize_domain
@@ -26,6 +32,8 @@ from validator.rules.networks import (
     normalize_ip,
 )
 from validator.store import DEFAULT_KEY_PREFIX, List, Store, fingerprint
+from validator.store.denial_refs import LOGGED, DenialRef
+from validator.store.denials import FoundDenial, FoundDenials
 
 __all__ = [
     "Admin",
@@ -36,12 +44,16 @@ __all__ = [
     "PreparedPut",
     "Record",
     "Restriction",
+    "Suggestion",
 ]
 
 log = logging.getLogger("validator")
 
 Restriction = Literal["domain", "ip"]
 _LIST: dict[str, List] = {"domain": "d", "ip": "i"}
+# The most denial-log entries `suggest` reads: far above what a stream keeps by default (about
+# `denial_stream_length`, 1,000), so that it reads the whole stream, yet bounded.
+SUGGEST_READ = 100_000
 NOTHING_STORED = "nothing is stored for this token: nothing was changed (and no record was created)"
 
 
@@ -62,24 +74,33 @@ class HistoryEntry(msgspec.Struct, kw_only=True):
     """One recorded change to a token (see `lua/write.lua`): when, what, and the version it made.
 
     `at` is milliseconds since the epoch on the Redis server's clock; `op` is add, remove, set,
-    enable, disable or put; `restriction` ("domain"/"ip") and `entries` belong to list and
-    switch changes, `domain_enabled` ... `ips` to a put (a whole record, as import writes it).
+    enable, disable, put, or expire (entries that had lapsed, taken out at the token's next
+    change); `restriction` ("domain"/"ip") and `entries` belong to list and switch changes,
+    `domain_enabled` ... `ips` to a put (a whole record, as import writes it). `actor`: who made
+    the change (None in entries recorded before actors were).
     """
 
     at: int
     op: str
     version: int
+    actor: str | None = None
     restriction: str | None = None
     entries: list[str] = msgspec.field(default_factory=list)
     domain_enabled: bool | None = None
     ip_enabled: bool | None = None
     domains: list[str] = msgspec.field(default_factory=list)
     ips: list[str] = msgspec.field(default_factory=list)
+    # add, set: the instant (ms since the epoch) the entries stop matching; none: permanent.
+    # put: per entry.
+    expires_at: int | None = None
+    domain_expiry: dict[str, int] = msgspec.field(default_factory=dict)
+    ip_expiry: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class Record(msgspec.Struct, kw_only=True):
     """One token's restrictions as a line of an export file, named by the token's keyed hash
-    (tokens are never stored in clear, so an export cannot name them)."""
+    (tokens are never stored in clear, so an export cannot name them). `domain_expiry` and
+    `ip_expiry` (entry -> ms since the epoch) are left out of a line without expiring entries."""
 
     hash: str
     domain_enabled: bool
@@ -87,6 +108,8 @@ class Record(msgspec.Struct, kw_only=True):
     domains: list[str]
     ips: list[str]
     mode: Mode = Mode.ENFORCE
+    domain_expiry: dict[str, int] | msgspec.UnsetType = msgspec.UNSET
+    ip_expiry: dict[str, int] | msgspec.UnsetType = msgspec.UNSET
 
 
 class ImportLine(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -100,6 +123,9 @@ class ImportLine(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     domains: list[str] = msgspec.field(default_factory=list)
     ips: list[str] = msgspec.field(default_factory=list)
     mode: Mode = Mode.ENFORCE
+    # Entries that expire: entry (as in `domains` / `ips`) -> ms since the epoch, as export writes.
+    domain_expiry: dict[str, int] = msgspec.field(default_factory=dict)
+    ip_expiry: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class PreparedPut(msgspec.Struct, frozen=True):
@@ -117,7 +143,9 @@ class PreparedPut(msgspec.Struct, frozen=True):
             stored.ip_enabled,
             stored.domains,
             stored.ips,
-        ) == (r.domain_enabled, r.ip_enabled, r.domains, r.ips)
+            stored.domain_expiry,
+            stored.ip_expiry,
+        ) == (r.domain_enabled, r.ip_enabled, r.domains, r.ips, r.domain_expiry, r.ip_expiry)
 
 
 # The keyed hash as `Store.token_hash` writes it: 128 bits, base64url without padding.
@@ -165,13 +193,40 @@ class Admin:
         *,
         min_prefix_v4: int = DEFAULT_MIN_PREFIX_V4,
         min_prefix_v6: int = DEFAULT_MIN_PREFIX_V6,
+        actor: str | None = None,
+        history_length: int | None = None,
+        history_max_age: float | timedelta | str | None = None,
     ) -> None:
         """`min_prefix_v4`/`min_prefix_v6`: the shortest prefix an IP network entry may have
-        (docs/behaviour.md: no entry may cover the public at large); `allow_private` does not lift them."""
+        (docs/behaviour.md: no entry may cover the public at large); `allow_private` does not lift them.
+
+        `actor`: who makes the changes, recorded in each history entry (default:
+        `$VALIDATOR_ACTOR`, else `user@host` of this process; see `acting_as`). `history_length`
+        (entries kept per token; default `$VALIDATOR_HISTORY_LENGTH`, else 50) and
+        `history_max_age` (seconds, a timedelta or "90d"; default `$VALIDATOR_HISTORY_MAX_AGE`,
+        else none): the retention each write applies to its token's history, in the same atomic
+        step. Raises `ConfigurationError`."""
         check_min_prefixes(min_prefix_v4, min_prefix_v6)
         self.store = store
         self.min_prefix_v4 = min_prefix_v4
         self.min_prefix_v6 = min_prefix_v6
+        # Every write of the store carries its write options (`lua/write.lua`): the actor among them.
+        store.write_options.update(retention_options(history_length, history_max_age))
+        store.write_options["actor"] = default_actor() if actor is None else checked_actor(actor)
+
+    @property
+    def actor(self) -> str:
+        """Who this admin's changes are recorded as made by."""
+        return str(self.store.write_options["actor"])
+
+    def acting_as(self, actor: str) -> Admin:
+        """This admin, on the same connections and settings, recording `actor` as the author of
+        its changes: for a service that changes restrictions on behalf of its users. Close the
+        original, not this one. Raises `ConfigurationError`."""
+        acting = copy.copy(self)
+        acting.store = copy.copy(self.store)
+        acting.store.write_options = {**self.store.write_options, "actor": checked_actor(actor)}
+        return acting
 
     @classmethod
     def from_url(
@@ -185,9 +240,16 @@ class Admin:
         connect_timeout: float = 2.0,
         min_prefix_v4: int = DEFAULT_MIN_PREFIX_V4,
         min_prefix_v6: int = DEFAULT_MIN_PREFIX_V6,
+        actor: str | None = None,
+        history_length: int | None = None,
+        history_max_age: float | timedelta | str | None = None,
     ) -> Admin:
-        """An admin on the store at `url`; use the same `secret` and `key_prefix` as the validators."""
+        """An admin on the store at `url`; use the same `secret` and `key_prefix` as the validators
+        (`actor` and the history retention: see `Admin`)."""
         check_min_prefixes(min_prefix_v4, min_prefix_v6)
+        # Refused before any connection is made.
+        actor = default_actor() if actor is None else checked_actor(actor)
+        retention_options(history_length, history_max_age)
         return cls(
             Store.from_url(
                 url,
@@ -199,6 +261,9 @@ class Admin:
             ),
             min_prefix_v4=min_prefix_v4,
             min_prefix_v6=min_prefix_v6,
+            actor=actor,
+            history_length=history_length,
+            history_max_age=history_max_age,
         )
 
     async def close(self) -> None:
@@ -220,35 +285,58 @@ class Admin:
         """The token's stored restrictions, or None when nothing is stored for it."""
         return await self.store.read(self._hash(token))
 
-    async def _list_op(
+    async def _list_op(  # noqa: PLR0917
         self,
         token: str,
         op: str,
         restriction: Restriction,
         entries: Iterable[str],
         normalize: Callable[[str], Normalized],
+        expiry: dict[str, str] | None = None,
     ) -> Change:
         token_hash = self._hash(token)
         normalized = _normalize_all(entries, normalize)
         if op in ("add", "remove") and not normalized:
             raise InvalidEntry(f"give at least one {restriction} entry to {op}")
         stored, changed = await self.store.write(
-            token_hash, op, _LIST[restriction], *(n.stored for n in normalized)
+            token_hash, op, _LIST[restriction], *(n.stored for n in normalized), options=expiry
         )
         notes = [f"{n.entry!r}: {n.note}" for n in normalized if n.note]
         return _change(stored, changed, notes)
 
-    async def add_domains(self, token: str, domains: Iterable[str]) -> Change:
-        """Add domains (at most `limit` in the list, enforced atomically)."""
-        return await self._list_op(token, "add", "domain", domains, normalize_domain)
+    async def add_domains(
+        self,
+        token: str,
+        domains: Iterable[str],
+        *,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | None = None,
+    ) -> Change:
+        """Add domains (at most `limit` in the list, enforced atomically).
+
+        `expires_at` (an aware datetime) or `expires_in` (a timedelta from the store's clock now)
+        makes the entries temporary: they stop matching at that instant in every validator, and
+        free their slot. Adding an entry that is already stored sets its expiry anew (without
+        either: makes it permanent). A past instant or a duration that is not positive is
+        refused (`InvalidEntry`)."""
+        expiry = _expiry_options(expires_at, expires_in)
+        return await self._list_op(token, "add", "domain", domains, normalize_domain, expiry)
 
     async def remove_domains(self, token: str, domains: Iterable[str]) -> Change:
         # By syntax alone: an entry stored before a rule existed (`*.com`) stays removable.
         return await self._list_op(token, "remove", "domain", domains, canonical_domain)
 
-    async def set_domains(self, token: str, domains: Iterable[str]) -> Change:
-        """Replace the whole domain list."""
-        return await self._list_op(token, "set", "domain", domains, normalize_domain)
+    async def set_domains(
+        self,
+        token: str,
+        domains: Iterable[str],
+        *,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | None = None,
+    ) -> Change:
+        """Replace the whole domain list (every entry expiring as `add_domains` says, if given)."""
+        expiry = _expiry_options(expires_at, expires_in)
+        return await self._list_op(token, "set", "domain", domains, normalize_domain, expiry)
 
     async def clear_domains(self, token: str) -> Change:
         return await self._list_op(token, "set", "domain", (), normalize_domain)
@@ -261,9 +349,19 @@ class Admin:
             min_prefix_v6=self.min_prefix_v6,
         )
 
-    async def add_ips(self, token: str, ips: Iterable[str], *, allow_private: bool = False) -> Change:
-        """Add IP addresses or networks; non-public ranges are refused unless `allow_private`."""
-        return await self._list_op(token, "add", "ip", ips, self._normalize_ip(allow_private))
+    async def add_ips(
+        self,
+        token: str,
+        ips: Iterable[str],
+        *,
+        allow_private: bool = False,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | None = None,
+    ) -> Change:
+        """Add IP addresses or networks; non-public ranges are refused unless `allow_private`.
+        `expires_at` / `expires_in`: as `add_domains`."""
+        expiry = _expiry_options(expires_at, expires_in)
+        return await self._list_op(token, "add", "ip", ips, self._normalize_ip(allow_private), expiry)
 
     async def remove_ips(self, token: str, ips: Iterable[str]) -> Change:
         """Remove IP entries however they were typed: `2606:4700:0::1111%eth0` removes
@@ -273,9 +371,18 @@ class Admin:
         removals = ip_removals(ips, stored.ips if stored is not None else ())
         return await self._list_op(token, "remove", "ip", removals, removals.__getitem__)
 
-    async def set_ips(self, token: str, ips: Iterable[str], *, allow_private: bool = False) -> Change:
-        """Replace the whole IP list."""
-        return await self._list_op(token, "set", "ip", ips, self._normalize_ip(allow_private))
+    async def set_ips(
+        self,
+        token: str,
+        ips: Iterable[str],
+        *,
+        allow_private: bool = False,
+        expires_at: datetime | None = None,
+        expires_in: timedelta | None = None,
+    ) -> Change:
+        """Replace the whole IP list (every entry expiring as `add_domains` says, if given)."""
+        expiry = _expiry_options(expires_at, expires_in)
+        return await self._list_op(token, "set", "ip", ips, self._normalize_ip(allow_private), expiry)
 
     async def clear_ips(self, token: str) -> Change:
         return await self._list_op(token, "set", "ip", (), normalize_ip)
@@ -296,15 +403,17 @@ class Admin:
         return await self._switch(token, restriction, False)
 
     async def put(self, token: str, restrictions: Restrictions, *, allow_private: bool = False) -> Change:
-        """Store a whole record (as an import does); writes nothing if it is already stored."""
+        """Store a whole record (as an import does); writes nothing if it is already stored.
+        Its `domain_expiry` / `ip_expiry` are written with it; an entry already lapsed is left
+        out (a note says so)."""
         token_hash = self._hash(token)
         domains = _normalize_all(restrictions.domains, normalize_domain)
         ips = _normalize_all(restrictions.ips, self._normalize_ip(allow_private))
-        stored, changed = await self.store.write(
-            token_hash,
-            *_put_args(restrictions, [n.stored for n in domains], [n.stored for n in ips]),
-        )
         notes = [f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note]
+        record = _with_expiry(restrictions, domains, ips, notes)
+        stored, changed = await self.store.write(
+            token_hash, *_put_args(record, record.domains, record.ips), options=_put_options(record)
+        )
         return Change(restrictions=stored, changed=changed, notes=notes)
 
     async def set_mode(self, token: str, mode: Mode | str) -> Change:
@@ -372,16 +481,174 @@ class Admin:
         """The token's recent denials and would-be denials, newest first (see `validator.denials`)."""
         return await self.store.denials(self._hash(token), since_ms=since_ms, count=count)
 
+    async def find_denial(self, ref: str) -> tuple[DenialRef, FoundDenials]:
+        """What an `Access-Denied-Ref` value says (its kind, time, token hash characters) and the
+        denial-log entries it names, from any validator's log (see `Store.find_denial`): none
+        for a reference of a denial that was never logged (dropped, refused before any check, a
+        validator without denial log) or no longer is. Raises `InvalidEntry` when `ref` is no
+        reference issued with this store's secret."""
+        decoded = self.store.denial_refs.decode(ref)
+        if decoded is None:
+            raise InvalidEntry(
+                "not a denial reference issued with this secret: copy the whole Access-Denied-Ref "
+                "value (32 hexadecimal digits), and use the validators' VALIDATOR_SECRET"
+            )
+        if decoded.kind != LOGGED:
+            return decoded, FoundDenials([], [], None)
+        return decoded, await self.store.find_denial(decoded)
+
+    async def replay_denial(self, found: FoundDenial, *, unknown_allowed: bool = True) -> Explanation:
+        """The request of a logged denial decided again against what is stored for its token
+        now, with why. Needs no token: an entry of the token's own stream names its hash; one of
+        the unknown-token log only its fingerprint, whose stored record (if one was created
+        since) is found by SCAN. The request is rebuilt from what the log keeps: the Origin's
+        scheme, host and port (a Referer's path is not kept) or the client address.
+
+        Raises `StoreNotInitialised` as `explain` does, `InvalidEntry` if two stored tokens
+        share the fingerprint (then replay with the token: `explain`)."""
+        await self._sound_for_explain()
+        token_hash = found.token_hash
+        if token_hash is None:
+            hashes = await self.store.hashes_starting(found.fingerprint)
+            if len(hashes) > 1:
+                raise InvalidEntry(
+                    f"{len(hashes)} stored tokens share the fingerprint {found.fingerprint}: "
+                    "give the token to replay the denial"
+                )
+            token_hash = hashes[0] if hashes else None
+        restrictions = None if token_hash is None else await self.store.read(token_hash)
+        request = replayed_request(found.entry)
+        return explain(
+            restrictions,
+            origin=request["origin"],
+            client_ip=request["client_ip"],
+            unknown_allowed=unknown_allowed,
+        )
+
+    async def _sound_for_explain(self) -> None:
+        state = await self.store.marker_state()
+        if state != "ok":
+            what = "is marked for another secret"
+            if state == "missing":
+                what = "has no marker (not initialised, or wiped)"
+            raise StoreNotInitialised(
+                f"the store {what}: validators fail closed on every uncached check", state=state
+            )
+
+    async def suggest(
+        self,
+        token: str,
+        *,
+        since: datetime | timedelta | None = None,
+        limit: int | None = None,
+        allow_private: bool = False,
+    ) -> Suggestion:
+        """An allowlist learnt from the token's recorded denials and would-be denials (report-only
+        mode), from every validator process: see `validator.admin.suggest.propose`. Nothing is
+        written (`apply_suggestion` does).
+
+        `since`: only denials at or after this time (a `timedelta`: back from now); `limit`: at
+        most this many entries a list (default and maximum: the store's limit); `allow_private`:
+        propose non-public addresses too (as `add_ips` stores them). Reads at most what the log
+        keeps (about `denial_stream_length` entries, for `denial_ttl` after the last one), and no
+        more than SUGGEST_READ entries. Raises `StoreNotInitialised` when the store is not marked
+        for this secret (validators then fail closed, whatever is stored).
+        """
+        token_hash = self._hash(token)
+        if limit is None:
+            limit = self.store.limit
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= self.store.limit:
+            raise InvalidEntry(
+                f"limit must be from 1 to the store's limit ({self.store.limit}), not {limit!r}"
+            )
+        await self._require_marker()
+        since_ms = 0
+        if isinstance(since, timedelta):
+            since_ms = int((time.time() - since.total_seconds()) * 1000)
+        elif since is not None:
+            since_ms = int(since.timestamp() * 1000)
+        stored = await self.store.read(token_hash)
+        denials = await self.store.denials(token_hash, since_ms=max(0, since_ms), count=SUGGEST_READ)
+        return propose(
+            denials,
+            stored,
+            limit=limit,
+            normalize_ip=self._normalize_ip(allow_private),
+            allow_private=allow_private,
+        )
+
+    async def learn(self, token: str) -> Change:
+        """Start learning the token's allowlist (`suggest`): one write that puts it in report-only
+        mode with both restrictions on, its lists kept, so that every request its lists do not
+        allow is let through and recorded as a would-be denial. Creates a record if none is stored."""
+        current = await self.get(token) or Restrictions()
+        record = Restrictions(
+            domain_enabled=True,
+            ip_enabled=True,
+            domains=current.domains,
+            ips=current.ips,
+            mode=Mode.REPORT,
+            # Temporary entries stay temporary (`put` leaves out those already lapsed).
+            domain_expiry=current.domain_expiry,
+            ip_expiry=current.ip_expiry,
+        )
+        # What is stored was accepted once (private addresses with allow_private): kept as it is.
+        return await self.put(token, record, allow_private=True)
+
+    async def apply_suggestion(self, token: str, suggestion: Suggestion, *, enforce: bool = False) -> Change:
+        """Write a suggestion's lists in one atomic `put` (validated and limited as any write);
+        `enforce` also switches on each restriction whose list allows some of the traffic seen
+        and sets enforce mode, in the same write (`Suggestion.record`).
+
+        Refused (`InvalidEntry`, nothing written) when the token changed since the suggestion was
+        made, or when `enforce` would leave both restrictions off (unrestricted)."""
+        record = suggestion.record(enforce=enforce)
+        if enforce and not (record.domain_enabled or record.ip_enabled):
+            raise InvalidEntry(
+                "nothing to enforce: no traffic seen would be allowed by the proposal, and enforcing "
+                "with both restrictions off leaves the token unrestricted (nothing was changed)"
+            )
+        current = await self.get(token)
+        before = suggestion.stored
+        if (current is None) != (before is None) or (
+            current is not None and before is not None and current.version != before.version
+        ):
+            raise InvalidEntry(
+                "the token changed since the suggestion was made: suggest again (nothing was changed)"
+            )
+        return await self.put(token, record, allow_private=suggestion.allow_private)
+
+    async def _require_marker(self) -> None:
+        state = await self.store.marker_state()
+        if state != "ok":
+            what = "is marked for another secret"
+            if state == "missing":
+                what = "has no marker (not initialised, or wiped)"
+            raise StoreNotInitialised(
+                f"the store {what}: validators fail closed on every uncached check", state=state
+            )
+
     # -------------------------------------------------------------------------- history, import, export
 
     def token_hash(self, token: str) -> str:
         """The keyed hash that names the token in the store and in export files."""
         return self._hash(token)
 
-    async def history(self, token: str, count: int = 50) -> list[HistoryEntry]:
-        """The token's most recent changes, newest first (the store keeps the last 50)."""
-        entries = await self.store.history(self._hash(token), count)
-        return [msgspec.json.decode(entry, type=HistoryEntry) for entry in entries]
+    async def history(self, token: str, count: int = 50, *, since_ms: int = 0) -> list[HistoryEntry]:
+        """The token's most recent changes (at most `count`, recorded at or after `since_ms`),
+        newest first; the store keeps `history_length` (50) per token. Entries that cannot be
+        read (written by hand) are left out."""
+        entries = (_history_entry(raw) for raw in await self.store.history(self._hash(token), count))
+        return [entry for entry in entries if entry is not None and entry.at >= since_ms]
+
+    async def history_all(self, *, since_ms: int = 0) -> AsyncIterator[tuple[str, HistoryEntry]]:
+        """Every token's changes recorded at or after `since_ms`, oldest first across all tokens,
+        as (token hash, entry): an audit trail for a SIEM. Memory holds a small tuple per token
+        changed since then, not the entries (see `Store.history_since`); not a snapshot."""
+        async for token_hash, _, raw in self.store.history_since(since_ms):
+            entry = _history_entry(raw)
+            if entry is not None:
+                yield token_hash, entry
 
     def prepare(self, line: ImportLine, *, allow_private: bool = False) -> PreparedPut:
         """Validate and normalise one import line; nothing is written. Raises `InvalidEntry`."""
@@ -403,15 +670,27 @@ class Admin:
                     f"the {name} list allows at most {self.store.limit} entries; "
                     f"the line gives {len(entries)}"
                 )
-        restrictions = Restrictions(
+        for name, expiries, listed in (
+            ("domain", line.domain_expiry, line.domains),
+            ("IP", line.ip_expiry, line.ips),
+        ):
+            for entry, at in expiries.items():
+                if entry not in listed:
+                    raise InvalidEntry(f"an expiry for {entry!r}, which is not in the {name} list")
+                if not 0 < at < 10**15:
+                    raise InvalidEntry(f"the expiry of {entry!r} is not an instant in ms since the epoch")
+        notes = [f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note]
+        record = Restrictions(
             domain_enabled=line.domain_enabled,
             ip_enabled=line.ip_enabled,
-            domains=sorted(n.stored for n in domains),
-            ips=sorted(n.stored for n in ips),
             mode=line.mode,
+            domain_expiry=line.domain_expiry,
+            ip_expiry=line.ip_expiry,
         )
-        notes = tuple(f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note)
-        return PreparedPut(token_hash, restrictions, notes)
+        restrictions = _with_expiry(record, domains, ips, notes)
+        restrictions.domains.sort()
+        restrictions.ips.sort()
+        return PreparedPut(token_hash, restrictions, tuple(notes))
 
     async def put_many(self, batch: Sequence[PreparedPut], *, restoring: bool = False) -> list[Change]:
         """Write prepared records in one pipelined round trip; each record is atomic, the batch is
@@ -423,6 +702,7 @@ class Admin:
                 for p in batch
             ],
             marked=not restoring,
+            each_options=[_put_options(p.restrictions) for p in batch],
         )
         changes: list[Change] = []
         for prepared, reply in zip(batch, replies, strict=True):
@@ -444,8 +724,9 @@ class Admin:
         hashes = await self.store.scan_hashes()
         for start in range(0, len(hashes), batch_size):
             batch = hashes[start : start + batch_size]
-            for token_hash, stored in zip(batch, await self.store.read_many(batch), strict=True):
-                if stored is not None:  # deleted since the scan
+            for token_hash, read in zip(batch, await self.store.read_many(batch), strict=True):
+                if read is not None:  # deleted since the scan
+                    stored = read.active(time.time())  # lapsed entries are not exported
                     yield Record(
                         hash=token_hash,
                         domain_enabled=stored.domain_enabled,
@@ -453,6 +734,8 @@ class Admin:
                         domains=stored.domains,
                         ips=stored.ips,
                         mode=stored.mode,
+                        domain_expiry=stored.domain_expiry or msgspec.UNSET,
+                        ip_expiry=stored.ip_expiry or msgspec.UNSET,
                     )
 
     async def explain(
@@ -488,6 +771,26 @@ class Admin:
         )
 
 
+def replayed_request(entry: Mapping[str, str]) -> dict[str, str | None]:
+    """The request a denial-log entry describes, as `explain` takes it (origin, client_ip): a
+    front-end request by its recorded origin (or its host, over https), a back-end one by its
+    client address; "-" (none seen) as none."""
+    seen = entry.get("seen", "-")
+    if entry.get("source") == "front_end":
+        return {
+            "origin": entry.get("origin") or (f"https://{seen}" if seen != "-" else "null"),
+            "client_ip": None,
+        }
+    return {"origin": None, "client_ip": None if seen in ("", "-") else seen}
+
+
+def _history_entry(raw: str) -> HistoryEntry | None:
+    try:
+        return msgspec.json.decode(raw, type=HistoryEntry)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+
+
 def _change(stored: Restrictions | None, changed: bool, notes: list[str] | None = None) -> Change:
     if stored is None:
         return Change(restrictions=None, changed=False, notes=[*(notes or ()), NOTHING_STORED])
@@ -504,3 +807,83 @@ def _put_args(restrictions: Restrictions, domains: Sequence[str], ips: Sequence[
         *domains,
         *ips,
     )
+
+
+# The longest expiry accepted: beyond it an entry is meant to stay (make it permanent).
+MAX_EXPIRY = timedelta(days=100 * 366)
+
+
+def _expiry_options(expires_at: datetime | None, expires_in: timedelta | None) -> dict[str, str] | None:
+    """`lua/write.lua`'s options for entries that expire at `expires_at` or `expires_in` from the
+    store's clock now (None: permanent). Raises `InvalidEntry` for a past instant, a naive
+    datetime, a duration that is not positive, or both given."""
+    if expires_at is not None and expires_in is not None:
+        raise InvalidEntry("give an expiry instant or a duration, not both (nothing was changed)")
+    if expires_in is not None:
+        if not isinstance(expires_in, timedelta) or not timedelta(0) < expires_in <= MAX_EXPIRY:
+            raise InvalidEntry(
+                f"an expiry duration must be positive and at most {MAX_EXPIRY.days} days, "
+                f"not {expires_in!s} (nothing was changed)"
+            )
+        return {"expires_in": str(math.ceil(expires_in / timedelta(milliseconds=1)))}
+    if expires_at is not None:
+        if not isinstance(expires_at, datetime) or expires_at.utcoffset() is None:
+            raise InvalidEntry(
+                "an expiry instant needs a time zone, as in 2026-12-31T18:00Z (nothing was changed)"
+            )
+        at_ms = math.ceil(expires_at.timestamp() * 1000)
+        if at_ms <= time.time() * 1000:
+            raise InvalidEntry(
+                f"the expiry {expires_at.isoformat()} has already passed: "
+                "give a later one (nothing was changed)"
+            )
+        if expires_at - datetime.now(UTC) > MAX_EXPIRY:
+            raise InvalidEntry(
+                f"an expiry is at most {MAX_EXPIRY.days} days ahead; for longer, add the entry "
+                "without one (nothing was changed)"
+            )
+        return {"expires_at": str(at_ms)}
+    return None
+
+
+def _with_expiry(
+    restrictions: Restrictions, domains: Sequence[Normalized], ips: Sequence[Normalized], notes: list[str]
+) -> Restrictions:
+    """`restrictions` with its entries normalised and their expiries under the stored form, the
+    entries already lapsed left out (each with a note)."""
+    now_ms = time.time() * 1000
+    lists: dict[str, tuple[list[str], dict[str, int]]] = {}
+    for name, normalized, given in (
+        ("domain", domains, restrictions.domain_expiry),
+        ("ip", ips, restrictions.ip_expiry),
+    ):
+        kept: list[str] = []
+        expiry: dict[str, int] = {}
+        for n in normalized:
+            at = given.get(n.entry, given.get(n.stored))
+            if at is not None and at <= now_ms:
+                notes.append(f"{n.entry!r}: its expiry has passed, left out")
+                continue
+            kept.append(n.stored)
+            if at is not None:
+                expiry[n.stored] = at
+        lists[name] = (kept, expiry)
+    return msgspec.structs.replace(
+        restrictions,
+        domains=lists["domain"][0],
+        ips=lists["ip"][0],
+        domain_expiry=lists["domain"][1],
+        ip_expiry=lists["ip"][1],
+    )
+
+
+def _put_options(record: Restrictions) -> dict[str, Any]:
+    """`lua/write.lua`'s options for a put: the expiries of the record's entries."""
+    if not (record.domain_expiry or record.ip_expiry):
+        return {}
+    return {
+        "expiry": {
+            "d": {entry: str(at) for entry, at in record.domain_expiry.items()},
+            "i": {entry: str(at) for entry, at in record.ip_expiry.items()},
+        }
+    }

@@ -15,6 +15,9 @@ import sys
 from collections.abc import Sequence
 
 from validator.admin.api import Admin
+from validator.admin.audit import checked_actor, retention_options
+from validator.admin.cli import suggest
+from validator.admin.cli.history import cmd_history
 from validator.admin.cli.output import (
     _BATCH_SIZE,
     EPILOG,
@@ -28,8 +31,10 @@ from validator.admin.cli.output import (
     Output,
     _LogFormatter,
     _Parser,
+    duration,
+    instant,
 )
-from validator.admin.cli.support import cmd_check, cmd_denials, cmd_history, cmd_init
+from validator.admin.cli.support import cmd_check, cmd_denials, cmd_init
 from validator.admin.cli.tokens import cmd_delete, cmd_list, cmd_mode, cmd_show, cmd_switch
 from validator.admin.cli.transfer import cmd_export, cmd_import
 from validator.errors import (
@@ -87,6 +92,27 @@ def _common_options() -> _Parser:
     group.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="JSON output for scripts"
     )
+    group.add_argument(
+        "--actor",
+        metavar="NAME",
+        default=argparse.SUPPRESS,
+        help="who makes the change, recorded in the history (default: $VALIDATOR_ACTOR, else user@host)",
+    )
+    group.add_argument(
+        "--history-length",
+        type=int,
+        metavar="N",
+        default=argparse.SUPPRESS,
+        help="history entries kept per token, applied by each change (default: "
+        "$VALIDATOR_HISTORY_LENGTH, else 50)",
+    )
+    group.add_argument(
+        "--history-max-age",
+        metavar="AGE",
+        default=argparse.SUPPRESS,
+        help="history entries older than this (90d, 12h) are dropped at the token's next change "
+        "(default: $VALIDATOR_HISTORY_MAX_AGE, else kept)",
+    )
     return common
 
 
@@ -132,10 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--unknown", action="store_true", help="the shared log of denied tokens that have no stored record"
     )
     denials.add_argument(
+        "--ref",
+        metavar="REF",
+        help="the denial an Access-Denied-Ref header names (any validator's; no token needed)",
+    )
+    denials.add_argument(
         "--since", metavar="WHEN", help="a duration back from now (15m, 2h, 1d) or an ISO time"
     )
     denials.add_argument("-n", "--count", type=int, default=50, help="how many at most (default: 50)")
     denials.set_defaults(handler=cmd_denials)
+
+    suggest.add_parser(command("suggest", suggest.HELP), _TOKEN_HELP)
 
     init = command(
         "init",
@@ -165,6 +198,22 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
             if nargs is not None:
                 sub.add_argument("entries", metavar=example, nargs=nargs)
+            if action in ("add", "set"):
+                expiry = sub.add_mutually_exclusive_group()
+                expiry.add_argument(
+                    "--for",
+                    dest="expires_in",
+                    metavar="DURATION",
+                    type=duration,
+                    help="the entries stop matching after this long (90s, 30m, 2h, 1h30m, 7d, 2w)",
+                )
+                expiry.add_argument(
+                    "--until",
+                    dest="expires_at",
+                    metavar="INSTANT",
+                    type=instant,
+                    help="the entries stop matching at this instant (ISO 8601 and zone: 2026-12-31T18:00Z)",
+                )
             if restriction == "ip" and action in ("add", "set"):
                 sub.add_argument(
                     "--allow-private",
@@ -184,7 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete.set_defaults(handler=cmd_delete)
 
     check = command("check", "explain the decision for a request (exit 0 allowed, 1 denied)")
-    check.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
+    check.add_argument(
+        "token",
+        metavar="TOKEN",
+        nargs="?",
+        help=_TOKEN_HELP + " (with --replay REF: optional, and checked against the reference)",
+    )
     check.add_argument("--origin", metavar="O", help="the request's Origin header")
     check.add_argument("--referer", metavar="R", help="the request's Referer header")
     check.add_argument("--sec-fetch", action="store_true", help="the request carries Sec-Fetch-* headers")
@@ -192,8 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--deny-unknown", action="store_true", help="as validators set to deny unknown tokens")
     check.add_argument(
         "--replay",
-        action="store_true",
-        help="decide the token's last recorded denial again, against what is stored now",
+        nargs="?",
+        const="",
+        metavar="REF",
+        help="decide a recorded denial again, against what is stored now: the one an "
+        "Access-Denied-Ref names (no token needed), or without REF the token's last",
     )
     check.set_defaults(handler=cmd_check)
 
@@ -224,9 +281,29 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--batch-size", type=int, default=_BATCH_SIZE, help="records per pipeline")
     export.set_defaults(handler=cmd_export)
 
-    history = command("history", "show a token's recent changes, newest first")
-    history.add_argument("token", metavar="TOKEN", help=_TOKEN_HELP)
-    history.add_argument("-n", "--count", type=int, default=50, help="how many (the store keeps 50)")
+    history = command(
+        "history",
+        "show a token's recent changes, newest first, with who made them; --all: every token's, "
+        "oldest first, as JSON Lines (for a SIEM)",
+    )
+    history.add_argument("token", metavar="TOKEN", nargs="?", help=_TOKEN_HELP + " (not with --all)")
+    history.add_argument(
+        "--all",
+        action="store_true",
+        help="every token's changes as JSON Lines on standard output, oldest first, each naming its "
+        "token by fingerprint and hash (never the token)",
+    )
+    history.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only changes since: a duration back from now (15m, 24h, 7d) or an ISO time",
+    )
+    history.add_argument(
+        "-n",
+        "--count",
+        type=int,
+        help="with TOKEN: how many at most (default: 50; the store keeps --history-length)",
+    )
     history.set_defaults(handler=cmd_history)
 
     show.set_defaults(handler=cmd_show)
@@ -251,6 +328,11 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
             "--secret on a command line lands in shell history and process lists; prefer VALIDATOR_SECRET"
         )
     timeout = getattr(args, "timeout", 5.0)
+    actor = getattr(args, "actor", None)
+    if actor is not None:
+        checked_actor(actor, "--actor")
+    retention = (getattr(args, "history_length", None), getattr(args, "history_max_age", None))
+    retention_options(*retention, names=("--history-length", "--history-max-age"))
     return Admin.from_url(
         url,
         secret=secret,
@@ -260,6 +342,9 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
         connect_timeout=timeout,
         min_prefix_v4=getattr(args, "min_prefix_v4", DEFAULT_MIN_PREFIX_V4),
         min_prefix_v6=getattr(args, "min_prefix_v6", DEFAULT_MIN_PREFIX_V6),
+        actor=actor,
+        history_length=retention[0],
+        history_max_age=retention[1],
     )
 
 

@@ -11,8 +11,9 @@ import logging
 import re
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import msgspec
@@ -27,9 +28,11 @@ EXIT_UNREACHABLE = 3
 EXIT_CODES = {
     EXIT_OK: "done; for check: the request would be allowed",
     EXIT_REFUSED: "refused input (domain, IP, limit, import line), nothing changed (a removal, "
-    "clear, disable or mode on a token with nothing stored), or check: the request would be denied",
+    "clear, disable or mode on a token with nothing stored), or check: the request would be denied; "
+    "suggest: no denial recorded to learn from, not confirmed, or nothing to enforce",
     EXIT_USAGE: "usage: bad arguments, settings or store URL, no store given; or a write refused "
-    "because the store is not initialised for this secret, or init refused for its eviction policy",
+    "because the store is not initialised for this secret, or init refused for its eviction policy; "
+    "or a change to confirm without a terminal (or with --json) and without --yes",
     EXIT_UNREACHABLE: "the store is unreachable or answered with an error, or show/check found it "
     "not initialised (or wiped) or marked for another secret: validators fail closed",
 }
@@ -47,6 +50,10 @@ environment:
   VALIDATOR_STORE_URL   the store, when --store is not given (redis://, rediss://, unix://)
   VALIDATOR_SECRET      key of the token hash; the same as the validators use. Prefer it to
                         --secret, which lands in shell history and process lists.
+  VALIDATOR_ACTOR       who makes the changes, recorded in the history, when --actor is not
+                        given (default: user@host of this process)
+  VALIDATOR_HISTORY_LENGTH, VALIDATOR_HISTORY_MAX_AGE
+                        the history kept per token (--history-length, --history-max-age)
 
 A TOKEN argument of - reads the token from standard input (one line), so that it stays out of
 shell history. Output names a token only by its fingerprint.
@@ -144,8 +151,66 @@ def _switch(on: bool) -> str:
     return "on" if on else "off"
 
 
-def _entries(entries: Sequence[str]) -> str:
-    return ", ".join(entries) if entries else "-"
+def _entries(entries: Sequence[str], expiry: dict[str, int] | None = None, now: float | None = None) -> str:
+    """The entries, each expiring one followed by the time it has left (by `now`, default: the
+    local clock)."""
+    if not entries:
+        return "-"
+    if not expiry:
+        return ", ".join(entries)
+    now_ms = (time.time() if now is None else now) * 1000
+    return ", ".join(
+        f"{entry} ({_left(expiry[entry] - now_ms)} left)" if entry in expiry else entry for entry in entries
+    )
+
+
+def _left(ms: float) -> str:
+    """A remaining time in words, to the minute (to the second under one)."""
+    seconds = max(0, int(ms // 1000))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    days, hours, minutes = minutes // 1440, minutes // 60 % 24, minutes % 60
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{minutes}m" if minutes else ""]
+    return " ".join(part for part in parts if part)
+
+
+_DURATION = re.compile(r"(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def duration(text: str) -> timedelta:
+    """`--for`: a positive duration such as 90s, 30m, 2h, 1h30m, 7d, 2w (argparse type)."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if not text.strip() or match is None or not any(match.groups()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: write it as 90s, 30m, 2h, 1h30m, 7d or 2w"
+        )
+    weeks, days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    try:
+        value = timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
+    except OverflowError:
+        value = timedelta.max
+    if value <= timedelta(0):
+        raise argparse.ArgumentTypeError(f"{text!r}: an expiry duration must be longer than zero")
+    return value
+
+
+def instant(text: str) -> datetime:
+    """`--until`: an ISO 8601 instant with its time zone, such as 2026-12-31T18:00Z (argparse type)."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an instant with a time zone: write it as 2026-12-31T18:00Z "
+            "or 2026-12-31T19:00+01:00"
+        )
+    return value
+
+
+def _expiry_json(expiry: dict[str, int]) -> dict[str, str]:
+    return {entry: _when(at) for entry, at in sorted(expiry.items())}
 
 
 def _use(r: Restrictions | None) -> tuple[str, str]:
@@ -184,6 +249,8 @@ def _restrictions_json(r: Restrictions | None) -> dict[str, Any]:
         "ips": r.ips,
         "version": r.version,
         "mode": r.mode.value,
+        "domain_expiry": _expiry_json(r.domain_expiry),
+        "ip_expiry": _expiry_json(r.ip_expiry),
     }
 
 
@@ -196,10 +263,19 @@ def _what(entry: HistoryEntry) -> str:
         return f"{entry.op} {entry.restriction}"
     if entry.op == "put":
         return (
-            f"put: domain {_switch(bool(entry.domain_enabled))} [{_entries(entry.domains)}], "
-            f"ip {_switch(bool(entry.ip_enabled))} [{_entries(entry.ips)}]"
+            f"put: domain {_switch(bool(entry.domain_enabled))} "
+            f"[{_until(entry.domains, entry.domain_expiry)}], "
+            f"ip {_switch(bool(entry.ip_enabled))} [{_until(entry.ips, entry.ip_expiry)}]"
         )
+    if entry.expires_at is not None:
+        return f"{entry.op} {entry.restriction}: {_entries(entry.entries)} (until {_when(entry.expires_at)})"
     return f"{entry.op} {entry.restriction}: {_entries(entry.entries)}"
+
+
+def _until(entries: Sequence[str], expiry: dict[str, int]) -> str:
+    if not entries:
+        return "-"
+    return ", ".join(f"{e} (until {_when(expiry[e])})" if e in expiry else e for e in entries)
 
 
 # ------------------------------------------------------------------------------ commands
