@@ -237,6 +237,90 @@ def pinned(pid: int, cpu: int | None) -> Iterator[None]:
             os.sched_setaffinity(pid, before)
 
 
+# ---------------------------------------------------------------------------------------- servers
+
+
+def taskset(cpu: int | None) -> list[str]:
+    """The prefix that runs a command on `cpu` (nothing when not pinning)."""
+    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+
+def uvicorn_command(target: str, port: int, cpu: int | None, *, factory: bool) -> list[str]:
+    """uvicorn serving `target` on 127.0.0.1:`port` as the benchmarks run it: uvloop, httptools,
+    one worker, no access log, no proxy headers."""
+    return [
+        *taskset(cpu), sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), target,
+        "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+        "--workers", "1", "--no-access-log", "--log-level", "warning", "--no-proxy-headers",
+    ]  # fmt: skip
+
+
+def wrk_scope(port: int, path: str, headers: Sequence[str]) -> Callable[[], dict[str, Any]]:
+    """For in-process runs: a maker of the scope uvicorn (httptools) builds for wrk's `GET path`
+    to 127.0.0.1:`port` with `headers` ("Name: value"), a fresh one each call as uvicorn's."""
+    sent = [(b"host", f"127.0.0.1:{port}".encode())] + [
+        (name.lower().encode(), value.encode()) for name, value in (h.split(": ", 1) for h in headers)
+    ]
+    raw_path = path.encode()
+
+    def scope() -> dict[str, Any]:
+        return {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+            "server": ("127.0.0.1", port), "client": ("127.0.0.1", 50000), "scheme": "http",
+            "method": "GET", "root_path": "", "path": path, "raw_path": raw_path,
+            "query_string": b"", "headers": list(sent), "state": {},
+        }  # fmt: skip
+
+    return scope
+
+
+async def empty_body() -> dict[str, Any]:
+    """For in-process runs: the `receive` of a request without a body."""
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class Process:
+    """A server a benchmark runs from the repository (benchmarks importable), its output in a
+    temporary log that `stop` removes. Errors name `benchmark` and `what`."""
+
+    def __init__(self, command: list[str], benchmark: str, what: str) -> None:
+        import tempfile
+
+        self.benchmark, self.what = benchmark, what
+        self.log = Path(tempfile.mkstemp(prefix=f"tav-bench-{what}-", suffix=".log")[1])
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+
+    def wait(self, url: str, headers: Sequence[str] = (), timeout: float = 30.0) -> None:
+        """Until `url` answers 200 to a GET with `headers` ("Name: value"), bounded."""
+        from tests.processes import wait_answering
+
+        sent = dict(header.split(": ", 1) for header in headers)
+        what = f"{self.benchmark}: {self.what}"
+        wait_answering(url, self.process, what, self.output, timeout=timeout, headers=sent)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the server so far (`taskset` execs it: same pid), or None
+        without /proc."""
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return None
+        # Fields after the command name in parentheses: state is field 3, utime 14, stime 15.
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        from tests.processes import stop_process
+
+        stop_process(self.process)
+        self.log.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------------- Redis
 
 

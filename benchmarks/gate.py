@@ -31,20 +31,29 @@ wrk `-t1`, 5 s per run (1 s with --quick), 7 runs (1 with --quick), alternatives
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import httpx
-
-from benchmarks._harness import ROOT, Config, Result, can_pin, interleaved, module_main, progress, run_async
+from benchmarks._harness import (
+    ROOT,
+    Config,
+    Process,
+    Result,
+    can_pin,
+    empty_body,
+    interleaved,
+    module_main,
+    progress,
+    run_async,
+    taskset,
+    uvicorn_command,
+    wrk_scope,
+)
 from tests.redis_servers import free_port
 from validator.web.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -119,61 +128,11 @@ def seeded_gate() -> ASGIApp:
 # ---------------------------------------------------------------------------------------- processes
 
 
-def _taskset(cpu: int | None) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+def _uvicorn(target: str, port: int, cpu: int | None, *, factory: bool) -> Process:
+    return Process(uvicorn_command(target, port, cpu, factory=factory), NAME, target.rsplit(":", 1)[1])
 
 
-class _Process:
-    def __init__(self, command: list[str], what: str) -> None:
-        self.what = what
-        self.log = Path(tempfile.mkstemp(prefix=f"tav-bench-{what}-", suffix=".log")[1])
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-
-    def wait(self, url: str, headers: Sequence[str], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        sent = dict(header.split(": ", 1) for header in headers)
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gate: {self.what} exited: {self.log.read_text(errors='replace')}")
-            try:
-                if httpx.get(url, headers=sent, timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"gate: {url} ({self.what}) did not answer 200 within {timeout}s")
-
-    def cpu_seconds(self) -> float | None:
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.log.unlink(missing_ok=True)
-
-
-def _uvicorn(target: str, port: int, cpu: int | None, *, factory: bool) -> _Process:
-    command = [
-        *_taskset(cpu), sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), target,
-        "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-        "--workers", "1", "--no-access-log", "--log-level", "warning", "--no-proxy-headers",
-    ]  # fmt: skip
-    return _Process(command, target.rsplit(":", 1)[1])
-
-
-def _nginx(gate_port: int, upstream_port: int, port: int, cpu: int | None) -> tuple[_Process, Path]:
+def _nginx(gate_port: int, upstream_port: int, port: int, cpu: int | None) -> tuple[Process, Path]:
     """nginx running the documented snippet, with a main configuration of its own."""
     directory = Path(tempfile.mkdtemp(prefix="tav-bench-nginx-"))
     directory.chmod(0o755)  # workers run as `nobody` when nginx starts as root
@@ -199,7 +158,7 @@ def _nginx(gate_port: int, upstream_port: int, port: int, cpu: int | None) -> tu
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     assert nginx is not None
     command = [
-        *_taskset(cpu),
+        *taskset(cpu),
         nginx,
         "-p",
         str(directory),
@@ -208,29 +167,14 @@ def _nginx(gate_port: int, upstream_port: int, port: int, cpu: int | None) -> tu
         "-e",
         "stderr",
     ]
-    return _Process(command, "nginx"), directory
+    return Process(command, NAME, "nginx"), directory
 
 
 # ---------------------------------------------------------------------------------------- in process
 
 IN_PROCESS = "in process"
-_SCOPE_HEADERS = [(b"host", b"127.0.0.1:9000")] + [
-    (name.lower().encode(), value.encode()) for name, value in (h.split(": ", 1) for h in GATE_HEADERS)
-]
-
-
-def _scope() -> Scope:
-    """The scope uvicorn (httptools) builds for wrk's forward-auth request."""
-    return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-        "server": ("127.0.0.1", 9000), "client": ("127.0.0.1", 50000), "scheme": "http",
-        "method": "GET", "root_path": "", "path": "/check", "raw_path": b"/check",
-        "query_string": b"", "headers": list(_SCOPE_HEADERS), "state": {},
-    }  # fmt: skip
-
-
-async def _receive() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
+_scope = wrk_scope(9000, "/check", GATE_HEADERS)  # wrk's forward-auth request
+_receive = empty_body
 
 
 async def _in_process(requests: int, runs: int) -> dict[str, list[float]]:
@@ -281,7 +225,7 @@ def _wrk(
     url: str, headers: Sequence[str], seconds: int, connections: int, cpu: int | None
 ) -> tuple[float, int, float]:
     """Requests/s, requests counted and p50 latency in ms; raises on any non-2xx or socket error."""
-    command = [*_taskset(cpu), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    command = [*taskset(cpu), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for header in headers:
         command += ["-H", header]
     out = subprocess.run(

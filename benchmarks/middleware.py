@@ -33,14 +33,23 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
-import httpx
-
-from benchmarks._harness import ROOT, Config, Result, can_pin, interleaved, module_main, progress, run_async
+from benchmarks._harness import (
+    ROOT,
+    Config,
+    Process,
+    Result,
+    can_pin,
+    empty_body,
+    interleaved,
+    module_main,
+    progress,
+    run_async,
+    taskset,
+    uvicorn_command,
+    wrk_scope,
+)
 from tests.redis_servers import free_port
 from validator.web.types import ASGIApp, Message
 
@@ -55,67 +64,18 @@ IN_PROCESS = "in process"
 ADDED = f"{IN_PROCESS}: added by {OURS}"
 
 
-def _taskset(cpu: int | None) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if cpu is not None else []
-
-
-class _Server:
-    def __init__(self, factory: str, cpu: int | None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1/hello"
-        self.log = Path(tempfile.mkstemp(prefix=f"tav-bench-uvicorn-{factory}-", suffix=".log")[1])
-        command = [
-            *_taskset(cpu),
-            sys.executable, "-m", "uvicorn", "--factory", f"benchmarks._apps:{factory}",
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--loop", "uvloop", "--http", "httptools", "--workers", "1",
-            "--no-access-log", "--log-level", "warning", "--no-proxy-headers",
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-
-    def wait(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        name, value = HEADER.split(": ")
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"middleware: uvicorn exited: {self.log.read_text(errors='replace')}")
-            try:
-                if httpx.get(self.url, headers={name: value}, timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"middleware: {self.url} did not answer 200 within {timeout}s")
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server so far (`taskset` execs it: same pid), or None
-        without /proc."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        # Fields after the command name in parentheses: state is field 3, utime 14, stime 15.
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.log.unlink(missing_ok=True)
+def _server(factory: str, cpu: int | None) -> tuple[Process, str]:
+    """uvicorn serving `benchmarks._apps:<factory>` on a free port, and the URL wrk loads."""
+    port = free_port()
+    command = uvicorn_command(f"benchmarks._apps:{factory}", port, cpu, factory=True)
+    return Process(command, NAME, f"uvicorn-{factory}"), f"http://127.0.0.1:{port}/v1/hello"
 
 
 def _load(url: str, seconds: float, cpu: int | None) -> tuple[float, int]:
     """Requests/s and requests that the load generator reports; raises on any non-2xx response or
     socket error."""
     if shutil.which("wrk"):
-        command = [*_taskset(cpu), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-H", HEADER, url]
+        command = [*taskset(cpu), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-H", HEADER, url]
         out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
         if "Non-2xx" in out or "Socket errors" in out:
             raise RuntimeError(f"middleware: wrk saw failures:\n{out}")
@@ -125,7 +85,7 @@ def _load(url: str, seconds: float, cpu: int | None) -> tuple[float, int]:
             raise RuntimeError(f"middleware: no Requests/sec in wrk's output:\n{out}")
         return float(match.group(1)), int(count.group(1))
     command = [
-        *_taskset(cpu),
+        *taskset(cpu),
         sys.executable,
         "-m",
         "benchmarks._loadgen",
@@ -146,21 +106,8 @@ def _load(url: str, seconds: float, cpu: int | None) -> tuple[float, int]:
 
 # ---------------------------------------------------------------------------------------- in process
 
-_SCOPE_HEADERS = [(b"host", b"127.0.0.1:8000"), (b"x-api-key", b"demo-server")]  # what wrk sends
-
-
-def _scope() -> dict[str, Any]:
-    """A request's scope as uvicorn (httptools) builds it for wrk's `GET /v1/hello`."""
-    return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-        "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000), "scheme": "http",
-        "method": "GET", "root_path": "", "path": "/v1/hello", "raw_path": b"/v1/hello",
-        "query_string": b"", "headers": list(_SCOPE_HEADERS), "state": {},
-    }  # fmt: skip
-
-
-async def _receive() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
+_scope = wrk_scope(8000, "/v1/hello", (HEADER,))  # what wrk sends
+_receive = empty_body
 
 
 async def _in_process(requests: int, runs: int) -> dict[str, list[float]]:
@@ -219,26 +166,27 @@ def run(config: Config) -> list[Result]:
     requests = config.pick(200_000, 20_000)
     progress(NAME, f"in process: {runs} runs of {requests:,} requests")
     in_process = run_async(_in_process(requests, runs))
-    servers = {name: _Server(factory, server_cpu) for name, factory in variants.items()}
+    servers = {name: _server(factory, server_cpu) for name, factory in variants.items()}
     samples: dict[str, list[float]] = {}
     cpu_per_request: dict[str, list[float]] = {}
     try:
-        for server in servers.values():
-            server.wait()
-        for name, server in servers.items():
+        for server, url in servers.values():
+            server.wait(url, (HEADER,))
+        for name, (_, url) in servers.items():
             progress(NAME, f"warming {name}")
-            _load(server.url, max(1, seconds // 5), load_cpu)
+            _load(url, max(1, seconds // 5), load_cpu)
         for run_ in range(runs):
             for name in interleaved(list(servers), run_):
+                server, url = servers[name]
                 progress(NAME, f"run {run_ + 1}/{runs}: {name}, {seconds} s")
-                before = servers[name].cpu_seconds()
-                rate, count = _load(servers[name].url, seconds, load_cpu)
-                after = servers[name].cpu_seconds()
+                before = server.cpu_seconds()
+                rate, count = _load(url, seconds, load_cpu)
+                after = server.cpu_seconds()
                 samples.setdefault(name, []).append(rate)
                 if before is not None and after is not None:
                     cpu_per_request.setdefault(name, []).append((after - before) / count * 1e6)
     finally:
-        for server in servers.values():
+        for server, _ in servers.values():
             server.stop()
     generator = "wrk -t1 -c50" if shutil.which("wrk") else "benchmarks._loadgen, 50 connections"
     placement = "servers on CPU 0, load on CPU 1 (taskset)" if pin else "not pinned"

@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.processes import stop_process
+
 __all__ = ["RedisProcess", "free_port", "redis_server_binary"]
 
 
@@ -114,12 +116,7 @@ class RedisProcess:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def cleanup(self) -> None:
         self.stop()

@@ -12,14 +12,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.e2e.chromium import Chromium, chromium_binary
+from tests.processes import stop_process, wait_answering
 from tests.redis_servers import RedisProcess, free_port
 from validator import Admin, Restrictions
 
@@ -54,30 +53,17 @@ class DemoProcess:
         env = {**os.environ, "VALIDATOR_SECRET": SECRET}
         with self.log.open("wb") as log:
             self.process = subprocess.Popen([*command, *self.args], stdout=log, stderr=log, env=env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the demo exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url() + "/", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"the demo did not answer within {timeout}s:\n{self.output()}")
+        try:
+            wait_answering(self.url() + "/", self.process, "the demo", self.output, timeout=timeout)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self.log.unlink(missing_ok=True)
 
 

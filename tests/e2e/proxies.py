@@ -29,12 +29,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
-import httpx
 import pytest
 
 from tests.e2e.chromium import Chromium
 from tests.e2e.conftest import SECRET, need
+from tests.processes import stop_process, wait_answering
 from tests.redis_servers import free_port
 from validator import Admin, Restrictions
 
@@ -53,11 +54,15 @@ __all__ = [
     "Nginx",
     "Reply",
     "Upstream",
+    "check_decision_reaches_the_app",
+    "check_denial_ref_passes_through",
+    "check_unavailable_is_503",
     "curl",
     "expect_error_cors",
     "expect_reply",
     "fetch_in_browser",
     "from_snippet",
+    "gate_on",
     "put_token",
     "run_case",
 ]
@@ -111,7 +116,8 @@ def wait_listening(port: int, process: subprocess.Popen[bytes] | None, what: str
 
 
 class Foreground:
-    """One program in the foreground, its output in a log file under its own temporary directory."""
+    """One program in the foreground, its output in a log file under its own temporary directory.
+    As a context manager: started on entry, stopped and its directory removed on exit."""
 
     what = "a program"
 
@@ -123,6 +129,16 @@ class Foreground:
 
     def url(self, host: str = PROXY_IP) -> str:
         return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
 
     def _spawn(self, args: list[str], env: Mapping[str, str] | None = None) -> None:
         with self.log.open("wb") as log:
@@ -144,13 +160,7 @@ class Foreground:
             return "(no output)"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def cleanup(self) -> None:
         self.stop()
@@ -181,17 +191,18 @@ class Gate(Foreground):
         ]  # fmt: skip
         self._spawn(command, {**os.environ, "VALIDATOR_SECRET": SECRET})
         self._wait(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(self.url() + "/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or (self.process is not None and self.process.poll() is not None):
-                self.stop()
-                raise RuntimeError(f"the gate's /healthz did not answer 200:\n{self.output()}")
-            time.sleep(0.02)
+        try:
+            wait_answering(self.url() + "/healthz", self.process, "the gate", self.output, timeout=timeout)
+        except RuntimeError:
+            self.stop()
+            raise
+
+
+def gate_on(flavour: str, store_url: str) -> Gate:
+    """A gate (not started yet) on a store that holds some token: a store nobody ever wrote to
+    may be taken for a wiped one."""
+    put_token(store_url, f"tok-first-{uuid.uuid4().hex}", RESTRICTIONS["domain"])
+    return Gate(flavour, store_url)
 
 
 class Nginx(Foreground):
@@ -199,7 +210,7 @@ class Nginx(Foreground):
     configuration of the test's own: foreground, one worker, temporary files and pid under its
     own directory, errors to its log, nothing of /etc/nginx."""
 
-    what = "nginx"
+    what = flavour = "nginx"
 
     def __init__(self, gate_port: int, app_port: int) -> None:
         super().__init__()
@@ -246,7 +257,7 @@ class Caddy(Foreground):
     options of the test's own: no admin endpoint, no automatic HTTPS, loopback only, its storage,
     home and config under its own directory."""
 
-    what = "caddy"
+    what = flavour = "caddy"
 
     def __init__(self, gate_port: int, app_port: int) -> None:
         super().__init__()
@@ -298,6 +309,13 @@ class Upstream:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -544,3 +562,71 @@ def fetch_in_browser(
             assert seen["headers"]["origin"] == proxy.url(page)
     else:
         assert json.loads(result["body"]) == FORBIDDEN
+
+
+# --------------------------------------------------------------------------- checks for every proxy
+
+
+def check_decision_reaches_the_app(
+    proxy: Foreground, store_url: str, client_header: str, *also_forged: str
+) -> None:
+    """The app gets the gate's decision and the client's address in `client_header` (as the proxy
+    names it), never what the client says (`X-Token-*`, and `also_forged`); the app still gets the
+    token it authenticates with. Public routes carry no decision."""
+    token = f"tok-gate-{uuid.uuid4().hex}"
+    put_token(store_url, token, RESTRICTIONS["client-ip"])
+    forged = ("X-Token-Access: allowed", "X-Token-Fingerprint: forged", *also_forged)
+
+    reply = curl(proxy.url() + "/v1/hello", f"Authorization: Bearer {token}", *forged, method="POST")
+    assert reply.status == 200, reply
+    seen = reply.json()
+    assert isinstance(seen, dict)
+    assert seen["method"] == "POST"
+    assert seen["headers"]["x-token-fingerprint"] not in ("forged", token)
+    assert seen["headers"][client_header] == CLIENT_IP
+    assert seen["headers"]["authorization"] == f"Bearer {token}"  # the app authenticates with it
+
+    public = curl(proxy.url() + "/status", *forged).json()
+    assert isinstance(public, dict)
+    assert "x-token-access" not in public["headers"]
+    assert "x-token-fingerprint" not in public["headers"]
+
+
+def check_denial_ref_passes_through(
+    proxy: Foreground, gate: Gate, store_url: str, forward_auth: tuple[str, ...]
+) -> None:
+    """The gate's 403 and its `Access-Denied-Ref` reach the client through `proxy`, CORS-readable
+    by a page on another origin. `forward_auth`: the headers the proxy sends the gate (method,
+    URI, client address), for the same request asked of the gate directly."""
+    token = f"tok-gate-{uuid.uuid4().hex}"
+    put_token(store_url, token, RESTRICTIONS["elsewhere"])
+    direct = curl(gate.url() + "/check", f"X-API-Key: {token}", *forward_auth, source=PROXY_IP)
+    assert direct.status == 403
+    through = curl(proxy.url() + "/v1/hello", f"X-API-Key: {token}")
+    assert through.status == 403
+    expect_reply(through)
+    assert "access-control-allow-origin" not in through.headers
+    from_page = curl(proxy.url() + "/v1/hello", f"X-API-Key: {token}", "Origin: http://evil.test")
+    expect_error_cors(from_page, "http://evil.test")
+    sent, seen = direct.header("access-denied-ref"), through.header("access-denied-ref")
+    assert sent and seen and len(seen) == len(sent)
+
+
+def check_unavailable_is_503(kind: type[Nginx | Caddy], upstream: Upstream, broken: str) -> None:
+    """`broken`: "store down" (a gate whose store does not answer, nothing cached) or "gate down"
+    (no gate at all). The client gets the gate's 503 JSON through a `kind` proxy, never the app."""
+    dead = free_port()
+    gate = None
+    if broken == "store down":
+        gate = Gate(kind.flavour, f"redis://127.0.0.1:{dead}/0")
+        gate.start()
+    proxy = kind(gate.port if gate is not None else dead, upstream.port)
+    proxy.start()
+    try:
+        reply = curl(proxy.url() + "/v1/hello", "X-API-Key: any-token")
+        assert reply.status == 503, reply
+        expect_reply(reply)
+    finally:
+        proxy.cleanup()
+        if gate is not None:
+            gate.cleanup()

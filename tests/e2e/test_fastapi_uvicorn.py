@@ -15,15 +15,14 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import SECRET, need, seed
+from tests.processes import stop_process, wait_answering
 from tests.redis_servers import RedisProcess, free_port
 from validator import Restrictions
 
@@ -132,27 +131,13 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def wait(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}:\n{self.output()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"uvicorn did not answer within {timeout}s:\n{self.output()}")
+        wait_answering(self.url + "/healthz", self.process, "uvicorn", self.output, timeout=timeout)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 @contextlib.contextmanager

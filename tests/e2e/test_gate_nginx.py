@@ -24,45 +24,38 @@ from tests.e2e.proxies import (
     CLIENT_IP,
     CURL_CASES,
     FORBIDDEN,
-    PROXY_IP,
     RESTRICTIONS,
     Gate,
     Nginx,
     Upstream,
+    check_decision_reaches_the_app,
+    check_denial_ref_passes_through,
+    check_unavailable_is_503,
     curl,
-    expect_error_cors,
-    expect_reply,
     fetch_in_browser,
+    gate_on,
     put_token,
     run_case,
 )
-from tests.redis_servers import RedisProcess, free_port
+from tests.redis_servers import RedisProcess
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:
-    app = Upstream()
-    app.start()
-    yield app
-    app.stop()
+    with Upstream() as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
 def gate(redis_server: RedisProcess) -> Iterator[Gate]:
-    # Some token stored first: a store nobody ever wrote to may be taken for a wiped one.
-    put_token(redis_server.url, f"tok-first-{uuid.uuid4().hex}", RESTRICTIONS["domain"])
-    process = Gate("nginx", redis_server.url)
-    process.start()
-    yield process
-    process.cleanup()
+    with gate_on("nginx", redis_server.url) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def nginx(gate: Gate, upstream: Upstream) -> Iterator[Nginx]:
-    proxy = Nginx(gate.port, upstream.port)
-    proxy.start()
-    yield proxy
-    proxy.cleanup()
+    with Nginx(gate.port, upstream.port) as proxy:
+        yield proxy
 
 
 # --------------------------------------------------------------------------- curl
@@ -81,23 +74,7 @@ def test_curl_through_nginx(
 
 
 def test_the_app_gets_the_decision_not_the_clients_say(nginx: Nginx, redis_server: RedisProcess) -> None:
-    token = f"tok-gate-{uuid.uuid4().hex}"
-    put_token(redis_server.url, token, RESTRICTIONS["client-ip"])
-    forged = ("X-Token-Access: allowed", "X-Token-Fingerprint: forged", "X-Real-IP: 203.0.113.7")
-
-    reply = curl(nginx.url() + "/v1/hello", f"Authorization: Bearer {token}", *forged, method="POST")
-    assert reply.status == 200, reply
-    seen = reply.json()
-    assert isinstance(seen, dict)
-    assert seen["method"] == "POST"
-    assert seen["headers"]["x-token-fingerprint"] not in ("forged", token)
-    assert seen["headers"]["x-real-ip"] == CLIENT_IP
-    assert seen["headers"]["authorization"] == f"Bearer {token}"  # the app authenticates with it
-
-    public = curl(nginx.url() + "/status", *forged).json()
-    assert isinstance(public, dict)
-    assert "x-token-access" not in public["headers"]
-    assert "x-token-fingerprint" not in public["headers"]
+    check_decision_reaches_the_app(nginx, redis_server.url, "x-real-ip", "X-Real-IP: 203.0.113.7")
 
 
 def test_the_gate_refuses_a_client_that_goes_around_nginx(gate: Gate, redis_server: RedisProcess) -> None:
@@ -117,19 +94,8 @@ def test_the_gate_refuses_a_client_that_goes_around_nginx(gate: Gate, redis_serv
 def test_denial_reference_passes_through(nginx: Nginx, gate: Gate, redis_server: RedisProcess) -> None:
     """The gate's `Access-Denied-Ref` on a 403 reaches the client through nginx
     (`auth_request_set` + `add_header ... always`), CORS-readable by a page on another origin."""
-    token = f"tok-gate-{uuid.uuid4().hex}"
-    put_token(redis_server.url, token, RESTRICTIONS["elsewhere"])
-    headers = (f"X-API-Key: {token}", "X-Original-Method: GET", "X-Original-URI: /v1/hello")
-    direct = curl(gate.url() + "/check", *headers, f"X-Real-IP: {CLIENT_IP}", source=PROXY_IP)
-    assert direct.status == 403
-    through = curl(nginx.url() + "/v1/hello", f"X-API-Key: {token}")
-    assert through.status == 403
-    expect_reply(through)
-    assert "access-control-allow-origin" not in through.headers
-    from_page = curl(nginx.url() + "/v1/hello", f"X-API-Key: {token}", "Origin: http://evil.test")
-    expect_error_cors(from_page, "http://evil.test")
-    sent, seen = direct.header("access-denied-ref"), through.header("access-denied-ref")
-    assert sent and seen and len(seen) == len(sent)
+    forward_auth = ("X-Original-Method: GET", "X-Original-URI: /v1/hello", f"X-Real-IP: {CLIENT_IP}")
+    check_denial_ref_passes_through(nginx, gate, redis_server.url, forward_auth)
 
 
 def test_the_reference_a_client_sees_names_the_denial(nginx: Nginx, redis_server: RedisProcess) -> None:
@@ -171,21 +137,7 @@ def test_unavailable_is_503(upstream: Upstream, broken: str) -> None:
     """A store that does not answer with nothing cached (the gate answers 503, which nginx's
     auth_request turns into a 500), and a gate that does not answer (a 502 there): the client
     gets the gate's 503 JSON, never the app."""
-    dead = free_port()
-    gate = None
-    if broken == "store down":
-        gate = Gate("nginx", f"redis://127.0.0.1:{dead}/0")
-        gate.start()
-    proxy = Nginx(gate.port if gate is not None else dead, upstream.port)
-    proxy.start()
-    try:
-        reply = curl(proxy.url() + "/v1/hello", "X-API-Key: any-token")
-        assert reply.status == 503, reply
-        expect_reply(reply)
-    finally:
-        proxy.cleanup()
-        if gate is not None:
-            gate.cleanup()
+    check_unavailable_is_503(Nginx, upstream, broken)
 
 
 # --------------------------------------------------------------------------- Chromium

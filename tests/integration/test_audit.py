@@ -34,16 +34,6 @@ pytestmark = pytest.mark.timeout(120)
 TOKEN = "tok_live_7f3a9c_audit_do_not_print"
 
 
-@pytest.fixture
-def cli(initialised: str) -> Cli:
-    return Cli(initialised)
-
-
-@pytest.fixture
-def store(initialised: str) -> Direct:
-    return Direct(initialised)
-
-
 def run(cli: Cli, args: tuple[str, ...], env: dict[str, str]) -> Result:
     """`cli(*args)` with these environment variables (whatever their names)."""
     done = subprocess.run(

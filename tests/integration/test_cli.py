@@ -24,16 +24,6 @@ from validator import Restrictions, StoreUnavailable, Validator
 TOKEN = "tok_live_7c1d9e5b3a_do_not_print"
 
 
-@pytest.fixture
-def cli(initialised: str) -> Cli:
-    return Cli(initialised)
-
-
-@pytest.fixture
-def store(initialised: str) -> Direct:
-    return Direct(initialised)
-
-
 # ------------------------------------------------------------------------------ help
 
 

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from tests.integration.test_cli_support import SECRET, Cli, Direct
 from validator import Mode, Validator
 
 TOKEN = "tok_live_report_do_not_print"
-
-
-@pytest.fixture
-def cli(initialised: str) -> Cli:
-    return Cli(initialised)
-
-
-@pytest.fixture
-def store(initialised: str) -> Direct:
-    return Direct(initialised)
 
 
 def deny_through_a_validator(redis_url: str, *requests: dict[str, str]) -> list[bool]:

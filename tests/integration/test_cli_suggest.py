@@ -85,16 +85,6 @@ def set_up_learning(url: str) -> None:
 
 
 @pytest.fixture
-def cli(initialised: str) -> Cli:
-    return Cli(initialised)
-
-
-@pytest.fixture
-def store(initialised: str) -> Direct:
-    return Direct(initialised)
-
-
-@pytest.fixture
 def learnt(initialised: str) -> str:
     """The store after TRAFFIC went through a validator while TOKEN was learning."""
     set_up_learning(initialised)

@@ -19,16 +19,6 @@ from validator import Restrictions
 TOKEN = "tok_live_2b8e4f6a1c_do_not_print"
 
 
-@pytest.fixture
-def cli(initialised: str) -> Cli:
-    return Cli(initialised)
-
-
-@pytest.fixture
-def store(initialised: str) -> Direct:
-    return Direct(initialised)
-
-
 def record(n: int, **fields: Any) -> dict[str, Any]:
     return {
         "token": f"tok_{n:06d}",

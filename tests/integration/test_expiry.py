@@ -23,11 +23,6 @@ TOKEN = "tok_live_expiry_3f9a2c"
 
 
 @pytest.fixture
-def cli(initialised: str) -> Cli:
-    return Cli(initialised)
-
-
-@pytest.fixture
 async def admin(initialised: str) -> AsyncIterator[Admin]:
     admin = Admin.from_url(initialised, secret=SECRET)
     yield admin

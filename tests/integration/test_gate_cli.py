@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import stop_process, wait_answering
 from tests.redis_servers import free_port
 from validator import Admin, Restrictions
 from validator.store import fingerprint
@@ -49,28 +50,15 @@ class GateProcess:
             )
 
     def wait(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the gate exited with {self.process.returncode}:\n{self.output()}")
-            with contextlib.suppress(httpx.TransportError):
-                # Any answer: uvicorn accepts connections once the lifespan start-up is done.
-                httpx.get(self.url + "/healthz", timeout=1.0)
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"the gate did not answer within {timeout}s:\n{self.output()}")
+        # Any answer: uvicorn accepts connections once the lifespan start-up is done.
+        url = self.url + "/healthz"
+        wait_answering(url, self.process, "the gate", self.output, timeout=timeout, status=None)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
         self.log.unlink(missing_ok=True)
 
 

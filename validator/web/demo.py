@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import html
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import msgspec
 
@@ -21,6 +21,7 @@ from validator.errors import ConfigurationError
 from validator.model import Restrictions
 from validator.web.middleware import ASGIApp, Receive, Scope, Send, TokenAccessMiddleware
 from validator.web.redaction import uvicorn_log_config
+from validator.web.responses import _METRICS_TYPE, _metrics
 
 __all__ = ["SEED", "DemoApp", "main"]
 
@@ -182,7 +183,7 @@ class DemoApp:
         elif scope["path"] == "/":
             await _respond(send, 200, self.page, b"text/html; charset=utf-8")
         elif scope["path"] == "/metrics" and self.metrics is not None:
-            await _respond(send, 200, self.metrics(), b"text/plain; version=0.0.4; charset=utf-8")
+            await _respond(send, 200, self.metrics(), _METRICS_TYPE)
         else:
             await _respond(send, 404, _NOT_FOUND)
 
@@ -203,19 +204,6 @@ class DemoApp:
                 await self.validator.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def _metrics(validator: Validator) -> Callable[[], bytes] | None:
-    """Prometheus text of the validator's metrics, if prometheus-client is installed."""
-    try:
-        from prometheus_client import CollectorRegistry, generate_latest
-
-        from validator.metrics import install
-    except ImportError:
-        return None
-    registry = CollectorRegistry()
-    install(validator, registry)
-    return lambda: generate_latest(registry)
 
 
 async def seed(admin: Admin) -> None:

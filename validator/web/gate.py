@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, Literal, NamedTuple, NoReturn
 
 from validator.core import Validator
@@ -32,7 +32,7 @@ from validator.errors import ConfigurationError
 from validator.store import fingerprint
 from validator.web.middleware import TokenAccessMiddleware, TokenSource
 from validator.web.proxy_headers import _HTTP_TOKEN, _TrustedHosts
-from validator.web.responses import _FORBIDDEN
+from validator.web.responses import _FORBIDDEN, _METRICS_TYPE, _metrics
 from validator.web.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["PROXIES", "Gate", "build_gate", "main"]
@@ -282,7 +282,7 @@ class Gate:
     async def _own(self, path: str, send: Send) -> None:
         status, body, content_type = 200, b"ok", b"text/plain; charset=utf-8"
         if path == "/metrics" and self.metrics is not None:
-            body, content_type = self.metrics(), b"text/plain; version=0.0.4; charset=utf-8"
+            body, content_type = self.metrics(), _METRICS_TYPE
         elif path == "/metrics":
             status, body = 404, b"metrics need prometheus-client (the `metrics` extra)"
         elif not self._rebuilt:
@@ -346,19 +346,6 @@ def build_gate(
         token_header=token_header,
         token_query=token_query,
     )
-
-
-def _metrics(validator: Validator) -> Callable[[], bytes] | None:
-    """Prometheus text of the validator's metrics, if prometheus-client is installed."""
-    try:
-        from prometheus_client import CollectorRegistry, generate_latest
-
-        from validator.metrics import install
-    except ImportError:
-        return None
-    registry = CollectorRegistry()
-    install(validator, registry)
-    return lambda: generate_latest(registry)
 
 
 # ------------------------------------------------------------------------------ command line

@@ -1,10 +1,16 @@
-"""The middleware's answers: the fixed 403, 401 and 503 bodies of docs/behaviour.md, and CORS on them."""
+"""The middleware's answers: the fixed 403, 401 and 503 bodies of docs/behaviour.md, and CORS on them;
+the `/metrics` text the gate and the demo serve."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from validator.web.types import Message, Send
+
+if TYPE_CHECKING:
+    from validator.core import Validator
 
 
 class _Reply:
@@ -26,6 +32,20 @@ class _Reply:
 _FORBIDDEN = _Reply(403, "Access denied. You don't have permission to access this.")
 _UNAUTHORIZED = _Reply(401, "API token required.", (b"www-authenticate", b"Bearer"))
 _UNAVAILABLE = _Reply(503, "Access check unavailable. Try again later.")
+_METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def _metrics(validator: Validator) -> Callable[[], bytes] | None:
+    """Prometheus text of the validator's metrics, if prometheus-client is installed."""
+    try:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from validator.metrics import install
+    except ImportError:
+        return None
+    registry = CollectorRegistry()
+    install(validator, registry)
+    return lambda: generate_latest(registry)
 
 
 def _with_cors(send: Send, origin: bytes) -> Send:
