@@ -83,6 +83,17 @@ def test_add_until_an_instant_and_set_for_a_duration(cli: Cli, initialised: str)
     assert set(stored.domain_expiry) == {"a.example.com", "b.example.com"}
 
 
+def test_set_takes_its_entries_after_the_expiry_option_too(cli: Cli, initialised: str) -> None:
+    # argparse leaves an optional entry list empty once an option came between (the model test
+    # found `set TOKEN --until T ENTRY` refused as a usage error).
+    until = ("--until", "2099-12-31T18:00Z")
+    assert cli("domains", "set", TOKEN, *until, "a.example.com", "b.example.com").code == 0
+    stored = Direct(initialised).get(TOKEN)
+    assert stored is not None and stored.domains == ["a.example.com", "b.example.com"]
+    assert set(stored.domain_expiry) == {"a.example.com", "b.example.com"}
+    assert cli("domains", "set", TOKEN, *until, "a.example.com", "--bogus").code == 2
+
+
 # argv -> expected exit code; each refusal is one line on stderr, nothing written
 REFUSED: dict[str, tuple[list[str], int]] = {
     "a past instant": (["--until", "2001-01-01T00:00Z"], 1),

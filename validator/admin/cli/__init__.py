@@ -361,7 +361,19 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `validator-admin` with `argv` (default: the command line); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if (
+        extra
+        and isinstance(getattr(args, "entries", None), list)
+        and not any(e.startswith("-") for e in extra)
+    ):
+        # `set TOKEN --until T a.example b.example`: argparse gives an optional list of entries
+        # (`set` may empty a list) nothing once an option came between, and leaves the entries
+        # over; they are the list's, as they are after the option for `add`.
+        args.entries += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     out = Output(as_json=getattr(args, "json", False))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LogFormatter())
