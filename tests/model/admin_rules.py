@@ -5,9 +5,13 @@ subprocess), each held to SPEC.md's outcome; init, export and restore; the CLI's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
+import time
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from tests.model.base import (
     ADMIN_TOKENS,
     CLIENT_IPS,
     FRONT_NAMES,
+    ISSUED,
     REQUEST_TOKENS,
     RESTRICTIONS,
     TOKENS,
@@ -36,6 +41,19 @@ from validator.errors import (
 )
 from validator.model import Mode, Restrictions
 
+# Entries worth making temporary (as typed: keys of `spec.DOMAIN_INPUTS` / `spec.IP_INPUTS`),
+# ones the requests of `spec.FRONTS` / `spec.CLIENT_IPS` match.
+EXPIRING_DOMAINS = ["app.example.com", "*.example.org", "https://Shop.Example.com/path", "x.example.org"]
+EXPIRING_IPS = ["203.0.113.7", "198.51.100.0/24", "2606:4700::1111", "8.8.8.8"]
+assert all(spec.DOMAIN_INPUTS.get(e) for e in EXPIRING_DOMAINS)
+assert all(spec.IP_INPUTS.get(e) for e in EXPIRING_IPS)
+# How far ahead (seconds) of the validators' wall clock ("model") or of the real one ("store").
+EXPIRY_AHEAD = {"model": [0.3, 1.0, 2.0, 4.0, 60.0], "store": [0.5, 1.5, 3.0]}
+
+
+def _instant(ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+
 
 class AdminRules(Base):
     """Admin operations and the CLI's read commands."""
@@ -50,9 +68,12 @@ class AdminRules(Base):
             if op.kind in ("add", "remove", "set", "clear"):
                 name = {"add": "add_", "remove": "remove_", "set": "set_", "clear": "clear_"}[op.kind]
                 method = getattr(a, name + ("domains" if op.restriction == "domain" else "ips"))
-                result = await (
-                    method(op.token) if op.kind == "clear" else method(op.token, list(op.entries))
-                )
+                if op.kind == "clear":
+                    result = await method(op.token)
+                elif op.expires_at is not None:
+                    result = await method(op.token, list(op.entries), expires_at=_instant(op.expires_at))
+                else:
+                    result = await method(op.token, list(op.entries))
             elif op.kind in ("enable", "disable"):
                 result = await getattr(a, op.kind)(op.token, op.restriction)
             elif op.kind == "mode":
@@ -99,7 +120,10 @@ class AdminRules(Base):
         plural = "domains" if op.restriction == "domain" else "ips"
         match op.kind:
             case "add" | "remove" | "set":
-                return [plural, op.kind, op.token, *op.entries]
+                until = [] if op.expires_at is None else ["--until", _instant(op.expires_at).isoformat()]
+                # After the entries, as the README writes it: `set TOKEN --until T ENTRY` is refused
+                # as a usage error (argparse gives `set`'s optional entries nothing before --until).
+                return [plural, op.kind, op.token, *op.entries, *until]
             case "clear":
                 return [plural, "clear", op.token]
             case "enable" | "disable":
@@ -127,9 +151,10 @@ class AdminRules(Base):
         token = op.token
         if token in self.model.corrupt and op.kind != "delete":
             return  # a hand-corrupted record: only `delete` (or a repair by hand) is modelled
-        plan = spec.plan(op, self.model.stored.get(token), up=self.up, marked=self.model.marked)
         before = [self._link(seat) for seat in self.seats]
         reported: Restrictions | None = None
+        # The Redis server's clock, read by the write somewhere in between (see `spec.plans`).
+        redis_between = (time.time() * 1000, 0.0)
         if via == "api":
             outcome, reported = await self._api(op)
             outcomes = frozenset({outcome})
@@ -142,6 +167,9 @@ class AdminRules(Base):
                 self.fail(
                     "ERROR", f"`validator-admin` exited {result.code} for {op.describe()}:\n{result.err}"
                 )
+        redis_between = (redis_between[0], time.time() * 1000)
+        current = self.model.stored.get(token)
+        plan = spec.plans(op, current, up=self.up, marked=self.model.marked, redis_between=redis_between)
         delivered = await self._sync_all(before)
         agreed = outcomes & plan.outcomes
         if not agreed:
@@ -153,15 +181,25 @@ class AdminRules(Base):
             )
             return
         self.count(f"admin {'/'.join(sorted(agreed))}")
+        if op.expires_at is not None:
+            self.count(f"admin {'/'.join(sorted(agreed))} with an expiry")
         if agreed == {"ok"}:
-            self.model.write(token, plan.after, delivered, self.now())
+            after = plan.after_for(agreed)
+            self.model.write(token, after, delivered, self.now())
             if op.kind == "delete":
                 self.model.corrupt.pop(token, None)
-            if reported is not None and self.strict and _record(reported) != plan.after:
+            # Lapsed by the server's clock: swept, or not yet (an entry whose instant fell during
+            # the call), either being right.
+            if (
+                reported is not None
+                and self.strict
+                and _record(reported).pruned(redis_between[1]) != spec.pruned(after, redis_between[1])
+            ):
                 self.fail(
                     "ADMIN",
                     f"{op.describe()}: the API reports {_record(reported).describe()}, "
-                    f"SPEC.md says {spec.describe(plan.after)}",
+                    f"SPEC.md says {spec.describe(after)} (entries lapsed by "
+                    f"{spec.clock_text(redis_between[1])} left out)",
                 )
 
     # ---------------------------------------------------------------------------------- rules: admin
@@ -188,8 +226,51 @@ class AdminRules(Base):
             if action == "clear"
             else tuple(data.draw(st.lists(st.sampled_from(pool), min_size=size[0], max_size=size[1])))
         )
-        op = spec.Op(action, token, restriction, entries)  # type: ignore[arg-type]
+        expires_at = self._draw_expiry(data) if action in ("add", "set") and entries else None
+        op = spec.Op(action, token, restriction, entries, expires_at=expires_at)  # type: ignore[arg-type]
         self.step(self._guarded(op, via))
+
+    def _draw_expiry(self, data: st.DataObject) -> int | None:
+        """None (permanent) mostly, else an instant a short way ahead of the validators' wall
+        clock ("model": it lapses for them after a `time_passes` or two), or of the real one
+        ("store": the Redis server's clock reaches it within the sequence and sweeps it; it may
+        already have lapsed for the validators, whose clock runs ahead)."""
+        if "expiry" in self.skip:
+            return None
+        anchor = data.draw(st.sampled_from(["none", "none", "model", "model", "store"]), label="expiry")
+        if anchor == "none":
+            return None
+        ahead = data.draw(st.sampled_from(EXPIRY_AHEAD[anchor]), label="ahead (s)")
+        base = self.clock.wall() if anchor == "model" else time.time()
+        # Whole quarter seconds: exact in binary, so the product's ms equal the model's.
+        return math.ceil((base + ahead) * 4) * 250
+
+    @precondition(lambda self: not self.world.frozen and "expiry" not in self.skip)
+    @rule(data=st.data(), via=VIA, token=st.sampled_from(ISSUED), enable=st.booleans())
+    def add_expiring_domains(self, data: st.DataObject, via: str, token: str, enable: bool) -> None:
+        """`domains add TOKEN ENTRY --until T` / `add_domains(..., expires_at=T)`, T a short way
+        ahead, entries that requests match; the restriction switched on first, one time in two."""
+        self._expiring(data, via, token, "domain", enable)
+
+    @precondition(lambda self: not self.world.frozen and "expiry" not in self.skip)
+    @rule(data=st.data(), via=VIA, token=st.sampled_from(ISSUED), enable=st.booleans())
+    def add_expiring_ips(self, data: st.DataObject, via: str, token: str, enable: bool) -> None:
+        """`ips add TOKEN ENTRY --until T` / `add_ips(..., expires_at=T)`: as for domains."""
+        self._expiring(data, via, token, "ip", enable)
+
+    def _expiring(self, data: st.DataObject, via: str, token: str, restriction: str, enable: bool) -> None:
+        pool = EXPIRING_DOMAINS if restriction == "domain" else EXPIRING_IPS
+        entries = tuple(data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2, unique=True)))
+        expires_at = None
+        while expires_at is None:
+            expires_at = self._draw_expiry(data)
+        op = spec.Op("add", token, restriction, entries, expires_at=expires_at)  # type: ignore[arg-type]
+        self.step(self._add_expiring(op, via, enable))
+
+    async def _add_expiring(self, op: spec.Op, via: str, enable: bool) -> None:
+        if enable:
+            await self._guarded(spec.Op("enable", op.token, op.restriction), "api")
+        await self._guarded(op, via)
 
     def _hostile_ips(self) -> list[str]:
         return [
@@ -301,6 +382,7 @@ class AdminRules(Base):
         if self.model.corrupt and "export-corrupt" in self.skip:
             return
         path = self.world.scratch / f"export-{uuid.uuid4().hex}.jsonl"
+        started_ms = time.time() * 1000  # lapsed entries are not exported (by the real clock)
         if via == "api":
             try:
                 records = [r async for r in self.admin.export()]
@@ -330,11 +412,17 @@ class AdminRules(Base):
             return
         self.count("export")
         if self.strict and not self.diverged and not self.diverged_store:
-            stored = {t: r for t, r in self.model.stored.items() if r is not None}
-            if snapshot != stored:
+            # An entry that lapsed during the export may be in it or not: compared without those.
+            done_ms = time.time() * 1000
+            stored = {t: r.pruned(done_ms) for t, r in self.model.stored.items() if r is not None}
+            exported = {t: spec.pruned(r, done_ms) for t, r in snapshot.items()}
+            lapsed = {t: r for t, r in snapshot.items() if r is not None and r.pruned(started_ms) != r}
+            if exported != stored or lapsed:
                 self.fail(
                     "ADMIN",
-                    f"the export differs from the store: exported {_show(snapshot)}, stored {_show(stored)}",
+                    f"the export differs from the store: exported {_show(snapshot)}, stored "
+                    f"{_show(self.model.stored)} (entries lapsed by {spec.clock_text(done_ms)} left out"
+                    f"{'; exported entries already lapsed: ' + _show(lapsed) if lapsed else ''})",
                 )
         self.exports.append((path, snapshot))
 
@@ -353,6 +441,10 @@ class AdminRules(Base):
                 frozenset(item["domains"]),
                 frozenset(spec.canonical_ip_entry(ip) for ip in item["ips"]),
                 item.get("mode") == "report",
+                frozenset((entry, int(at)) for entry, at in item.get("domain_expiry", {}).items()),
+                frozenset(
+                    (spec.canonical_ip_entry(ip), int(at)) for ip, at in item.get("ip_expiry", {}).items()
+                ),
             )
         return snapshot
 
@@ -436,20 +528,25 @@ class AdminRules(Base):
             args += ["--ip", client_ip]
         if deny_unknown:
             args.append("--deny-unknown")
+        # Entries lapse for `check` by its process's wall clock: in process the validators'
+        # (moved), in a subprocess the real one; somewhere between these two readings of it.
+        offset = 0.0 if via == "subprocess" else self.clock.offset
+        window = [(time.time() + offset) * 1000]
         result = await self.cli(via, args)
+        window.append((time.time() + offset) * 1000)
         state = self.model.stored.get(token)
         if not spec.is_token(token):
             expected = {1, 2}
         elif not self._sound_for(token):
             expected = {3}
         else:
-            enforced = (
-                state
-                if state is None
-                else spec.Record(state.domain_enabled, state.ip_enabled, state.domains, state.ips, False)
-            )
-            rules_allow = spec.allows(enforced, front, client_ip, unknown_allowed=not deny_unknown)
-            expected = {0} if rules_allow else ({0, 1} if state is not None and state.report else {1})
+            enforced = state if state is None else dataclasses.replace(state, report=False)
+            expected = set()
+            for at in window:
+                rules_allow = spec.allows(
+                    enforced, front, client_ip, unknown_allowed=not deny_unknown, now_ms=at
+                )
+                expected |= {0} if rules_allow else ({0, 1} if state is not None and state.report else {1})
         if token in self.diverged or self.diverged_store:
             return
         if result.code not in expected:
@@ -492,6 +589,8 @@ def _record(r: Restrictions) -> spec.Record:
         frozenset(r.domains),
         frozenset(spec.canonical_ip_entry(ip) for ip in r.ips),
         r.mode is Mode.REPORT,
+        frozenset(r.domain_expiry.items()),
+        frozenset((spec.canonical_ip_entry(ip), at) for ip, at in r.ip_expiry.items()),
     )
 
 

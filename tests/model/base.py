@@ -4,7 +4,9 @@ checked after every step.
 
 Invariants (each violation names itself in the assertion message):
 - SAFETY ("wrong allow"): a validator, or the middleware in front of it, never allows a request
-  that the model denies (a deny or a 503 is always safe);
+  that the model denies (a deny or a 503 is always safe); an entry added with an expiry matches
+  only before its instant on the validators' wall clock (`Clock.wall`), in every state a
+  validator may serve, the last known rules during an outage included;
 - LIVENESS: once the store is up, marked and unwiped and `sync()` returns, every validator
   decides exactly as the model within one breaker period (`settle`);
 - ADMIN: the admin API and CLI do what SPEC.md says (outcome, exit code, record), and the export
@@ -41,6 +43,7 @@ from tests.model.harness import (
     LogCapture,
     World,
     asgi_request,
+    follow_wall_clock,
     inject_clock,
     middleware,
     run_cli_in_process,
@@ -126,7 +129,7 @@ def _skipped() -> frozenset[str]:
     # TAV_MODEL_SKIP=name,... turns off the triggers of known defects, so that a run on a tree
     # that has them can look for the next one: flood, noop-ops, nonascii, bad-url, force, demo,
     # hostile-ips, zone, hostile-domains, cli-truth, unmarked-writes, eviction, decoy,
-    # bad-origin, liveness, corrupt, export-corrupt.
+    # bad-origin, liveness, corrupt, export-corrupt, expiry (no entry is added with an expiry).
     return frozenset(f.strip() for f in os.environ.get("TAV_MODEL_SKIP", "").split(",") if f.strip())
 
 
@@ -146,6 +149,7 @@ class Base(RuleBasedStateMachine):
         self.active = time.monotonic() < self.deadline or bool(self.stats.failures)
         self.loop = asyncio.new_event_loop()
         self.clock = Clock()
+        follow_wall_clock(self.clock)
         self.virtual_time = True
         self.logs = LogCapture()
         self.logs.install()
@@ -263,6 +267,10 @@ class Base(RuleBasedStateMachine):
     def now(self) -> float:
         return self.clock()
 
+    def wall_ms(self) -> float:
+        """The validators' wall clock now, in ms since the epoch (what entries expire by)."""
+        return self.clock.wall() * 1000
+
     async def _raw(self, *args: str) -> Any:
         # The server may have restarted since the pooled connection was made: one retry.
         for attempt in range(2):
@@ -353,6 +361,7 @@ class Base(RuleBasedStateMachine):
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
             self.logs.remove()
+            follow_wall_clock(None)
 
     async def _close(self) -> None:
         for seat in self.seats:
@@ -371,18 +380,33 @@ class Base(RuleBasedStateMachine):
         allowed: bool,
         since: float,
         how: str,
+        since_ms: float,
     ) -> None:
+        """`since` (`since_ms`): the caches' clock (the wall clock) when the request was made; an
+        entry that expires may match only if it had not lapsed by then."""
+        unknown_allowed = self.seats[seat].unknown == "allow"
         if not allowed:
+            intent = self.model.intent(token)
+            if (
+                intent is not None
+                and spec.is_token(token)
+                and not front.ambiguous
+                and (intent.domain_expiry or intent.ip_expiry)
+                and spec.allows(intent, front, client_ip, unknown_allowed=False, now_ms=-math.inf)
+                and not spec.allows(intent, front, client_ip, unknown_allowed=False, now_ms=since_ms)
+            ):
+                self.count("denied: the entry that allowed it has expired")
             self.count("denied")
             return
-        if not self.model.may_allow(seat, token, front, client_ip, since):
+        if not self.model.may_allow(seat, token, front, client_ip, since, since_ms):
             self.fail(
                 "SAFETY",
                 f"{self.seats[seat].name} ALLOWED {how} token={token!r} front={front.name} "
-                f"client_ip={client_ip!r}, which the model denies ({self.model.explain(seat, token, since)})",
+                f"client_ip={client_ip!r}, which the model denies "
+                f"({self.model.explain(seat, token, since, since_ms)})",
             )
         intended = spec.allows(
-            self.model.intent(token), front, client_ip, unknown_allowed=self.seats[seat].unknown == "allow"
+            self.model.intent(token), front, client_ip, unknown_allowed=unknown_allowed, now_ms=since_ms
         )
         self.count("allowed" if intended else "allowed by an older state (within the stale window)")
 
@@ -391,7 +415,7 @@ class Base(RuleBasedStateMachine):
     ) -> bool | None:
         """One `check()` (or `check_cached()`); the decision (None: 503 or nothing cached)."""
         v = self.seats[seat].validator
-        since = self.now()
+        since, since_ms = self.now(), self.wall_ms()
         try:
             if cached:
                 found = v.check_cached(
@@ -418,7 +442,14 @@ class Base(RuleBasedStateMachine):
         except Exception as error:
             self.fail("ERROR", f"check({token!r}, front={front.name}) raised {error!r}: a 500, not a 503")
         self.judge(
-            seat, token, front, client_ip, decision.allowed, since, "check_cached()" if cached else "check()"
+            seat,
+            token,
+            front,
+            client_ip,
+            decision.allowed,
+            since,
+            "check_cached()" if cached else "check()",
+            since_ms,
         )
         return decision.allowed
 
@@ -433,14 +464,14 @@ class Base(RuleBasedStateMachine):
         if front.sec_fetch:
             headers.append((b"sec-fetch-mode", b"cors"))
         headers.extend(front.raw_headers)
-        since = self.now()
+        since, since_ms = self.now(), self.wall_ms()
         status, seen = await asgi_request(self.seats[seat].app, headers, query, client_ip or None)
         tokens = {first, second} if "+" in placement else {first}
         how = f"through the middleware ({placement}: {sorted(tokens)!r})"
         if status == 200:
             if len(tokens) > 1:
                 self.fail("SAFETY", f"{self.seats[seat].name} ALLOWED {how}: two different tokens (a decoy)")
-            self.judge(seat, first, front, client_ip, True, since, how)
+            self.judge(seat, first, front, client_ip, True, since, how, since_ms)
             if seen != first:
                 self.fail("SAFETY", f"{how}: the app was handed {seen!r}, not the token that was checked")
         elif status not in (403, 503):

@@ -134,6 +134,9 @@ class EventRules(Base):
             return
         await self._raw("DEL", domains)
         record = self.model.stored.get(token)
+        if record is not None:
+            # Not those lapsed by now: Redis may have swept them (and their instant with them).
+            record = record.pruned(time.time() * 1000)
         if record is not None and record.domains:
             await self._raw("SADD", domains, *sorted(record.domains))
 

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 import validator
+import validator.model
 from tests.redis_servers import RedisProcess, free_port
 from validator.admin import cli
 from validator.web.middleware import Message, Scope, TokenAccessMiddleware
@@ -56,6 +57,23 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+    def wall(self) -> float:
+        """The wall clock (`time.time()`) moved by the same offset: what entries expire by in the
+        validators of this process once `follow_wall_clock` installed it. The Redis server's
+        clock cannot be moved: this one is never behind it, so an entry lapses for validators
+        at or before Redis sweeps it."""
+        return time.time() + self.offset
+
+
+# What `validator.model.wall_clock` was before any machine moved it.
+REAL_WALL_CLOCK = validator.model.wall_clock
+
+
+def follow_wall_clock(clock: Clock | None) -> None:
+    """Make `validator.model.wall_clock` (read by validators, the cache and the in-process CLI's
+    `check`) follow `clock`'s offset; None: put the real one back."""
+    validator.model.wall_clock = REAL_WALL_CLOCK if clock is None else clock.wall
 
 
 def inject_clock(target: Any, clock: Clock) -> bool:

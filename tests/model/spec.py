@@ -9,6 +9,7 @@ domain of a header value (None: none).
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -32,11 +33,49 @@ class Record:
     domains: frozenset[str] = frozenset()
     ips: frozenset[str] = frozenset()
     report: bool = False
+    # Entries that expire: (entry, the instant it stops matching in ms since the epoch), on the
+    # wall clock the validators read; an entry not named here is permanent. An entry matches
+    # iff now < its instant. Redis keeps a lapsed entry (and counts it in the limit) until a
+    # write sweeps it by the Redis server's clock.
+    domain_expiry: frozenset[tuple[str, int]] = frozenset()
+    ip_expiry: frozenset[tuple[str, int]] = frozenset()
 
     def describe(self) -> str:
         switches = f"D{'on' if self.domain_enabled else 'off'}/I{'on' if self.ip_enabled else 'off'}"
         mode = " report" if self.report else ""
-        return f"{switches}{mode} d={sorted(self.domains)} i={sorted(self.ips)}"
+        lists = f"d={_listed(self.domains, self.domain_expiry)} i={_listed(self.ips, self.ip_expiry)}"
+        return f"{switches}{mode} {lists}"
+
+    def pruned(self, now_ms: float) -> Record:
+        """Without the entries that have lapsed at `now_ms` (an entry lapses when its instant <= now)."""
+        if not (self.domain_expiry or self.ip_expiry):
+            return self
+        gone_d = {entry for entry, at in self.domain_expiry if at <= now_ms}
+        gone_i = {entry for entry, at in self.ip_expiry if at <= now_ms}
+        if not (gone_d or gone_i):
+            return self
+        return replace(
+            self,
+            domains=self.domains - gone_d,
+            ips=self.ips - gone_i,
+            domain_expiry=frozenset(p for p in self.domain_expiry if p[0] not in gone_d),
+            ip_expiry=frozenset(p for p in self.ip_expiry if p[0] not in gone_i),
+        )
+
+
+def _listed(entries: frozenset[str], expiry: frozenset[tuple[str, int]]) -> str:
+    until = dict(expiry)
+    shown = (f"{e} until {clock_text(until[e])}" if e in until else e for e in sorted(entries))
+    return "[" + ", ".join(shown) + "]"
+
+
+def clock_text(ms: float) -> str:
+    """A wall-clock instant for failure output: the seconds of the epoch modulo 1000, to the ms."""
+    return f"{ms / 1000 % 1000:.3f}"
+
+
+def pruned(state: State, now_ms: float) -> State:
+    return None if state is None else state.pruned(now_ms)
 
 
 State = Record | None
@@ -194,10 +233,14 @@ def ip_listed(ips: Iterable[str], client_ip: str | None) -> bool:
     return any(address in ipaddress.ip_network(entry) for entry in ips)
 
 
-def allows(state: State, front: Front, client_ip: str | None, *, unknown_allowed: bool) -> bool:
-    """SPEC.md's decision table (report-only mode lets would-be denials through)."""
+def allows(
+    state: State, front: Front, client_ip: str | None, *, unknown_allowed: bool, now_ms: float
+) -> bool:
+    """SPEC.md's decision table (report-only mode lets would-be denials through), at wall-clock
+    instant `now_ms`: an entry that expires matches only before its instant."""
     if state is None:
         return unknown_allowed
+    state = state.pruned(now_ms)
     if state.report:
         return True
     if front.browser:
@@ -212,7 +255,7 @@ def allows(state: State, front: Front, client_ip: str | None, *, unknown_allowed
 # ------------------------------------------------------------------------------------- admin ops
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Op:
     """One admin operation as the machine asks for it (entries as typed)."""
 
@@ -222,6 +265,10 @@ class Op:
     entries: tuple[str, ...] = ()
     report: bool = False  # mode: report (True) or enforce
     put: tuple[bool, bool, tuple[str, ...], tuple[str, ...], bool] | None = None
+    expires_at: int | None = None  # add, set: the entries' instant (ms since the epoch); None: permanent
+
+    def __repr__(self) -> str:
+        return f"Op({self.describe()})"
 
     def describe(self) -> str:
         parts = [self.kind, repr(self.token)]
@@ -232,6 +279,8 @@ class Op:
         parts.extend(repr(e) for e in self.entries)
         if self.put is not None:
             parts.append(repr(self.put))
+        if self.expires_at is not None:
+            parts.append(f"until {clock_text(self.expires_at)}")
         return " ".join(parts)
 
 
@@ -242,6 +291,15 @@ class Plan:
     outcomes: frozenset[Outcome]
     after: State
     notes: list[str] = field(default_factory=list)
+    # When the outcome hangs on the server's clock (`plans`): the plan of each reading of it.
+    alternatives: list[Plan] = field(default_factory=list)
+
+    def after_for(self, agreed: frozenset[str]) -> State:
+        """The record after the op, given the outcome the product agreed with."""
+        for alternative in self.alternatives:
+            if agreed <= alternative.outcomes:
+                return alternative.after
+        return self.after
 
 
 def _canonical(restriction: Restriction, entries: Iterable[str], *, removal: bool) -> list[str] | None:
@@ -256,19 +314,31 @@ def _canonical(restriction: Restriction, entries: Iterable[str], *, removal: boo
     return [s for s in stored if s is not None]
 
 
-def _with_list(record: Record, restriction: Restriction, entries: frozenset[str]) -> Record:
-    return replace(record, domains=entries) if restriction == "domain" else replace(record, ips=entries)
+def _with_list(
+    record: Record, restriction: Restriction, entries: frozenset[str], expiry: frozenset[tuple[str, int]]
+) -> Record:
+    if restriction == "domain":
+        return replace(record, domains=entries, domain_expiry=expiry)
+    return replace(record, ips=entries, ip_expiry=expiry)
 
 
 def _list_of(record: Record, restriction: Restriction) -> frozenset[str]:
     return record.domains if restriction == "domain" else record.ips
 
 
-def plan(op: Op, current: State, *, up: bool, marked: bool) -> Plan:
-    """SPEC.md's outcome of `op` on a token whose stored record is `current`."""
+def _expiry_of(record: Record, restriction: Restriction) -> frozenset[tuple[str, int]]:
+    return record.domain_expiry if restriction == "domain" else record.ip_expiry
+
+
+def plan(op: Op, current: State, *, up: bool, marked: bool, redis_now_ms: float = -math.inf) -> Plan:
+    """SPEC.md's outcome of `op` on a token whose stored record is `current`, with the Redis
+    server's clock at `redis_now_ms`: an expiry not after it is refused (nothing changed), and
+    the entries lapsed by it are swept before the limit is checked. `after` keeps no lapsed entry."""
     refusals: set[Outcome] = set()
     if not is_token(op.token):
         refusals.add("invalid")
+    if op.kind in ("add", "set") and op.expires_at is not None and op.expires_at <= redis_now_ms:
+        refusals.add("invalid")  # an expiry that has passed: refused, nothing changed
     canonical: list[str] = []
     if op.kind in ("add", "remove", "set") and op.restriction is not None:
         found = _canonical(op.restriction, op.entries, removal=op.kind == "remove")
@@ -299,20 +369,29 @@ def plan(op: Op, current: State, *, up: bool, marked: bool) -> Plan:
         return Plan(frozenset(refusals), current)
     if nothing_stored:
         return Plan(frozenset({"noop"}), None)
-    record = current if current is not None else Record()
+    # Every write first sweeps what has lapsed by the server's clock: it frees its slot.
+    record = current.pruned(redis_now_ms) if current is not None else Record()
     match op.kind:
         case "add" | "set" | "clear":
             assert op.restriction is not None
             entries = frozenset(canonical)
+            expiry = _expiry_of(record, op.restriction)
             if op.kind == "add":
                 entries = _list_of(record, op.restriction) | entries
+                # Adding an entry again sets its expiry anew; without one, makes it permanent.
+                expiry = frozenset(p for p in expiry if p[0] not in canonical)
+            else:
+                expiry = frozenset()
+            if op.expires_at is not None:
+                expiry |= {(entry, op.expires_at) for entry in canonical}
             if len(entries) > LIMIT:
                 return Plan(frozenset({"limit"}), current)
-            return Plan(frozenset({"ok"}), _with_list(record, op.restriction, entries))
+            return Plan(frozenset({"ok"}), _with_list(record, op.restriction, entries, expiry))
         case "remove":
             assert op.restriction is not None
             entries = _list_of(record, op.restriction) - frozenset(canonical)
-            return Plan(frozenset({"ok"}), _with_list(record, op.restriction, entries))
+            expiry = frozenset(p for p in _expiry_of(record, op.restriction) if p[0] in entries)
+            return Plan(frozenset({"ok"}), _with_list(record, op.restriction, entries, expiry))
         case "enable" | "disable":
             on = op.kind == "enable"
             if op.restriction == "domain":
@@ -328,6 +407,18 @@ def plan(op: Op, current: State, *, up: bool, marked: bool) -> Plan:
                 return Plan(frozenset({"limit"}), current)
             return Plan(frozenset({"ok"}), put_record)
     raise AssertionError(f"unknown op {op.kind}")
+
+
+def plans(op: Op, current: State, *, up: bool, marked: bool, redis_between: tuple[float, float]) -> Plan:
+    """`plan` when the server's clock read by the write is somewhere in `redis_between` (the
+    wall clock before and after the call): an entry or an expiry whose instant falls in that
+    window may count either way, so either outcome is SPEC.md's. `after` is that of the plan
+    whose outcome the product gives (`Plan.after_for`)."""
+    early = plan(op, current, up=up, marked=marked, redis_now_ms=redis_between[0])
+    late = plan(op, current, up=up, marked=marked, redis_now_ms=redis_between[1])
+    if early.outcomes == late.outcomes:
+        return early
+    return Plan(early.outcomes | late.outcomes, early.after, alternatives=[early, late])
 
 
 def canonical_ip_entry(stored: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from tests.model.spec import Front, State, allows, is_token
+from tests.model.spec import Front, State, allows, clock_text, is_token
 
 
 @dataclass
@@ -88,15 +88,21 @@ class ModelStore:
             self._moved(token, before, [False] * len(self.seats), now)
         self.mark(now)
 
-    def may_allow(self, seat: int, token: str, front: Front, client_ip: str | None, now: float) -> bool:
-        """Whether an "allowed" from validator `seat` is within what SPEC.md and the README allow."""
+    def may_allow(
+        self, seat: int, token: str, front: Front, client_ip: str | None, now: float, now_ms: float
+    ) -> bool:
+        """Whether an "allowed" from validator `seat` is within what SPEC.md and the README allow
+        (`now`: on the caches' clock; `now_ms`: on the wall clock entries expire by). An entry
+        that has lapsed matches in no state, older ones served during an outage included."""
         if not is_token(token) or front.ambiguous:
             return False
         seen = self.seats[seat]
         states = [self.intent(token), *seen.states(token, now)]
-        return any(allows(s, front, client_ip, unknown_allowed=seen.unknown_allowed) for s in states)
+        return any(
+            allows(s, front, client_ip, unknown_allowed=seen.unknown_allowed, now_ms=now_ms) for s in states
+        )
 
-    def explain(self, seat: int, token: str, now: float) -> str:
+    def explain(self, seat: int, token: str, now: float, now_ms: float | None = None) -> str:
         older = ", ".join(
             f"{'no record' if s is None else s.describe()} until +{until - now:.2f}s"
             for s, until in self.seats[seat].older.get(token, [])
@@ -106,4 +112,5 @@ class ModelStore:
             f"intent {'no record' if intent is None else intent.describe()}; "
             f"older states this validator may serve: [{older}]; marked={self.marked}, "
             f"wiped={self.lost is not None}"
+            + ("" if now_ms is None else f"; wall clock {clock_text(now_ms)}")
         )
