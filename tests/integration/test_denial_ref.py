@@ -132,7 +132,10 @@ async def test_denials_ref_finds_the_denial_of_any_validator_process(
 async def test_every_reference_of_a_merged_flood_finds_its_own_entry(validator: Validator) -> None:
     # 600 denials of one token from two interleaved clients, queued before the writer runs: one
     # batch, merged into one entry per client (count, first..at), each reference still found.
-    await denied(validator, client_ip=CLIENT_IP)  # cached now: the rest are synchronous hits
+    # Cached now: the rest are synchronous hits. From a third address: the same request a
+    # millisecond before the flood would be a second entry its first reference matches as well
+    # (the same token, tag and time: the same request, which a reference cannot tell apart).
+    await denied(validator, client_ip="198.51.100.79")
     await drained(validator)
     refs = [(await denied(validator, client_ip=ip))[1] for ip in [CLIENT_IP, OTHER_IP] * 300]
     await drained(validator)
