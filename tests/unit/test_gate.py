@@ -272,6 +272,24 @@ async def test_report_only_lets_a_denial_through_marked(validator: Validator, pr
     assert allowed.headers["x-token-access"] == "allowed"
 
 
+@pytest.mark.parametrize("proxy", PROXIES)
+async def test_cors_makes_a_refusal_readable_by_a_page_on_another_origin(
+    validator: Validator, proxy: str
+) -> None:
+    # Traefik, Envoy and Caddy pass the gate's refusal to the browser as it is: with --cors it
+    # carries the Origin back, so page script reads the 403 (and its reference) instead of a
+    # CORS failure. Without it, nothing is echoed.
+    denied = PROXIES[proxy]("GET", "/v1/hello", OTHER_IP, [KEY_D, ("Origin", OTHER_ORIGIN)])
+    reply = await ask(gate_for(validator, proxy, cors=True), denied)
+    assert_forbidden(reply)
+    assert reply.headers["access-control-allow-origin"] == OTHER_ORIGIN
+    assert reply.headers["access-control-expose-headers"] == "Access-Denied-Ref"
+    assert "origin" in reply.headers["vary"].lower()
+    plain = await ask(gate_for(validator, proxy), denied)
+    assert_forbidden(plain)
+    assert "access-control-allow-origin" not in plain.headers
+
+
 async def test_token_settings_reach_the_check(validator: Validator) -> None:
     gate = gate_for(
         validator, "nginx", token_header="X-Key", token_query="key", token_sources=("header", "query")

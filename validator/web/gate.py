@@ -98,6 +98,7 @@ class Gate:
         token_sources: Sequence[TokenSource] = ("bearer", "header", "query"),
         token_header: str = "X-API-Key",
         token_query: str = "api_key",
+        cors: bool = False,
     ) -> None:
         flavour = _FLAVOURS.get(proxy)
         if flavour is None:
@@ -120,6 +121,9 @@ class Gate:
             proxy_header=client_header,
             preflight="pass",
             report_only=report_only,
+            # Refusals readable by page script on another origin where the proxy passes the
+            # gate's answer through (Traefik, Envoy, Caddy): Access-Control-Allow-Origin echoed.
+            cors=cors,
         )
         self.trusted = self.check.trusted_proxies
         if not self.trusted:
@@ -332,6 +336,7 @@ def build_gate(
     token_sources: Sequence[TokenSource] = ("bearer", "header", "query"),
     token_header: str = "X-API-Key",
     token_query: str = "api_key",
+    cors: bool = False,
 ) -> ASGIApp:
     """The forward-auth app for `proxy` (nginx, traefik, caddy or envoy), believing the client
     address only from `trusted_proxies` (required) in `client_header` (default: nginx
@@ -345,6 +350,7 @@ def build_gate(
         token_sources=token_sources,
         token_header=token_header,
         token_query=token_query,
+        cors=cors,
     )
 
 
@@ -396,6 +402,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--report-only", action="store_true", help="let would-be denials through, logged and counted"
     )
+    parser.add_argument(
+        "--cors",
+        action="store_true",
+        help="echo the Origin in Access-Control-Allow-Origin on refusals (proxies that pass them on)",
+    )
     parser.add_argument("--token-header", default="X-API-Key", metavar="NAME")
     parser.add_argument("--token-query", default="api_key", metavar="NAME")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="processes (one per core)")
@@ -416,6 +427,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "trusted_proxies": args.trusted_proxies,
         "client_header": args.client_header,
         "report_only": args.report_only,
+        "cors": args.cors,
         "token_header": args.token_header,
         "token_query": args.token_query,
     }
@@ -428,6 +440,7 @@ def _from_settings(settings: dict[str, Any], secret: str | None = None) -> ASGIA
         trusted_proxies=settings["trusted_proxies"],
         client_header=settings["client_header"],
         report_only=settings["report_only"],
+        cors=settings.get("cors", False),
         token_header=settings["token_header"],
         token_query=settings["token_query"],
     )
