@@ -66,7 +66,7 @@ def plain_client(url: str, **options: Any) -> aioredis.Redis | RedisCluster:
         )
     if target == "sentinel":
         parsed, service, node = _sentinel_args(url)
-        sentinel = Sentinel(parsed.hosts, sentinel_kwargs=node)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(parsed.hosts, sentinel_kwargs=node)
         master: aioredis.Redis = sentinel.master_for(
             service, decode_responses=True, db=parsed.options.get("db", 0), **node, **options
         )
@@ -91,8 +91,8 @@ def _sync_primaries(url: str) -> Iterator[list[redis.Redis]]:
         return
     if target == "sentinel":
         parsed, service, node = _sentinel_args(url)
-        sentinel = redis.sentinel.Sentinel(parsed.hosts, sentinel_kwargs=node)  # type: ignore[no-untyped-call]
-        client = sentinel.master_for(service, db=parsed.options.get("db", 0), **node)  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(parsed.hosts, sentinel_kwargs=node)
+        client = sentinel.master_for(service, db=parsed.options.get("db", 0), **node)
     else:
         client = redis.Redis.from_url(url)
     try:
@@ -150,7 +150,7 @@ class RawRouter:
             return cls(list(clients.values()), [clients[node.name] for node in nodes])
         if target == "sentinel":
             parsed, service, node = _sentinel_args(url)
-            sentinel = Sentinel(parsed.hosts, sentinel_kwargs=node)  # type: ignore[no-untyped-call]
+            sentinel = Sentinel(parsed.hosts, sentinel_kwargs=node)
             host, port = await sentinel.discover_master(service)
             for client in sentinel.sentinels:
                 await client.aclose()

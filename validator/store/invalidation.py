@@ -98,7 +98,7 @@ class _Subscription:
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError, RuntimeError):
-            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self.pubsub.aclose()
         with contextlib.suppress(RedisError, OSError, RuntimeError):
             await self.client.aclose()
 

@@ -113,7 +113,7 @@ def sentinel_client(
         "username": url.options.get("sentinel_username", url.username) or None,
         "password": url.options.get("sentinel_password", url.password) or None,
     }
-    sentinel = _Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = _Sentinel(
         url.hosts,
         sentinel_kwargs={
             **node,
