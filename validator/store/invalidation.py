@@ -195,7 +195,9 @@ class InvalidationListener:
                     (log.warning if delay == self.backoff_min else log.debug)(
                         "invalidation: Redis topology not found (%s); retrying", error or "timeout"
                     )
-                    await asyncio.sleep(delay)
+                    # A poke (a sentinel announcing the new master) ends the wait.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._poke.wait(), delay)
                     delay = min(delay * 2, self.backoff_max)
                     continue
                 delay = self.backoff_min
