@@ -87,7 +87,7 @@ _READ_TRANSACTION = (
 # `Store.write_retry`'s default, and the pause before a write's first retry and at most between two.
 WRITE_RETRY = 5.0
 _RETRY_FIRST = 0.02
-_RETRY_MAX = 0.25
+_RETRY_MAX = 0.1
 
 # Error replies of a node that is no longer (or not yet) the one taking the write.
 _FAILOVER_REPLIES = ("READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "MOVED", "ASK")

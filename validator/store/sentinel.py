@@ -1,9 +1,10 @@
 """Redis Sentinel: a client that follows the current master, and the master as a topology.
 
 Reads and writes both go to the master (reads from a replica could miss a change that the
-invalidation of the master already reported). After a failover the old master's connections are
-killed by the sentinels, or, if it lives on demoted, the listener sees the new master name within
-`topology_interval`; either way the cache is dropped and tracking starts again on the new master.
+invalidation of the master already reported). After a failover the listener asks the sentinels at
+once: every sentinel's `+switch-master` announcement is listened to (and, as a fallback, the
+sentinels are asked every 0.1 s while the master is down, every `topology_interval` otherwise);
+the new master's entries are then read again and tracking starts on it.
 """
 
 from __future__ import annotations
