@@ -82,6 +82,13 @@ class CircuitBreaker:
             self.state = BreakerState.OPEN
             self._opened_at = self._clock() - self.reset_timeout
 
+    def retry_now(self) -> None:
+        """The store may answer again (a failover named a new node): if open, the next call is a
+        trial at once rather than after the rest of `reset_timeout`."""
+        if self.state is not BreakerState.CLOSED:
+            self.state = BreakerState.OPEN
+            self._opened_at = self._clock() - self.reset_timeout
+
     def trip(self) -> None:
         """Open now (e.g. the invalidation connection found the store gone)."""
         self._failures = self.failure_threshold

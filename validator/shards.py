@@ -120,6 +120,8 @@ class Shards:
             if previous and set(previous) != set(layout):
                 self.whole.coherent = False
                 self._expire(None)
+                # The reads that failed were the old master's: try the new one at once.
+                self.whole.breaker.retry_now()
             return
         old = self._by_slot
         shards = {node: self.by_name.get(node) or self._new(node, spans) for node, spans in ranges.items()}

@@ -26,6 +26,8 @@ import hmac
 import json
 import logging
 import os
+import time
+import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -33,8 +35,9 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError, ReadOnlyError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreUnavailable
 from validator.model import Restrictions
@@ -81,6 +84,29 @@ _READ_TRANSACTION = (
     b"*1\r\n$4\r\nEXEC\r\n"
 )
 
+# `Store.write_retry`'s default, and the pause before a write's first retry and at most between two.
+WRITE_RETRY = 5.0
+_RETRY_FIRST = 0.02
+_RETRY_MAX = 0.1
+
+# Error replies of a node that is no longer (or not yet) the one taking the write.
+_FAILOVER_REPLIES = ("READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING", "MOVED", "ASK")
+
+
+def _failing_over(error: StoreUnavailable) -> bool:
+    """Whether a write failed as it does during a failover, so is worth trying again."""
+    cause = error.__cause__
+    # Connection errors include redis-py's MasterNotFoundError (Sentinel) and BusyLoadingError;
+    # ClusterError its ClusterDownError and MasterDownError; ReadOnlyError is a demoted master.
+    if isinstance(
+        cause, (RedisConnectionError, RedisTimeoutError, OSError, ClusterError, ReadOnlyError, TryAgainError)
+    ):
+        return True
+    if isinstance(cause, RedisError):
+        return str(cause).startswith(_FAILOVER_REPLIES)
+    return isinstance(cause, RuntimeError)  # a connection closed under the command
+
+
 # Used only when no secret is configured: keys are then still hashes, but anyone who knows this
 # constant can test a guessed token against them. Configure `secret` (or VALIDATOR_SECRET).
 _DEFAULT_SECRET = b"token-access-validator/unset-secret"
@@ -125,6 +151,10 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         # Options every `lua/write.lua` call carries (history retention, ...); a call's own
         # options (its actor) go over them.
         self.write_options: dict[str, Any] = {}
+        # Seconds for which an admin write that met a failover (the node gone, refusing writes,
+        # the cluster reconfiguring) is tried again on the new primary or master: a promotion
+        # comes 1-3 s after Redis notices the failure (cluster-node-timeout, down-after).
+        self.write_retry = WRITE_RETRY
         self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
         # The Redis nodes whose invalidations keep caches coherent (None: nothing to listen to).
         self.topology = topology
@@ -293,13 +323,31 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
 
         Raises `StoreNotInitialised` or `LimitExceeded` (nothing written), or `StoreUnavailable`.
         """
-        await self._require_marker(token_hash)
-        keys, argv = self._write_call(token_hash, op, args, options=options)
-        with _store_errors():
-            if isinstance(self.client, RedisCluster):
-                reply = await self._cluster_write(self.client, keys, argv)
-            else:
-                reply = await self._write(keys=keys, args=argv)
+        # One id for every try of this change (see `lua/write.lua`: a try whose outcome was lost
+        # is not applied twice).
+        once = {**(options or {}), "op_id": uuid.uuid4().hex}
+        deadline = time.monotonic() + self.write_retry
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                await self._require_marker(token_hash)
+                keys, argv = self._write_call(token_hash, op, args, options=once)
+                with _store_errors():
+                    if isinstance(self.client, RedisCluster):
+                        reply = await self._cluster_write(self.client, keys, argv)
+                    else:
+                        reply = await self._write(keys=keys, args=argv)
+                break
+            except StoreUnavailable as error:
+                # A failover (or a primary restarting): the node is gone, refuses writes, or the
+                # cluster is reconfiguring. Tried again on the new primary or master, found by
+                # asking the cluster or the sentinels again, until `write_retry` has passed.
+                if not _failing_over(error) or time.monotonic() + delay > deadline:
+                    raise
+                log.debug("admin write: %s; trying again", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                await self._follow_failover()
         result = self._write_result(reply)
         if result[1]:
             self._notify(token_hash)
@@ -316,6 +364,14 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
             # A primary gone (a failover): redis-py finds the new one. A write that did run before
             # the connection broke changes nothing the second time (every op is idempotent).
             return await self._write(keys=keys, args=argv)
+
+    async def _follow_failover(self) -> None:
+        """Look for the store's current primaries (or master) before a write is tried again."""
+        if self._cluster is not None:
+            # Makes redis-py's client read the slot map now when it changed (a promotion).
+            with contextlib.suppress(RedisError, OSError):
+                await self._cluster.discover()
+            await self._cluster.refresh_client()
 
     def _notify(self, token_hash: str) -> None:
         for listener in self.local_listeners:

@@ -19,7 +19,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from validator.store.layout import SLOTS
 from validator.store.urls import MultiHostURL
@@ -150,6 +150,9 @@ class ClusterTopology:
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._probes: dict[str, aioredis.Redis] = {}
+        # Nodes whose last probe failed: asked last, so that a dead primary (whose address may
+        # not even refuse the connection, only time out) does not delay every discovery.
+        self._failed: set[str] = set()
         self.layout: Layout = {}
         # Called when a read was redirected (the listener then looks at the layout now).
         self.hint: Callable[[], None] = lambda: None
@@ -170,8 +173,10 @@ class ClusterTopology:
     async def discover(self) -> Mapping[str, Hashable]:
         """The current layout (and remember it); raises `RedisError` if no node answers."""
         candidates = [*self.layout, *(node.name for node in self._client.get_nodes()), *self._seeds]
+        # sorted() is stable: the nodes that answered last time first, in their order.
+        ordered = sorted(dict.fromkeys(candidates), key=lambda node: node in self._failed)
         errors: list[str] = []
-        for node in dict.fromkeys(candidates):
+        for node in ordered:
             probe = self._probes.get(node)
             if probe is None:
                 probe = self._probes[node] = self._connection(node, socket_timeout=self._timeout)
@@ -179,7 +184,9 @@ class ClusterTopology:
                 reply = await probe.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
             except (RedisError, OSError) as error:
                 errors.append(f"{node}: {error}")
+                self._failed.add(node)
                 continue
+            self._failed.discard(node)
             layout = parse_slots(reply, node.rpartition(":")[0])
             if layout:
                 try:
@@ -188,11 +195,23 @@ class ClusterTopology:
                     errors.append(f"{node}: {error}")
                     continue
                 layout = with_slotless_primaries(layout, nodes)
-                self.layout = layout
+                previous, self.layout = self.layout, layout
                 await self._forget_probes(keep={*layout, *candidates})
+                self._failed &= set(self._probes)
+                if previous and layout != previous:
+                    await self.refresh_client()
                 return layout
             errors.append(f"{node}: no slots assigned")
         raise RedisConnectionError(f"no Redis Cluster node told its slots ({'; '.join(errors)})")
+
+    async def refresh_client(self) -> None:
+        """Make redis-py's client read the slot map now: the layout changed (a failover, a
+        resharding). Its own refresh after a connection error is paced (at most once a second in
+        redis-py 8.2), which kept a promoted replica's slots failing for up to a second more in
+        the reads and writes that go through it (marker reads, admin writes, redirected reads).
+        A refresh that fails leaves its current map, which its own error handling refreshes."""
+        with contextlib.suppress(RedisError, OSError, RuntimeError, RedisClusterException):
+            await self._client.nodes_manager.initialize()
 
     async def _forget_probes(self, keep: set[str]) -> None:
         # Nodes come and go over a cluster's life (replaced machines, resharding).

@@ -35,6 +35,11 @@ log = logging.getLogger("validator")
 
 CHANNEL = "__redis__:invalidate"
 CLIENT_NAME = "validator-invalidation"
+# Seconds between two looks at a Sentinel or Cluster topology while one of its nodes is down (a
+# failover may be under way). Each look is one CLUSTER SLOTS and one CLUSTER NODES (or one
+# SENTINEL MASTERS per sentinel) on a node that answers: ten a second per process, only during
+# an outage; a promotion is then followed within about this.
+FAILOVER_POLL = 0.1
 
 
 class Topology(Protocol):
@@ -190,7 +195,9 @@ class InvalidationListener:
                     (log.warning if delay == self.backoff_min else log.debug)(
                         "invalidation: Redis topology not found (%s); retrying", error or "timeout"
                     )
-                    await asyncio.sleep(delay)
+                    # A poke (a sentinel announcing the new master) ends the wait.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._poke.wait(), delay)
                     delay = min(delay * 2, self.backoff_max)
                     continue
                 delay = self.backoff_min
@@ -199,9 +206,10 @@ class InvalidationListener:
                 if not self._topology.dynamic:
                     await asyncio.gather(*self._nodes.values())
                     continue
-                # While a node is down a failover may be under way: look more often, so that the
-                # promoted replica's slots are subscribed (and served) soon after its promotion.
-                interval = self.topology_interval if self.connected.is_set() else self.backoff_max / 8
+                # While a node is down a failover may be under way: look every FAILOVER_POLL s, so
+                # that the promoted replica's slots are subscribed (and served) within that of its
+                # promotion (Sentinel: its +switch-master event pokes at once).
+                interval = self.topology_interval if self.connected.is_set() else FAILOVER_POLL
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._poke.wait(), min(interval, self.topology_interval))
         finally:

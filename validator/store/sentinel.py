@@ -1,19 +1,23 @@
 """Redis Sentinel: a client that follows the current master, and the master as a topology.
 
 Reads and writes both go to the master (reads from a replica could miss a change that the
-invalidation of the master already reported). After a failover the old master's connections are
-killed by the sentinels, or, if it lives on demoted, the listener sees the new master name within
-`topology_interval`; either way the cache is dropped and tracking starts again on the new master.
+invalidation of the master already reported). After a failover the listener asks the sentinels at
+once: every sentinel's `+switch-master` announcement is listened to (and, as a fallback, the
+sentinels are asked every 0.1 s while the master is down, every `topology_interval` otherwise);
+the new master's entries are then read again and tracking starts on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
@@ -31,7 +35,16 @@ from validator.store.wire import Multiplexer, WireError
 
 __all__ = ["SentinelTopology", "SentinelWire", "sentinel_client"]
 
+log = logging.getLogger("validator")
+
 DEFAULT_PORT = 26379
+# The channel on which a sentinel announces a failover's new master.
+SWITCH_MASTER = "+switch-master"
+# Seconds between pings on an idle +switch-master subscription (and to wait for the answer), and
+# the backoff of its reconnections.
+_WATCH_PING = 5.0
+_WATCH_BACKOFF_MIN = 0.1
+_WATCH_BACKOFF_MAX = 5.0
 URL_OPTIONS = {"db", "sentinel_username", "sentinel_password"}
 
 
@@ -161,10 +174,28 @@ class SentinelTopology:
         self._node_kwargs = url.node_kwargs()
         self.db: int = url.options.get("db", 0)
         self._connect_timeout = connect_timeout
-        # Called when a read found the master demoted (the listener then asks the sentinels now).
+        # Called when a read found the master demoted, or a sentinel announced a new master (the
+        # listener then asks the sentinels now).
         self.hint: Callable[[], None] = lambda: None
+        # One `+switch-master` subscription per sentinel (see `_watch`), from the first `discover`.
+        self._watchers: list[asyncio.Task[None]] = []
+        self._watching: dict[int, PubSub] = {}
+        self._sentinel_kwargs = {
+            **self._sentinel.sentinel_kwargs,
+            "decode_responses": True,
+            "protocol": 2,
+            "socket_timeout": None,
+        }
+        self._sentinel_hosts = list(url.hosts)
+        # When a sentinel last announced a new master of this service (time.monotonic()).
+        self.switched_at: float | None = None
 
     async def discover(self) -> Mapping[str, Hashable]:
+        if not self._watchers:
+            self._watchers = [
+                asyncio.ensure_future(self._watch(index, host, port))
+                for index, (host, port) in enumerate(self._sentinel_hosts)
+            ]
         host, port = await self._sentinel.discover_master(self._service)
         if self.master_address is not None and self.master_address != (host, port):
             # A failover that left the old master up (demoted later, or cut off) leaves the
@@ -188,7 +219,63 @@ class SentinelTopology:
             **self._node_kwargs,
         )
 
+    async def _watch(self, index: int, host: str, port: int) -> None:
+        """Listen to one sentinel's `+switch-master` events until cancelled, reconnecting with
+        backoff: the listener asks the sentinels at once when one announces a new master of this
+        service, rather than at its next look (every 0.1 s while the old master is down, every
+        `topology_interval` while it lives on, demoted later). Every sentinel is listened to: any
+        of them may be down, and the leader of the failover announces it first."""
+        delay = _WATCH_BACKOFF_MIN
+        while True:
+            client = aioredis.Redis(host=host, port=port, **self._sentinel_kwargs)
+            pubsub = self._watching[index] = client.pubsub()
+            try:
+                await asyncio.wait_for(pubsub.subscribe(SWITCH_MASTER), _WATCH_PING)
+                delay = _WATCH_BACKOFF_MIN
+                ping_sent: float | None = None
+                while True:
+                    message = await pubsub.get_message(timeout=_WATCH_PING)
+                    if message is None:
+                        # A sentinel that stops answering (cut off) is left for a new connection.
+                        if ping_sent is not None and time.monotonic() - ping_sent > _WATCH_PING:
+                            raise RedisConnectionError(f"no answer to a ping within {_WATCH_PING} s")
+                        if ping_sent is None:
+                            await pubsub.ping()
+                            ping_sent = time.monotonic()
+                        continue
+                    ping_sent = None
+                    data = message.get("data")
+                    # "<service> <old ip> <old port> <new ip> <new port>"
+                    if message["type"] == "message" and str(data).split(" ", 1)[0] == self._service:
+                        self.switched_at = time.monotonic()
+                        log.info("sentinel %s:%s announced a new master: %s", host, port, data)
+                        self.hint()
+            except (RedisError, OSError, TimeoutError, RuntimeError) as error:
+                log.debug("sentinel %s:%s: +switch-master subscription lost (%s)", host, port, error)
+            finally:
+                if self._watching.get(index) is pubsub:
+                    del self._watching[index]
+                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                    await pubsub.aclose()
+                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                    await client.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _WATCH_BACKOFF_MAX)
+
     async def aclose(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for task in watchers:
+            task.cancel()
+        if watchers:
+            _, pending = await asyncio.wait(watchers, timeout=0.5)
+            if pending:
+                # A read that swallowed the cancellation (redis-py issue 2551): cut its connection.
+                for pubsub in list(self._watching.values()):
+                    connection = pubsub.connection
+                    writer = getattr(connection, "_writer", None) if connection is not None else None
+                    if writer is not None:
+                        writer.transport.abort()
+                await asyncio.wait(pending, timeout=0.5)
         with contextlib.suppress(RedisError, OSError, RuntimeError):
             await self._sentinel.aclose()
 

@@ -168,6 +168,22 @@ if #KEYS >= 5 then
   end
 end
 
+-- A call that `Store.write` makes again, after an error that left the outcome of its first try
+-- unknown (a failover cutting the connection, a timeout), carries the first try's "op_id": if
+-- that try changed the token, it must not be applied again (the history would show the change
+-- twice, and a change another admin made in between would be undone). A call that changes
+-- something keeps its id in the list `<base>w`, the token's last 16 such ids, for 60 s after the
+-- last (far longer than any retry). A try that changed nothing left nothing to find and is simply
+-- made again. Delete is made again as is: it changes nothing the second time.
+local op_id = options.op_id
+if type(op_id) ~= 'string' or op_id == '' then
+  op_id = nil
+end
+local op_key = base .. 'w'
+if op_id and op ~= 'delete' and redis.call('LPOS', op_key, op_id) then
+  return state(1)
+end
+
 -- Delete forgets the token completely, its history included: nothing stays behind in Redis.
 if op == 'delete' then
   -- One key at a time: on a migration's target, one DEL of several keys fails if one is missing.
@@ -175,6 +191,7 @@ if op == 'delete' then
   for _, key in ipairs({meta_key, set_key.d, set_key.i, history_key}) do
     removed = removed + redis.call('DEL', key)
   end
+  redis.call('DEL', op_key)
   return {'ok', removed > 0 and 1 or 0, {}, {}, {}}
 end
 
@@ -419,5 +436,12 @@ end
 if changed then
   entry.version = redis.call('HINCRBY', meta_key, 'v', 1)
   record(entry)
+end
+-- Not on a migration's target (the meta key alone declared): a key made there could also be
+-- left on the source, and the resharding's MIGRATE of it would then fail (BUSYKEY).
+if op_id and (changed or swept) and #KEYS >= 4 then
+  redis.call('LPUSH', op_key, op_id)
+  redis.call('LTRIM', op_key, 0, 15)
+  redis.call('PEXPIRE', op_key, 60000)
 end
 return state((changed or swept) and 1 or 0)
