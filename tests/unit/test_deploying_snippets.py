@@ -167,6 +167,9 @@ def test_caddy_checks_every_path_but_exact_public_ones() -> None:
         "request_header -*_*",
     ):
         assert f"\t{line}\n" in head, line
+    # Nor name the gate's headers in `Connection`, which makes reverse_proxy drop them.
+    assert "\t@names_gate_headers header_regexp Connection (?i)x-token-\n" in head
+    assert "\trequest_header @names_gate_headers -Connection\n" in head
     assert "route /v1/" not in caddy
 
 
