@@ -10,11 +10,12 @@ reads them (`tokens`: query, header, bearer), and the gate's `X-Token-Fingerprin
 
 The corpus (tests/e2e/corpus/hostile.jsonl, one JSON object a line) holds hostile requests: `id`,
 `method`, `target`, `headers` (raw lines; one starting with a space folds onto the previous one),
-and optionally `expect` ("protected", "refused", "public": what every proxy x app must make of it)
-and `known` (an open issue it fails under today: the runner expects it to fail, not strictly). In
-`target` and `headers`, `{good}` is a token listed for the client's address, `{stolen}` one listed
-only for another address, `{fp_good}` and `{fp_stolen}` their fingerprints. Requests go over raw
-sockets, byte for byte as written (no client normalises the path or the headers).
+and optionally `version` (HTTP/1.1 unless given), `expect` ("protected", "refused", "public": what
+every proxy x app must make of it), `why` (a note) and `known` (an open issue it fails under today:
+the runner expects it to fail, not strictly). In `target` and `headers`, `{good}` is a token listed
+for the client's address, `{stolen}` one listed only for another address, `{fp_good}` and
+`{fp_stolen}` their fingerprints. Requests go over raw sockets, byte for byte as written (no client
+normalises the path or the headers).
 
 The invariant, for every row and pair: whenever the app handles the request as a protected route
 with a token it knows, the gate checked that very token (the fingerprint the app received is that
@@ -119,6 +120,7 @@ class Row:
     headers: tuple[str, ...]
     expect: str | None
     known: str | None
+    version: str = "HTTP/1.1"
 
 
 def load_corpus(path: Path = CORPUS) -> list[Row]:
@@ -127,7 +129,7 @@ def load_corpus(path: Path = CORPUS) -> list[Row]:
         if not line.strip():
             continue
         data = json.loads(line)
-        unknown = set(data) - {"id", "method", "target", "headers", "expect", "known", "why"}
+        unknown = set(data) - {"id", "method", "target", "headers", "expect", "known", "why", "version"}
         if unknown or data.get("expect", "public") not in EXPECTATIONS:
             raise ValueError(f"{path.name}:{number}: unknown fields {unknown} or expect")
         rows.append(
@@ -138,6 +140,7 @@ def load_corpus(path: Path = CORPUS) -> list[Row]:
                 tuple(data["headers"]),
                 data.get("expect"),
                 data.get("known"),
+                data.get("version", "HTTP/1.1"),
             )
         )
     ids = [row.id for row in rows]
@@ -167,11 +170,16 @@ class RawReply:
 
 
 def send_raw(
-    port: int, method: str, target: str, headers: tuple[str, ...], timeout: float = 10.0
+    port: int,
+    method: str,
+    target: str,
+    headers: tuple[str, ...],
+    timeout: float = 10.0,
+    version: str = "HTTP/1.1",
 ) -> RawReply:
-    """One HTTP/1.1 request, byte for byte as given, from CLIENT_IP to PROXY_IP:`port`;
+    """One request, byte for byte as given, from CLIENT_IP to PROXY_IP:`port`;
     `Connection: close`, so the reply ends when the proxy closes."""
-    lines = [f"{method} {target} HTTP/1.1", "Host: api.test", *headers, "Connection: close", "", ""]
+    lines = [f"{method} {target} {version}", "Host: api.test", *headers, "Connection: close", "", ""]
     request = "\r\n".join(lines).encode("latin-1")
     with socket.create_connection((PROXY_IP, port), timeout=timeout, source_address=(CLIENT_IP, 0)) as s:
         s.sendall(request)

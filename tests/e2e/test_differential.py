@@ -93,7 +93,7 @@ def test_the_app_only_handles_tokens_the_gate_checked(
 ) -> None:
     target = row.target.format(**tokens)
     headers = tuple(line.format(**tokens) for line in row.headers)
-    reply = send_raw(proxies[proxy][app], row.method, target, headers)
+    reply = send_raw(proxies[proxy][app], row.method, target, headers, version=row.version)
     fingerprints = {tokens["good"]: tokens["fp_good"], tokens["stolen"]: tokens["fp_stolen"]}
     wrong = violations(row, reply, fingerprints, {tokens["good"]})
     assert not wrong, (reply.status, reply.echo(), wrong)
