@@ -64,7 +64,9 @@ class PhpApp(Foreground):
     def start(self, timeout: float = 15.0) -> None:
         script = APPS_DIR / "php" / "index.php"
         command = [need("php"), "-S", f"{PROXY_IP}:{self.port}", "-t", str(script.parent), str(script)]
-        self._spawn(command, {**os.environ, "PHP_CLI_SERVER_WORKERS": "2"})
+        # One process (no PHP_CLI_SERVER_WORKERS: its forked workers outlive a stopped parent).
+        env = {name: value for name, value in os.environ.items() if name != "PHP_CLI_SERVER_WORKERS"}
+        self._spawn(command, env)
         self._wait(timeout)
 
 
