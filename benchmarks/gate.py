@@ -17,7 +17,7 @@ against wrk on the upstream in the same run.
 
 (b) If nginx is installed: one nginx (one worker, CPU 0) running docs/deploying/nginx.conf with the
 gate and the upstream's ports put in: `GET /v1/hello` passes `auth_request` (the gate) then the
-upstream, `GET /hello` (the config's public location) the upstream alone, so both go through the
+upstream, `GET /status` (a public path of the config) the upstream alone, so both go through the
 same nginx to the same upstream and differ only by the gate. Figures: requests/s at 50
 connections, and p50 latency at 1 connection (wrk `--latency`), with the upstream's own p50 (wrk
 straight at it). Target: the gate adds at most one upstream's worth of p50.
@@ -272,7 +272,7 @@ def run(config: Config) -> list[Result]:
     try:
         if with_nginx:
             processes["nginx"], nginx_dir = _nginx(gate_port, upstream_port, nginx_port, server_cpu)
-            targets[ALONE] = (f"http://127.0.0.1:{nginx_port}/hello", (TOKEN_HEADER,), "nginx")
+            targets[ALONE] = (f"http://127.0.0.1:{nginx_port}/status", (TOKEN_HEADER,), "nginx")
             targets[GATED] = (f"http://127.0.0.1:{nginx_port}/v1/hello", (TOKEN_HEADER,), "nginx")
         for name, (url, headers, _) in targets.items():
             processes[targets[name][2]].wait(url, headers)

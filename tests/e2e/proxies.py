@@ -205,15 +205,47 @@ def gate_on(flavour: str, store_url: str) -> Gate:
     return Gate(flavour, store_url)
 
 
+def top_level_blocks(text: str) -> list[tuple[str, str]]:
+    """(head, whole text) of each top-level `head { ... }` block of an nginx configuration, in
+    order; braces inside quotes or comments do not count."""
+    blocks: list[tuple[str, str]] = []
+    depth, start, quote, comment = 0, 0, "", False
+    for at, char in enumerate(text):
+        if comment:
+            comment = char != "\n"
+        elif quote:
+            if char == quote and text[at - 1] != "\\":
+                quote = ""
+        elif char == "#":
+            comment = True
+        elif char in "'\"":
+            quote = char
+        elif char == "{":
+            if depth == 0:
+                start = text.rfind("\n", 0, at) + 1
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                whole = text[start : at + 1]
+                blocks.append((whole[: whole.index("{")].strip(), whole))
+    return blocks
+
+
 class Nginx(Foreground):
     """nginx running docs/deploying/nginx.conf (gate and app ports replaced) inside a minimal main
     configuration of the test's own: foreground, one worker, temporary files and pid under its
-    own directory, errors to its log, nothing of /etc/nginx."""
+    own directory, errors to its log, nothing of /etc/nginx.
+
+    With more than one app, each has a server of its own, on a port of its own (`ports`, in the
+    order of the apps): the snippet's `upstream api_app` and `server` blocks repeated, the app's
+    upstream renamed, everything else (the gate's upstream, any map) once."""
 
     what = flavour = "nginx"
 
-    def __init__(self, gate_port: int, app_port: int) -> None:
+    def __init__(self, gate_port: int, app_port: int, *more_apps: int) -> None:
         super().__init__()
+        self.ports = [self.port, *(free_port() for _ in more_apps)]
         # Workers run as `nobody` when nginx starts as root: they must reach their temp dirs.
         self.dir.chmod(0o755)
         site = from_snippet(
@@ -224,6 +256,19 @@ class Nginx(Foreground):
                 "server 127.0.0.1:8080;": f"server {PROXY_IP}:{app_port};",
             },
         )
+        blocks = dict(top_level_blocks(site))
+        for port, app in zip(self.ports[1:], more_apps, strict=True):
+            upstream = blocks["upstream api_app"].replace(
+                f"server {PROXY_IP}:{app_port};", f"server {PROXY_IP}:{app};"
+            )
+            server = blocks["server"].replace(f"listen {PROXY_IP}:{self.port};", f"listen {PROXY_IP}:{port};")
+            name = f"api_app_{port}"
+            site += (
+                "\n"
+                + upstream.replace("api_app", name)
+                + "\n\n"
+                + server.replace("http://api_app", f"http://{name}")
+            )
         (self.dir / "site.conf").write_text(site)
         temp = "\n".join(
             f"    {kind}_temp_path {self.dir / kind};"
@@ -250,25 +295,32 @@ http {{
         # -e: errors before the configuration is read go to stderr, not to /var/log/nginx.
         self._spawn([nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"), "-e", "stderr"])
         self._wait(timeout)
+        for port in self.ports[1:]:
+            wait_listening(port, self.process, self.what, timeout)
 
 
 class Caddy(Foreground):
     """Caddy running docs/deploying/Caddyfile (site address, gate and app replaced), after global
     options of the test's own: no admin endpoint, no automatic HTTPS, loopback only, its storage,
-    home and config under its own directory."""
+    home and config under its own directory. With more than one app, the site is repeated, one
+    port per app (`ports`, in the order of the apps)."""
 
     what = flavour = "caddy"
 
-    def __init__(self, gate_port: int, app_port: int) -> None:
+    def __init__(self, gate_port: int, app_port: int, *more_apps: int) -> None:
         super().__init__()
-        site = from_snippet(
-            "Caddyfile",
-            {
-                "api.example.com {": f"http://:{self.port} {{",
-                "127.0.0.1:9000": f"{PROXY_IP}:{gate_port}",
-                "127.0.0.1:8080": f"{PROXY_IP}:{app_port}",
-            },
-        )
+        self.ports = [self.port, *(free_port() for _ in more_apps)]
+        sites = [
+            from_snippet(
+                "Caddyfile",
+                {
+                    "api.example.com {": f"http://:{port} {{",
+                    "127.0.0.1:9000": f"{PROXY_IP}:{gate_port}",
+                    "127.0.0.1:8080": f"{PROXY_IP}:{app}",
+                },
+            )
+            for port, app in zip(self.ports, (app_port, *more_apps), strict=True)
+        ]
         options = f"""{{
 	admin off
 	auto_https off
@@ -281,7 +333,7 @@ class Caddy(Foreground):
 }}
 
 """
-        (self.dir / "Caddyfile").write_text(options + site)
+        (self.dir / "Caddyfile").write_text(options + "\n".join(sites))
 
     def start(self, timeout: float = 15.0) -> None:
         home = str(self.dir)
@@ -289,6 +341,8 @@ class Caddy(Foreground):
         config = str(self.dir / "Caddyfile")
         self._spawn([need("caddy"), "run", "--config", config, "--adapter", "caddyfile"], env)
         self._wait(timeout)
+        for port in self.ports[1:]:
+            wait_listening(port, self.process, self.what, timeout)
 
 
 class Upstream:

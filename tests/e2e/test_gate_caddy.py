@@ -14,10 +14,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.chromium import Chromium
+from tests.e2e.differential import check_every_spelling_is_checked
 from tests.e2e.proxies import (
     BROWSER_CASES,
     CLIENT_IP,
     CURL_CASES,
+    RESTRICTIONS,
     Caddy,
     Gate,
     Upstream,
@@ -27,6 +29,7 @@ from tests.e2e.proxies import (
     curl,
     fetch_in_browser,
     gate_on,
+    put_token,
     run_case,
 )
 from tests.redis_servers import RedisProcess, free_port
@@ -73,6 +76,14 @@ def test_fetch_from_chromium_through_caddy(
     status: int,
 ) -> None:
     fetch_in_browser(browser, caddy, redis_server.url, restriction, page, api, status)
+
+
+def test_every_spelling_of_a_path_is_checked(caddy: Caddy, redis_server: RedisProcess) -> None:
+    """`/V1/hello`, `/v1;x/hello` and other spellings an app's router may take for `/v1/hello` go
+    through the gate; a public path, however spelled, reaches the app as listed (issue 23, hole 2)."""
+    token = f"tok-gate-{uuid.uuid4().hex}"
+    put_token(redis_server.url, token, RESTRICTIONS["elsewhere"])
+    check_every_spelling_is_checked(caddy.port, token)
 
 
 def test_the_app_gets_the_decision_not_the_clients_say(caddy: Caddy, redis_server: RedisProcess) -> None:

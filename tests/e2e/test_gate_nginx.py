@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.chromium import Chromium
 from tests.e2e.conftest import SECRET
+from tests.e2e.differential import check_every_spelling_is_checked
 from tests.e2e.proxies import (
     BROWSER_CASES,
     CLIENT_IP,
@@ -71,6 +72,14 @@ def test_curl_through_nginx(
     status: int,
 ) -> None:
     run_case(nginx.url(), redis_server.url, restriction, headers, query, status)
+
+
+def test_every_spelling_of_a_path_is_checked(nginx: Nginx, redis_server: RedisProcess) -> None:
+    """`/V1/hello`, `/v1;x/hello` and other spellings an app's router may take for `/v1/hello` go
+    through the gate; a public path, however spelled, reaches the app as listed (issue 23, hole 2)."""
+    token = f"tok-gate-{uuid.uuid4().hex}"
+    put_token(redis_server.url, token, RESTRICTIONS["elsewhere"])
+    check_every_spelling_is_checked(nginx.port, token)
 
 
 def test_the_app_gets_the_decision_not_the_clients_say(nginx: Nginx, redis_server: RedisProcess) -> None:

@@ -111,3 +111,92 @@ def test_traefik_names_the_client_itself_and_hands_the_decision_on() -> None:
     response = traefik[traefik.index("authResponseHeaders:") :]
     assert "- X-Token-Access" in response and "- X-Token-Fingerprint" in response
     assert "--proxy traefik" in traefik
+
+
+# --------------------------------------------------------------------------- every spelling checked
+# Issue 23, hole 2: a snippet that protected `/v1/` by prefix let `/V1/data` (Express, ASP.NET Core)
+# and `/v1;x/data` (Tomcat, Spring) reach the app unchecked. Each snippet now sends every path
+# through the gate but the public ones it lists, each by exact match, and a proxy that normalises
+# the path before matching sends the app that listed path (tests/e2e/test_differential.py runs
+# nginx and Caddy against real apps).
+
+
+def nginx_locations(text: str) -> dict[str, str]:
+    """Each `location ... {` head of the snippet and its body."""
+    found = {}
+    for match in re.finditer(r"^    location ([^{]+?) \{\n(.*?)^    \}$", text, re.MULTILINE | re.DOTALL):
+        found[match[1]] = match[2]
+    return found
+
+
+def test_nginx_checks_every_path_but_exact_public_ones() -> None:
+    locations = nginx_locations((SNIPPETS / "nginx.conf").read_text())
+    assert "auth_request /_token_gate;" in locations["/"]
+    assert "proxy_pass http://api_app;" in locations["/"]  # the path as sent, to the app
+    public = [head for head in locations if head not in ("/", "= /_token_gate") and not head.startswith("@")]
+    assert public, locations.keys()
+    for head in public:
+        assert head.startswith("= "), f"location {head}: a public path by prefix or regex"
+        path = head[2:]
+        # The listed path, not the client's spelling (nginx matched it decoded and normalised).
+        assert f"proxy_pass http://api_app{path};" in locations[head], head
+        assert 'proxy_set_header X-Token-Access "";' in locations[head], head
+        assert 'proxy_set_header X-Token-Fingerprint "";' in locations[head], head
+    assert "internal;" in locations["= /_token_gate"]
+
+
+def test_caddy_checks_every_path_but_exact_public_ones() -> None:
+    caddy = (SNIPPETS / "Caddyfile").read_text()
+    matchers = dict(re.findall(r"^\t@(\w+) path (.+)$", caddy, re.MULTILINE))
+    handles = re.findall(r"^\thandle( @\w+)? \{\n(.*?)^\t\}$", caddy, re.MULTILINE | re.DOTALL)
+    catch_all = [body for name, body in handles if not name]
+    assert len(catch_all) == 1 and "forward_auth 127.0.0.1:9000" in catch_all[0]
+    public = [(name.strip()[1:], body) for name, body in handles if name]
+    assert public and len(public) == len(matchers)
+    for name, body in public:
+        path = matchers[name]
+        assert " " not in path and "*" not in path, f"@{name}: one exact path"
+        assert f"rewrite * {path}\n" in body, name
+        assert "forward_auth" not in body
+    # Before any handle: no client may pose as the gate, or send a name a CGI-style app reads as
+    # the token's or the gate's header (`X_API_Key`).
+    head = caddy[: caddy.index("\thandle")]
+    for line in (
+        "request_header -X-Token-Access",
+        "request_header -X-Token-Fingerprint",
+        "request_header -*_*",
+    ):
+        assert f"\t{line}\n" in head, line
+    # Nor name the gate's headers in `Connection`, which makes reverse_proxy drop them.
+    assert "\t@names_gate_headers header_regexp Connection (?i)x-token-\n" in head
+    assert "\trequest_header @names_gate_headers -Connection\n" in head
+    assert "route /v1/" not in caddy
+
+
+def test_traefik_checks_every_path_but_exact_public_ones() -> None:
+    traefik = (SNIPPETS / "traefik.yml").read_text()
+    routers = traefik[traefik.index("  routers:") : traefik.index("  services:")]
+    api = routers[routers.index("    api:") : routers.index("    public:")]
+    public = routers[routers.index("    public:") :]
+    assert 'rule: "PathPrefix(`/`)"' in api and "- token-gate" in api
+    rule = re.search(r'rule: "(.*)"', public)
+    assert rule is not None
+    assert all(re.fullmatch(r"Path\(`/[^`*{]*`\)", part) for part in rule[1].split(" || ")), rule[1]
+    priority = {
+        name: int(value)
+        for name, value in re.findall(r"    (\w+):\n(?:      .*\n)*?      priority: (\d+)", routers)
+    }
+    assert priority["public"] > priority["api"]
+
+
+def test_envoy_checks_every_path_but_exact_public_ones() -> None:
+    envoy = (SNIPPETS / "envoy.yaml").read_text()
+    routes = envoy[envoy.index("routes:") : envoy.index("http_filters:")]
+    matches = re.findall(r"- match: \{ (\w+): \"([^\"]*)\" \}", routes)
+    *public, last = matches
+    assert last == ("prefix", "/")
+    assert public and all(kind == "path" for kind, _ in public), public
+    assert routes.count("disabled: true") == len(public)
+    assert routes.rstrip().endswith("route: { cluster: api_app }")  # the catch-all: checked
+    assert "normalize_path: true" in envoy and "merge_slashes: true" in envoy
+    assert "headers_with_underscores_action: DROP_HEADER" in envoy
