@@ -1,6 +1,6 @@
 """Every way out of a store read settles the circuit breaker; an unreadable record is a store failure.
 
-Issue 12, items 1 and 8 (SPEC.md, "Every way out is closed on failure"). A read that reports
+Issue 12, items 1 and 8 (docs/behaviour.md, "Every way out is closed on failure"). A read that reports
 nothing to the breaker leaves it half-open, and then every uncached check fails closed until the
 process restarts; a record edited by hand must fail its own token's checks closed, never raise a
 bare error, never open the circuit for the other tokens, and heal when it is fixed.
@@ -26,6 +26,12 @@ from validator.breaker import BreakerState, CircuitBreaker
 from validator.core import Settings
 from validator.model import Mode
 from validator.store import Store, UnreadableRecord, fingerprint, parse_read
+
+pytestmark = [
+    pytest.mark.promise("P-BREAKER"),
+    pytest.mark.promise("P-UNREADABLE-RECORD"),
+    pytest.mark.promise("P-NO-UNHANDLED-ERROR"),
+]
 
 SECRET = "cli-test-secret"  # the CLI test helper's secret, so `validator-admin` reads our records
 CLIENT_IP = "198.51.100.20"

@@ -21,6 +21,8 @@ from tests.integration.test_cli_support import SECRET, Cli, Direct, command, env
 from tests.redis_servers import free_port
 from validator import Restrictions, StoreUnavailable, Validator
 
+pytestmark = [pytest.mark.promise("P-ADMIN-ERRORS"), pytest.mark.promise("P-REFUSAL-WRITES-NOTHING")]
+
 TOKEN = "tok_live_7c1d9e5b3a_do_not_print"
 
 

@@ -1,4 +1,4 @@
-"""`validator-admin` tells the truth a validator would act on (SPEC.md, "Hardened rules"), run as
+"""`validator-admin` tells the truth a validator would act on (docs/behaviour.md, "Hardened rules"), run as
 a user runs it (`python -m validator` subprocesses) against real redis-servers.
 
 Exit codes: 0 done, 1 nothing changed (or refused input, or check: denied), 2 usage or refused
@@ -20,6 +20,8 @@ import redis
 from tests.integration.test_cli_support import SECRET, Cli, Direct, write_lines
 from tests.redis_servers import RedisProcess, free_port
 from validator import ConfigurationError, Store, StoreUnavailable, Validator
+
+pytestmark = [pytest.mark.promise("P-ADMIN-TRUTH"), pytest.mark.promise("P-ADMIN-ERRORS")]
 
 TOKEN = "tok_truth_4d2a9c_do_not_print"
 CLIENT_IP = "203.0.113.7"

@@ -1,4 +1,4 @@
-"""A flood of invented tokens costs Redis a bounded amount of memory (SPEC.md, "Unknown tokens
+"""A flood of invented tokens costs Redis a bounded amount of memory (docs/behaviour.md, "Unknown tokens
 cannot grow the store"), against a real redis-server.
 
 Before the fix, each denied invented token got a stream of its own without expiry: 100,000
@@ -15,6 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from validator import Admin, Reason, Validator
+
+pytestmark = [pytest.mark.promise("P-DENIAL-LOG-BOUNDED")]
 
 FLOOD = 100_000
 AT_ONCE = 100  # checks in flight together, as a busy server would have them

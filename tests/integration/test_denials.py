@@ -20,6 +20,8 @@ from validator.metrics import install
 from validator.model import Source, decision
 from validator.store import fingerprint
 
+pytestmark = [pytest.mark.promise("P-DENIAL-LOG"), pytest.mark.promise("P-REPORT-ONLY")]
+
 TOKEN = "tok_live_denials_do_not_print"
 CLIENT_IP = "198.51.100.77"
 DAY_MS = 24 * 3600 * 1000

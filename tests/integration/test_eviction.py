@@ -1,4 +1,4 @@
-"""Eviction is a wipe (SPEC.md, "Hardened rules"), against real redis-servers.
+"""Eviction is a wipe (docs/behaviour.md, "Hardened rules"), against real redis-servers.
 
 A Redis whose `maxmemory-policy` may evict keys without a TTL (`allkeys-*`) can drop a token's
 record, which leaves the token unrestricted. `init` refuses such a store unless forced,
@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 from tests.redis_cluster import LocalCluster, redis_cli
 from tests.redis_servers import RedisProcess
 from validator import Admin, ConfigurationError, Validator
+
+pytestmark = [pytest.mark.promise("P-EVICTION-IS-A-WIPE")]
 
 SECRET = "eviction-test-secret"
 

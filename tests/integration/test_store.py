@@ -13,6 +13,8 @@ from redis.asyncio.connection import Connection
 from validator import Admin, InvalidEntry, LimitExceeded, Restrictions, Store
 from validator.store.wire import Multiplexer
 
+pytestmark = [pytest.mark.promise("P-ENTRY-LIMIT"), pytest.mark.promise("P-TOKENS-NEVER-IN-CLEAR")]
+
 TOKEN = "tok_live_5f3c9a1e2b"
 
 
@@ -183,7 +185,7 @@ async def test_refusals_leave_stored_data_untouched(admin: Admin, call: object) 
 async def test_admin_is_told_what_was_stored(admin: Admin) -> None:
     change = await admin.add_domains(TOKEN, ["https://Example.com/path"])
     assert change.restrictions is not None
-    assert change.restrictions.domains == ["example.com"]  # SPEC.md: a URL keeps its host alone
+    assert change.restrictions.domains == ["example.com"]  # docs/behaviour.md: a URL keeps its host alone
     assert len(change.notes) == 1
     assert "'example.com'" in change.notes[0]
 

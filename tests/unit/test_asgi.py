@@ -1,4 +1,4 @@
-"""TokenAccessMiddleware, in process: SPEC.md's decision table, tokens, responses, CORS, WebSocket.
+"""TokenAccessMiddleware, in process: docs/behaviour.md's decision table, tokens, responses, CORS, WebSocket.
 
 Requests are raw ASGI calls (`call()`), so every header byte is under the test's control; one
 test goes through httpx's ASGI transport to show the middleware under a real client library.
@@ -17,6 +17,15 @@ import pytest
 from validator import Admin, Reason, Restrictions, Source, Validator
 from validator.errors import ConfigurationError
 from validator.web.middleware import Message, Scope, TokenAccessMiddleware
+
+pytestmark = [
+    pytest.mark.promise("P-DECISION-TABLE"),
+    pytest.mark.promise("P-DENIED-403"),
+    pytest.mark.promise("P-NO-TOKEN-401"),
+    pytest.mark.promise("P-WEBSOCKET-REFUSED"),
+    pytest.mark.promise("P-PREFLIGHT-PASSES"),
+    pytest.mark.promise("P-REASON-NEVER-TO-CLIENT"),
+]
 
 FORBIDDEN_BODY = b'{"error": "Access denied. You don\'t have permission to access this."}'
 LISTED_ORIGIN = b"https://app.example.com"
@@ -309,7 +318,7 @@ async def test_public_routes_still_check_a_token_that_is_sent(app: Recorder, val
     assert (await call(middleware, [key("i")])).status == 403
 
 
-# Every configured source is read (SPEC.md, "One token per request"): different tokens in two of
+# Every configured source is read (docs/behaviour.md, "One token per request"): different tokens in two of
 # them are refused, whatever the order; a source left out is not read at all.
 SOURCES = [
     pytest.param(("bearer", "header", "query"), 403, None, id="default: all three differ"),

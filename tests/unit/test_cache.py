@@ -8,6 +8,11 @@ import pytest
 
 from validator.cache import Boxed, Cache
 
+pytestmark = [
+    pytest.mark.promise("P-READ-IN-FLIGHT-NOT-CACHED"),
+    pytest.mark.promise("P-UNKNOWN-CACHE-APART"),
+]
+
 
 class Clock:
     def __init__(self) -> None:

@@ -42,6 +42,8 @@ from validator.store.denial_refs import (
 )
 from validator.web.middleware import TokenAccessMiddleware
 
+pytestmark = [pytest.mark.promise("P-DENIAL-REF")]
+
 REF = re.compile(rb"[0-9a-f]{32}")
 HEADER = b"access-denied-ref"
 HASH = "AbCdEfGhIjKlMnOpQrStUv"  # a token hash's shape: 22 base64url characters

@@ -21,6 +21,8 @@ from validator.store import fingerprint
 from validator.web.gate import Gate, build_gate
 from validator.web.types import Message
 
+pytestmark = [pytest.mark.promise("P-GATE-SAME-ANSWERS")]
+
 FORBIDDEN_BODY = b'{"error": "Access denied. You don\'t have permission to access this."}'
 UNAUTHORIZED_BODY = b'{"error": "API token required."}'
 UNAVAILABLE_BODY = b'{"error": "Access check unavailable. Try again later."}'

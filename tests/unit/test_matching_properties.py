@@ -16,6 +16,12 @@ from validator.rules.domains import DomainSet
 from validator.rules.ips import IPSet, _v4_int, parse_ip
 from validator.rules.request import _scanned_host, host_of, is_hostname
 
+pytestmark = [
+    pytest.mark.promise("P-DOMAIN-MATCH"),
+    pytest.mark.promise("P-IP-MATCH"),
+    pytest.mark.promise("P-REQUEST-DOMAIN"),
+]
+
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 hostname = st.lists(label, min_size=1, max_size=4).map(".".join)
 parents = st.sampled_from(["example.com", "shop.test", "a.example.com", "com"])

@@ -1,4 +1,4 @@
-"""SPEC.md "Hardened rules" for admin entries (issue 12, items 6 and 9), each as a table:
+"""docs/behaviour.md "Hardened rules" for admin entries (issue 12, items 6 and 9), each as a table:
 one address is one canonical entry, and no entry admits the public at large."""
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ from validator.errors import ConfigurationError, InvalidEntry
 from validator.rules.entries import canonical_domain, normalize_domain
 from validator.rules.ips import IPSet
 from validator.rules.networks import canonical_ip, check_min_prefixes, ip_removals, normalize_ip
+
+pytestmark = [
+    pytest.mark.promise("P-NO-PUBLIC-AT-LARGE"),
+    pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY"),
+    pytest.mark.promise("P-IP-ENTRIES"),
+]
 
 TOKEN = "tok_hardened"
 

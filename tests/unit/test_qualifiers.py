@@ -19,6 +19,8 @@ from validator.rules.domains import DomainSet
 from validator.rules.entries import normalize_domain
 from validator.rules.request import host_of, origin_of
 
+pytestmark = [pytest.mark.promise("P-QUALIFIED-ENTRIES"), pytest.mark.promise("P-DOMAIN-ENTRIES")]
+
 # ------------------------------------------------------------------------------ stored form
 
 
@@ -40,7 +42,7 @@ from validator.rules.request import host_of, origin_of
         pytest.param("*.example.com:8443", "*.example.com:8443", id="wildcard port"),
         pytest.param("example.com:443", "example.com:443", id="port without scheme stays"),
         pytest.param("https://bücher.example", "https://xn--bcher-kva.example", id="idn origin"),
-        # SPEC.md: a pasted URL keeps its host alone; only an origin qualifies an entry.
+        # docs/behaviour.md: a pasted URL keeps its host alone; only an origin qualifies an entry.
         pytest.param("https://app.example.com/login?next=/", "app.example.com", id="page url"),
         pytest.param("https://app.example.com:8443/x", "app.example.com", id="page url with port"),
         pytest.param("https://user:pw@app.example.com", "app.example.com", id="userinfo"),

@@ -1,4 +1,4 @@
-"""SPEC.md's decision table, row by row, and the classification of requests."""
+"""docs/behaviour.md's decision table, row by row, and the classification of requests."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ import pytest
 
 from validator.model import Reason, Restrictions, Source
 from validator.rules.decide import TokenRules, classify
+
+pytestmark = [
+    pytest.mark.promise("P-DECISION-TABLE"),
+    pytest.mark.promise("P-EMPTY-LIST-DENIES"),
+    pytest.mark.promise("P-MISSING-SOURCE-DENIED"),
+    pytest.mark.promise("P-FRONT-OR-BACK-END"),
+    pytest.mark.promise("P-UNKNOWN-TOKEN"),
+]
 
 LISTED_ORIGIN = "https://app.example.com"
 OTHER_ORIGIN = "https://evil.test"

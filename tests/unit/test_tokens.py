@@ -1,4 +1,4 @@
-"""SPEC.md "Tokens are visible ASCII": the rule, and its refusal by `Validator.check`, `Admin`
+"""docs/behaviour.md "Tokens are visible ASCII": the rule, and its refusal by `Validator.check`, `Admin`
 and `validator-admin` (the middleware's side is in test_asgi_one_token.py)."""
 
 from __future__ import annotations
@@ -16,7 +16,11 @@ from validator.errors import ConfigurationError, InvalidEntry
 from validator.metrics import ValidatorCollector
 from validator.model import MAX_TOKEN_LENGTH, is_token
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.promise("P-VISIBLE-ASCII"),
+    pytest.mark.promise("P-MALFORMED-TOKEN-DENIED"),
+]
 
 RULE = "tokens are visible ASCII characters (! to ~), at most"
 
