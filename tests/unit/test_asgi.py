@@ -457,6 +457,7 @@ CORS_CASES = [
 ]
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 @pytest.mark.parametrize(("token", "origin", "status"), CORS_CASES)
 async def test_cors_echoes_the_origin(
     cors: TokenAccessMiddleware, token: str, origin: bytes, status: int
@@ -467,6 +468,7 @@ async def test_cors_echoes_the_origin(
     assert reply.header(b"vary") == b"Origin"
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 async def test_cors_on_401(cors: TokenAccessMiddleware) -> None:
     reply = await call(cors, [(b"origin", OTHER_ORIGIN)])
     assert (reply.status, reply.header(b"access-control-allow-origin")) == (401, OTHER_ORIGIN)
@@ -488,6 +490,7 @@ async def test_no_cors_headers(app: Recorder, validator: Validator, enabled: boo
     assert reply.header(b"vary") is None
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 async def test_cors_replaces_the_apps_allow_origin_and_extends_its_vary(validator: Validator) -> None:
     app = Recorder([(b"Access-Control-Allow-Origin", b"*"), (b"Vary", b"Accept-Encoding")])
     reply = await call(

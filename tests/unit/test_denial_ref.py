@@ -251,6 +251,7 @@ async def test_a_503_carries_no_reference() -> None:
 @pytest.mark.parametrize(
     ("cors", "exposed"), [(True, b"Access-Denied-Ref"), (False, None)], ids=["cors on", "cors off"]
 )
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 async def test_page_script_may_read_the_reference_when_cors_is_on(
     validator: Validator, cors: bool, exposed: bytes | None
 ) -> None:

@@ -300,6 +300,7 @@ async def test_denials_are_counted_as_the_middlewares(validator: Validator) -> N
 # --------------------------------------------------------------------------- CORS
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 async def test_cors_headers_on_allowed_and_denied_front_end_responses(validator: Validator) -> None:
     app = build(TokenAccess(validator, cors=True))
     allowed = await send(app, [key("d"), ("origin", LISTED_ORIGIN.decode())])

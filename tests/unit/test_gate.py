@@ -274,6 +274,7 @@ async def test_report_only_lets_a_denial_through_marked(validator: Validator, pr
     assert allowed.headers["x-token-access"] == "allowed"
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 @pytest.mark.parametrize("proxy", PROXIES)
 async def test_cors_makes_a_refusal_readable_by_a_page_on_another_origin(
     validator: Validator, proxy: str
