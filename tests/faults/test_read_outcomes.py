@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from tests.integration.test_cli_support import Cli
+from tests.redis_cluster import Backend
 from tests.redis_servers import RedisProcess
 from validator import Admin, Reason, Restrictions, StoreUnavailable, Validator
 from validator.breaker import BreakerState, CircuitBreaker
@@ -519,3 +521,49 @@ def test_unreadable_replies(reply: Any) -> None:
 )
 def test_readable_replies(reply: Any, expected: Restrictions | None) -> None:
     assert parse_read(reply) == expected
+
+
+async def node_holding(backend: Backend, key: str) -> aioredis.Redis:
+    """A client of the write node that serves `key` (on a Cluster: the primary of its slot)."""
+    nodes = backend.write_nodes()
+    for node in nodes:
+        try:
+            await node.type(key)
+        except redis.exceptions.ResponseError:  # MOVED: another primary's slot
+            continue
+        for other in nodes:
+            if other is not node:
+                await other.aclose()
+        return node
+    raise AssertionError(f"no write node serves {key}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["switch-not-0-or-1", "entry-not-utf8"])
+async def test_an_unreadable_record_fails_only_its_token_on_every_deployment(
+    backend: Backend, kind: str
+) -> None:
+    admin = Admin.from_url(backend.url, secret=SECRET)
+    try:
+        await admin.init()
+        await admin.put(ALLOWED, record(CLIENT_IP), allow_private=True)
+        await admin.put(DENIED, record(OTHER_IP), allow_private=True)
+        keys = admin.store.keys(admin.token_hash(ALLOWED))
+        raw = await node_holding(backend, keys[0])
+        try:
+            await CORRUPTIONS[kind](raw, keys)
+        finally:
+            await raw.aclose()
+        async with validator_on(backend.url) as validator:
+            for _ in range(2 * validator.settings["breaker_threshold"]):
+                with pytest.raises(UnreadableRecord):
+                    await validator.check(ALLOWED, client_ip=CLIENT_IP)
+            # The breaker stayed closed and the other tokens are read as before.
+            assert (await validator.check(DENIED, client_ip=CLIENT_IP)).reason is Reason.IP_NOT_LISTED
+            assert (await validator.check("tok_h1_never_stored", client_ip=CLIENT_IP)).allowed
+            await admin.delete(ALLOWED)
+            await admin.put(ALLOWED, record(CLIENT_IP), allow_private=True)
+            await validator.sync()
+            assert (await validator.check(ALLOWED, client_ip=CLIENT_IP)).allowed
+    finally:
+        await admin.close()
