@@ -18,15 +18,6 @@ from validator import Admin, Reason, Restrictions, Source, Validator
 from validator.errors import ConfigurationError
 from validator.web.middleware import Message, Scope, TokenAccessMiddleware
 
-pytestmark = [
-    pytest.mark.promise("P-DECISION-TABLE"),
-    pytest.mark.promise("P-DENIED-403"),
-    pytest.mark.promise("P-NO-TOKEN-401"),
-    pytest.mark.promise("P-WEBSOCKET-REFUSED"),
-    pytest.mark.promise("P-PREFLIGHT-PASSES"),
-    pytest.mark.promise("P-REASON-NEVER-TO-CLIENT"),
-]
-
 FORBIDDEN_BODY = b'{"error": "Access denied. You don\'t have permission to access this."}'
 LISTED_ORIGIN = b"https://app.example.com"
 OTHER_ORIGIN = b"https://evil.test"
@@ -172,6 +163,9 @@ DECISION_TABLE = [
 ]
 
 
+@pytest.mark.promise("P-DECISION-TABLE")
+@pytest.mark.promise("P-DENIED-403")
+@pytest.mark.promise("P-REASON-NEVER-TO-CLIENT")
 @pytest.mark.parametrize(("token", "kind", "where", "allowed", "reason"), DECISION_TABLE)
 async def test_decision_table(
     app: Recorder,
@@ -213,6 +207,7 @@ BROWSER_SIGNALS = [
 ]
 
 
+@pytest.mark.promise("P-FRONT-OR-BACK-END")
 @pytest.mark.parametrize(("headers", "status"), BROWSER_SIGNALS)
 async def test_browser_signals(middleware: TokenAccessMiddleware, headers: Headers, status: int) -> None:
     assert (await call(middleware, [key("d"), *headers], client=(LISTED_IP, 1))).status == status
@@ -234,6 +229,7 @@ NOT_SIGNALS = [
 ]
 
 
+@pytest.mark.promise("P-FRONT-OR-BACK-END")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     "signal",
@@ -296,6 +292,7 @@ NO_TOKEN = [
 ]
 
 
+@pytest.mark.promise("P-NO-TOKEN-401")
 @pytest.mark.parametrize(("headers", "query"), NO_TOKEN)
 async def test_no_token_is_401(
     app: Recorder, middleware: TokenAccessMiddleware, headers: Headers, query: bytes
@@ -306,6 +303,7 @@ async def test_no_token_is_401(
     assert reply.header(b"www-authenticate") == b"Bearer"
 
 
+@pytest.mark.promise("P-NO-TOKEN-401")
 async def test_no_token_passes_through_for_public_routes(app: Recorder, validator: Validator) -> None:
     middleware = TokenAccessMiddleware(app, validator=validator, require_token=False)
     reply = await call(middleware)
@@ -313,6 +311,7 @@ async def test_no_token_passes_through_for_public_routes(app: Recorder, validato
     assert reply.scope["state"] == {"token_access": None, "api_token": None}
 
 
+@pytest.mark.promise("P-NO-TOKEN-401")
 async def test_public_routes_still_check_a_token_that_is_sent(app: Recorder, validator: Validator) -> None:
     middleware = TokenAccessMiddleware(app, validator=validator, require_token=False)
     assert (await call(middleware, [key("i")])).status == 403
@@ -328,6 +327,7 @@ SOURCES = [
 ]
 
 
+@pytest.mark.promise("P-ONE-TOKEN")
 @pytest.mark.parametrize(("sources", "status", "used"), SOURCES)
 async def test_token_sources(
     app: Recorder, validator: Validator, sources: Any, status: int, used: str | None
@@ -361,6 +361,8 @@ CONFLICTING_TOKENS = [
 ]
 
 
+@pytest.mark.promise("P-ONE-TOKEN")
+@pytest.mark.promise("P-DENIED-403")
 @pytest.mark.parametrize(("headers", "query"), CONFLICTING_TOKENS)
 async def test_ambiguous_token_is_denied(
     app: Recorder, middleware: TokenAccessMiddleware, headers: Headers, query: bytes
@@ -369,6 +371,7 @@ async def test_ambiguous_token_is_denied(
     assert (reply.status, reply.body, app.scopes) == (403, FORBIDDEN_BODY, [])
 
 
+@pytest.mark.promise("P-UNKNOWN-TOKEN")
 async def test_unknown_tokens_denied_when_configured(app: Recorder) -> None:
     async with Validator.from_url(f"memory://asgi-{uuid.uuid4()}", unknown_token="deny") as validator:
         reply = await call(TokenAccessMiddleware(app, validator=validator), [key("nobody")])
@@ -378,6 +381,7 @@ async def test_unknown_tokens_denied_when_configured(app: Recorder) -> None:
 # --------------------------------------------------------------------------- store failures
 
 
+@pytest.mark.promise("P-FAIL-CLOSED")
 async def test_store_unreachable_is_503() -> None:
     app = Recorder()
     async with Validator.from_url("redis://127.0.0.1:1/0", timeout=0.2, connect_timeout=0.2) as validator:
@@ -387,6 +391,7 @@ async def test_store_unreachable_is_503() -> None:
     assert reply.header(b"content-type") == b"application/json"
 
 
+@pytest.mark.promise("P-FAIL-CLOSED")
 async def test_store_unreachable_fails_open_when_the_validator_does() -> None:
     app = Recorder()
     url = "redis://127.0.0.1:1/0"
@@ -504,6 +509,7 @@ async def test_cors_replaces_the_apps_allow_origin_and_extends_its_vary(validato
 PREFLIGHT = [(b"origin", OTHER_ORIGIN), (b"access-control-request-method", b"GET")]
 
 
+@pytest.mark.promise("P-PREFLIGHT-PASSES")
 async def test_preflight_answered(app: Recorder, cors: TokenAccessMiddleware) -> None:
     reply = await call(
         cors, [*PREFLIGHT, (b"access-control-request-headers", b"x-api-key")], method="OPTIONS"
@@ -516,6 +522,7 @@ async def test_preflight_answered(app: Recorder, cors: TokenAccessMiddleware) ->
     assert reply.header(b"vary") == b"Origin"
 
 
+@pytest.mark.promise("P-PREFLIGHT-PASSES")
 async def test_preflight_settings(app: Recorder, validator: Validator) -> None:
     middleware = TokenAccessMiddleware(
         app,
@@ -531,6 +538,7 @@ async def test_preflight_settings(app: Recorder, validator: Validator) -> None:
     assert reply.header(b"access-control-max-age") == b"0"
 
 
+@pytest.mark.promise("P-PREFLIGHT-PASSES")
 async def test_preflight_passed_to_the_app_by_default(
     app: Recorder, middleware: TokenAccessMiddleware
 ) -> None:
@@ -545,6 +553,7 @@ NOT_PREFLIGHT = [
 ]
 
 
+@pytest.mark.promise("P-PREFLIGHT-PASSES")
 @pytest.mark.parametrize(("method", "headers"), NOT_PREFLIGHT)
 async def test_not_a_preflight_needs_a_token(
     cors: TokenAccessMiddleware, method: str, headers: Headers
@@ -572,6 +581,7 @@ WEBSOCKET_REFUSED = [
 ]
 
 
+@pytest.mark.promise("P-WEBSOCKET-REFUSED")
 @pytest.mark.parametrize(("headers", "query", "status"), WEBSOCKET_REFUSED)
 async def test_websocket_denied_before_accept(
     app: Recorder, middleware: TokenAccessMiddleware, headers: Headers, query: bytes, status: int
@@ -582,6 +592,7 @@ async def test_websocket_denied_before_accept(
     assert app.scopes == []
 
 
+@pytest.mark.promise("P-WEBSOCKET-REFUSED")
 @pytest.mark.parametrize(("headers", "query", "status"), WEBSOCKET_REFUSED)
 async def test_websocket_denial_response_when_the_server_supports_it(
     app: Recorder, middleware: TokenAccessMiddleware, headers: Headers, query: bytes, status: int
@@ -633,6 +644,7 @@ def test_bad_settings_refused_at_construction(settings: dict[str, Any], app: Rec
 # --------------------------------------------------------------------------- report-only rollout
 
 
+@pytest.mark.promise("P-REPORT-ONLY")
 @pytest.mark.parametrize(
     ("client_ip", "reported"),
     [pytest.param(OTHER_IP, True, id="would be denied"), pytest.param(LISTED_IP, False, id="allowed anyway")],
