@@ -8,11 +8,6 @@ import pytest
 
 from validator.cache import Boxed, Cache
 
-pytestmark = [
-    pytest.mark.promise("P-READ-IN-FLIGHT-NOT-CACHED"),
-    pytest.mark.promise("P-UNKNOWN-CACHE-APART"),
-]
-
 
 class Clock:
     def __init__(self) -> None:
@@ -73,6 +68,7 @@ async def test_lru_evicts_least_recently_used() -> None:
     assert [t for t in "acd" if cache.fresh(t) is not None] == ["a", "c", "d"]
 
 
+@pytest.mark.promise("P-UNKNOWN-CACHE-APART")
 async def test_unknown_tokens_have_their_own_bound() -> None:
     cache = make(Clock())
     for token in "abc":
@@ -130,6 +126,7 @@ async def test_failed_read_reaches_every_waiter_and_caches_nothing() -> None:
     assert cache.fresh("a") is None
 
 
+@pytest.mark.promise("P-READ-IN-FLIGHT-NOT-CACHED")
 @pytest.mark.parametrize("how", ["invalidate", "clear"])
 async def test_invalidation_during_a_read_keeps_its_result_out(how: str) -> None:
     cache = make(Clock())
