@@ -136,6 +136,7 @@ async def test_limit_holds_under_50_concurrent_writers(store_url: str, admin: Ad
     assert stored is not None and len(stored.domains) == 5
 
 
+@pytest.mark.promise("P-SINGLE-FLIGHT")
 async def test_single_flight_1000_concurrent_checks_one_read(
     backend: Backend, admin: Admin, validator: Validator
 ) -> None:
@@ -153,6 +154,7 @@ async def test_single_flight_1000_concurrent_checks_one_read(
     assert await read_calls(backend) == 1
 
 
+@pytest.mark.promise("P-SYNC")
 @pytest.mark.promise("P-INVALIDATION")
 async def test_admin_changes_reach_the_cache_on_every_node(
     backend: Backend, admin: Admin, validator: Validator
@@ -174,6 +176,7 @@ async def test_admin_changes_reach_the_cache_on_every_node(
         assert not (await validator.check(token, client_ip=CLIENT_IP)).allowed
 
 
+@pytest.mark.promise("P-SYNC")
 @pytest.mark.promise("P-INVALIDATION")
 async def test_change_by_a_raw_client_reaches_the_cache(
     backend: Backend, admin: Admin, validator: Validator

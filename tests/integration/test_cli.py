@@ -132,6 +132,7 @@ def test_options_work_before_and_after_the_command(cli: Cli, store: Direct) -> N
 # ------------------------------------------------------------------------------ lists
 
 
+@pytest.mark.promise("P-STORED-FORM-TOLD")
 @pytest.mark.promise("P-DOMAIN-ENTRIES")
 @pytest.mark.parametrize(
     ("typed", "stored"),
@@ -153,6 +154,7 @@ def test_domains_add_prints_the_stored_form(cli: Cli, store: Direct, typed: str,
     assert store.get(TOKEN) == Restrictions(domains=[stored], version=1)
 
 
+@pytest.mark.promise("P-STORED-FORM-TOLD")
 @pytest.mark.promise("P-IP-ENTRIES")
 @pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 @pytest.mark.parametrize(

@@ -187,6 +187,7 @@ async def test_refusals_leave_stored_data_untouched(admin: Admin, call: object) 
     assert await admin.get(TOKEN) == before
 
 
+@pytest.mark.promise("P-STORED-FORM-TOLD")
 @pytest.mark.promise("P-DOMAIN-ENTRIES")
 async def test_admin_is_told_what_was_stored(admin: Admin) -> None:
     change = await admin.add_domains(TOKEN, ["https://Example.com/path"])

@@ -79,6 +79,7 @@ async def test_unknown_tokens_have_their_own_bound() -> None:
     assert len(cache) == 3 + 2
 
 
+@pytest.mark.promise("P-SINGLE-FLIGHT")
 async def test_concurrent_loads_share_one_read() -> None:
     cache = make(Clock())
     reads = 0
@@ -97,6 +98,7 @@ async def test_concurrent_loads_share_one_read() -> None:
     assert reads == 1
 
 
+@pytest.mark.promise("P-SINGLE-FLIGHT")
 async def test_cancelled_first_caller_does_not_cancel_the_shared_read() -> None:
     cache = make(Clock())
     release = asyncio.Event()
