@@ -168,3 +168,18 @@ def test_a_switch_to_report_only_reads_as_one(redis_url: str) -> None:
         json.dumps({"at": 0, "op": "mode", "version": 1, "mode": "report"}), type=HistoryEntry
     )
     assert entry.mode == "report"
+
+
+def test_suggest_learn_shows_its_mode_in_every_view(cli: Cli) -> None:
+    # `suggest --learn` (and `--enforce`) write whole records (op put): the mode is their point.
+    token = "tok_live_history_suggest_0001"
+    assert cli("domains", "add", token, "app.example.com").code == 0
+    learn = cli("suggest", token, "--learn", "--yes")
+    assert learn.code == 0, learn.err
+    plain = cli("history", token).out
+    newest = plain.splitlines()[2]
+    assert newest.endswith("mode report"), plain
+    (entry, *_) = cli("history", token, "--json").json()["history"]
+    assert (entry["op"], entry["mode"]) == ("put", "report")
+    lines = [json.loads(line) for line in cli("history", "--all").out.splitlines()]
+    assert (lines[-1]["op"], lines[-1]["mode"]) == ("put", "report")
