@@ -8,7 +8,7 @@ problem, exiting 1 if there is any:
 - a promise that no test names (`@pytest.mark.promise("P-SOME-ID")`);
 - a promise that applies to a deployment (single, cluster, sentinel) with no test run on it;
 - a test that names an id docs/behaviour.md does not define;
-- a link in the README to a promise docs/behaviour.md does not define.
+- a link to a promise docs/behaviour.md does not define (from the README, or within the document).
 
 A test runs on a deployment when its parameters name it (the `backend` fixture's `standalone`,
 `cluster`, `sentinel`; any parameter id holding `single`, `standalone`, `cluster` or `sentinel`)
@@ -41,6 +41,7 @@ _PROMISE = re.compile(
 )
 _ID_LIKE = re.compile(r"^- \*\*P-")
 _README_LINK = re.compile(r"behaviour\.md#(P-[A-Za-z0-9-]+)")
+_OWN_LINK = re.compile(r"\]\(#(P-[A-Za-z0-9-]+)\)")
 # Words of a parameter id that name a deployment.
 _PARAM_WORDS = {"standalone": "single", "single": "single", "cluster": "cluster", "sentinel": "sentinel"}
 # What a fixture's return annotation holds when it starts a deployment's processes.
@@ -108,8 +109,10 @@ def item_deployments(params: Mapping[str, object], param_id: str, fixture_return
     return found
 
 
-def problems_of(promises: list[Promise], coverage: Coverage, readme_links: Iterable[str] = ()) -> list[str]:
-    """One line per broken promise, test or link."""
+def problems_of(
+    promises: list[Promise], coverage: Coverage, links: Iterable[tuple[str, str]] = ()
+) -> list[str]:
+    """One line per broken promise, test or link (`links`: the file that links, the id linked)."""
     problems: list[str] = []
     known = {p.id for p in promises}
     for promise in promises:
@@ -122,8 +125,9 @@ def problems_of(promises: list[Promise], coverage: Coverage, readme_links: Itera
     for pid, tests in sorted(coverage.tests.items()):
         if pid not in known:
             problems.append(f"{tests[0]}: names {pid}, which docs/behaviour.md does not define")
-    for pid in sorted(set(readme_links) - known):
-        problems.append(f"README.md: links to {pid}, which docs/behaviour.md does not define")
+    for where, pid in sorted(set(links)):
+        if pid not in known:
+            problems.append(f"{where}: links to {pid}, which docs/behaviour.md does not define")
     return problems
 
 
@@ -173,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args
     started = time.monotonic()
-    promises, problems = parse_promises((ROOT / "docs" / "behaviour.md").read_text())
+    document = (ROOT / "docs" / "behaviour.md").read_text()
+    promises, problems = parse_promises(document)
     coverage = collect()
-    links = _README_LINK.findall((ROOT / "README.md").read_text())
+    links = [("README.md", pid) for pid in _README_LINK.findall((ROOT / "README.md").read_text())]
+    links += [("docs/behaviour.md", pid) for pid in _OWN_LINK.findall(document)]
     problems += problems_of(promises, coverage, links)
     for problem in problems:
         print(f"promises: {problem}")

@@ -82,11 +82,13 @@ def test_every_kind_of_problem_is_one_line() -> None:
         P_CLUSTER_ONLY=(["tests/b.py::test_y"], {"cluster"}),
         P_UNKNOWN=(["tests/c.py::test_z"], set()),
     )
-    assert problems_of(promises, found, ["P-PURE-RULE", "P-GONE"]) == [
+    links = [("README.md", "P-PURE-RULE"), ("README.md", "P-GONE"), ("docs/behaviour.md", "P-TYPO")]
+    assert problems_of(promises, found, links) == [
         "docs/behaviour.md:5: P-PURE-RULE has no test (@pytest.mark.promise('P-PURE-RULE'))",
         "docs/behaviour.md:6: P-ON-ALL applies to sentinel but no test of it runs there",
         "tests/c.py::test_z: names P-UNKNOWN, which docs/behaviour.md does not define",
         "README.md: links to P-GONE, which docs/behaviour.md does not define",
+        "docs/behaviour.md: links to P-TYPO, which docs/behaviour.md does not define",
     ]
 
 
@@ -97,7 +99,7 @@ def test_a_kept_promise_is_no_problem() -> None:
         P_ON_ALL=(["tests/a.py::test_x"], {"single", "cluster", "sentinel"}),
         P_CLUSTER_ONLY=(["tests/b.py::test_y"], {"cluster", "single"}),
     )
-    assert problems_of(promises, found, ["P-ON-ALL"]) == []
+    assert problems_of(promises, found, [("README.md", "P-ON-ALL")]) == []
 
 
 def test_the_repository_keeps_its_promises_as_written() -> None:
