@@ -29,12 +29,6 @@ from validator.core import Settings
 from validator.model import Mode
 from validator.store import Store, UnreadableRecord, fingerprint, parse_read
 
-pytestmark = [
-    pytest.mark.promise("P-BREAKER"),
-    pytest.mark.promise("P-UNREADABLE-RECORD"),
-    pytest.mark.promise("P-NO-UNHANDLED-ERROR"),
-]
-
 SECRET = "cli-test-secret"  # the CLI test helper's secret, so `validator-admin` reads our records
 CLIENT_IP = "198.51.100.20"
 OTHER_IP = "203.0.113.9"
@@ -118,6 +112,8 @@ async def seconds_to_recover(validator: Validator, timeout: float = 10.0) -> flo
 # ------------------------------------------------------------------------------ item 1: restarts
 
 
+@pytest.mark.promise("P-BREAKER")
+@pytest.mark.promise("P-WIPED-STORE-FAILS-CLOSED")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("invalidation", [True, False], ids=["invalidation", "no-invalidation"])
 async def test_restart_empty_fails_closed_then_init_and_restore_recover(
@@ -136,6 +132,7 @@ async def test_restart_empty_fails_closed_then_init_and_restore_recover(
         assert await seconds_to_recover(validator) < RESET + READ_BOUND
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(60)
 async def test_validator_started_before_redis_and_before_init_recovers() -> None:
     server = RedisProcess()
@@ -210,6 +207,7 @@ async def assert_answers_at_once(validator: Validator) -> None:
     assert validator.breaker.state is BreakerState.CLOSED
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(10)
 async def test_a_cancelled_trial_read_does_not_wedge_the_breaker(
     fake: tuple[Validator, FakeReads, Clock],
@@ -227,6 +225,8 @@ async def test_a_cancelled_trial_read_does_not_wedge_the_breaker(
     await assert_answers_at_once(validator)  # the fake clock did not move
 
 
+@pytest.mark.promise("P-BREAKER")
+@pytest.mark.promise("P-NO-UNHANDLED-ERROR")
 @pytest.mark.timeout(10)
 async def test_a_read_cancelled_inside_the_store_client_is_a_failed_read(
     fake: tuple[Validator, FakeReads, Clock],
@@ -240,6 +240,7 @@ async def test_a_read_cancelled_inside_the_store_client_is_a_failed_read(
     await assert_answers_at_once(validator)
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(10)
 async def test_a_client_that_disconnects_during_the_trial_does_not_wedge_the_breaker(
     fake: tuple[Validator, FakeReads, Clock],
@@ -257,6 +258,8 @@ async def test_a_client_that_disconnects_during_the_trial_does_not_wedge_the_bre
     await assert_answers_at_once(validator)
 
 
+@pytest.mark.promise("P-BREAKER")
+@pytest.mark.promise("P-NO-UNHANDLED-ERROR")
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(
     "error",
@@ -275,6 +278,7 @@ async def test_an_unexpected_error_in_a_read_is_a_store_failure(
     await assert_answers_at_once(validator)
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(10)
 async def test_a_failed_marker_read_does_not_poison_later_ones(
     fake: tuple[Validator, FakeReads, Clock], monkeypatch: pytest.MonkeyPatch
@@ -297,6 +301,7 @@ async def test_a_failed_marker_read_does_not_poison_later_ones(
     await assert_answers_at_once(validator)
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(10)
 async def test_a_marker_read_overtaken_by_a_wipe_does_not_count(
     fake: tuple[Validator, FakeReads, Clock], monkeypatch: pytest.MonkeyPatch
@@ -384,6 +389,8 @@ def unreadable_logs(caplog: pytest.LogCaptureFixture, token_hash: str) -> list[s
     return [m for m in messages if "unreadable record" in m and fingerprint(token_hash) in m]
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
+@pytest.mark.promise("P-NO-UNHANDLED-ERROR")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("path", ["fast", "general"])
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
@@ -426,6 +433,7 @@ async def test_an_unreadable_record_fails_its_token_closed_and_heals(
         assert not (await validator.check(ALLOWED, client_ip=OTHER_IP)).allowed
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
 @pytest.mark.timeout(30)
 async def test_fixing_the_record_by_hand_heals_it(
     server: RedisProcess, admin: Admin, raw: aioredis.Redis
@@ -439,6 +447,7 @@ async def test_fixing_the_record_by_hand_heals_it(
         assert (await validator.check(ALLOWED, client_ip=CLIENT_IP)).allowed
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
 @pytest.mark.timeout(30)
 async def test_fail_open_applies_to_an_unreadable_record(
     server: RedisProcess, admin: Admin, raw: aioredis.Redis
@@ -449,6 +458,7 @@ async def test_fail_open_applies_to_an_unreadable_record(
         assert (decision.allowed, decision.reason) == (True, Reason.STORE_UNAVAILABLE)
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("kind", sorted(set(CORRUPTIONS) - ADMIN_READABLE))
 async def test_the_admin_reads_an_unreadable_record_as_a_store_failure(
@@ -463,6 +473,8 @@ async def test_the_admin_reads_an_unreadable_record_as_a_store_failure(
     assert (await admin.get(DENIED)) is not None
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
+@pytest.mark.promise("P-ADMIN-ERRORS")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["version-not-a-number", "ip-set-is-a-list"])
 async def test_the_cli_shows_an_unreadable_record_as_one_line(
@@ -498,6 +510,8 @@ UNREADABLE_REPLIES: dict[str, Any] = {
 }
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
+@pytest.mark.promise("P-NO-UNHANDLED-ERROR")
 @pytest.mark.parametrize("reply", UNREADABLE_REPLIES.values(), ids=UNREADABLE_REPLIES.keys())
 def test_unreadable_replies(reply: Any) -> None:
     with pytest.raises(UnreadableRecord) as error:
@@ -505,6 +519,7 @@ def test_unreadable_replies(reply: Any) -> None:
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
@@ -538,6 +553,7 @@ async def node_holding(backend: Backend, key: str) -> aioredis.Redis:
     raise AssertionError(f"no write node serves {key}")
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["switch-not-0-or-1", "entry-not-utf8"])
 async def test_an_unreadable_record_fails_only_its_token_on_every_deployment(

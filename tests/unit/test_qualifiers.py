@@ -19,11 +19,10 @@ from validator.rules.domains import DomainSet
 from validator.rules.entries import normalize_domain
 from validator.rules.request import host_of, origin_of
 
-pytestmark = [pytest.mark.promise("P-QUALIFIED-ENTRIES"), pytest.mark.promise("P-DOMAIN-ENTRIES")]
-
 # ------------------------------------------------------------------------------ stored form
 
 
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
 @pytest.mark.parametrize(
     ("entry", "stored"),
     [
@@ -57,6 +56,8 @@ def test_normalize_qualified_domain(entry: str, stored: str) -> None:
     assert (result.note is not None) is (stored != entry.strip())
 
 
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
+@pytest.mark.promise("P-STORED-FORM-TOLD")
 @pytest.mark.parametrize(
     ("entry", "dropped"),
     [
@@ -73,6 +74,7 @@ def test_note_names_what_was_dropped(entry: str, dropped: str) -> None:
     assert dropped in note
 
 
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
 @pytest.mark.parametrize(
     ("entry", "says"),
     [
@@ -108,6 +110,7 @@ def test_normalize_qualified_domain_refuses(entry: str, says: str) -> None:
 # ------------------------------------------------------------------------------ origin_of
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @pytest.mark.parametrize(
     ("url", "origin"),
     [
@@ -126,6 +129,7 @@ def test_origin_of(url: str, origin: tuple[str, str, int | None]) -> None:
     assert origin_of(url) == origin
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @pytest.mark.parametrize(
     "url",
     [
@@ -146,6 +150,7 @@ def test_origin_of_malformed(url: str) -> None:
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @given(
     scheme=st.sampled_from(["http", "https", "wss"]),
     userinfo=st.one_of(st.just(""), st.from_regex(r"[a-z0-9]{1,6}(:[0-9]{1,6})?@", fullmatch=True)),
@@ -162,6 +167,7 @@ def test_origin_of_agrees_with_urllib(
     assert origin_of(url) == (parts.scheme, parts.hostname, parts.port or default)
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @given(url=st.one_of(st.text(max_size=40), st.text(max_size=30).map(lambda t: "https://" + t)))
 def test_origin_of_never_raises_and_agrees_with_host_of(url: str) -> None:
     origin = origin_of(url)
@@ -183,6 +189,7 @@ QUALIFIED = DomainSet(
 )
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @pytest.mark.parametrize(
     ("url", "member"),
     [
@@ -219,6 +226,7 @@ def test_qualified_domain_set(url: str, member: bool) -> None:
     assert QUALIFIED.matches(host, url) is member
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 def test_host_alone_matches_only_bare_entries() -> None:
     assert "example.com" in QUALIFIED
     assert "app.example.com" not in QUALIFIED
@@ -231,6 +239,7 @@ def test_qualified_flag_and_size() -> None:
     assert not DomainSet(["example.com", "*.example.com"]).qualified
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @pytest.mark.parametrize(
     ("origin", "referer", "reason"),
     [
