@@ -31,11 +31,20 @@ def redis_server_binary() -> str:
     )
 
 
+# Ports already handed out by this process: the OS may offer a port again as soon as its probe
+# socket is closed, and a Cluster node given the same port for clients and for its bus exits.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port free now, never one this process was given before."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class RedisProcess:

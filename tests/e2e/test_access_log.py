@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.conftest import running
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.promise("P-TOKENS-NEVER-IN-CLEAR")]
 
 
 def test_access_log_never_holds_a_query_token() -> None:

@@ -1,4 +1,4 @@
-"""SPEC.md's decision table over real HTTP: the demo under uvicorn, a real redis-server, curl for
+"""docs/behaviour.md's decision table over real HTTP: the demo under uvicorn, a real redis-server, curl for
 back-end use and headless Chromium (page script calling the API with fetch()) for front-end use."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from tests.e2e.chromium import Chromium
 from tests.e2e.conftest import DemoProcess, need, running, seed
 from tests.redis_servers import RedisProcess, free_port
 from validator import Restrictions
+
+pytestmark = [pytest.mark.promise("P-DECISION-TABLE")]
 
 FORBIDDEN = {"error": "Access denied. You don't have permission to access this."}
 LISTED_DOMAIN = "app.test"

@@ -10,11 +10,14 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.e2e.chromium import Chromium
 from tests.e2e.conftest import SECRET, DemoProcess
 from tests.e2e.test_demo import FORBIDDEN, OTHER_IP, new_token
 from tests.redis_servers import RedisProcess
+
+pytestmark = [pytest.mark.promise("P-DENIAL-REF"), pytest.mark.promise("P-CORS-EXPOSES-REF")]
 
 REF = re.compile(r"[0-9a-f]{32}")
 

@@ -26,7 +26,7 @@ from tests.processes import stop_process, wait_answering
 from tests.redis_servers import RedisProcess, free_port
 from validator import Restrictions
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.promise("P-FASTAPI-SAME-ANSWERS")]
 
 FORBIDDEN = b'{"error": "Access denied. You don\'t have permission to access this."}'
 UNAUTHORIZED = b'{"error": "API token required."}'

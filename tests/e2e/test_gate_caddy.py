@@ -34,6 +34,8 @@ from tests.e2e.proxies import (
 )
 from tests.redis_servers import RedisProcess, free_port
 
+pytestmark = [pytest.mark.promise("P-GATE-SAME-ANSWERS")]
+
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:

@@ -40,6 +40,8 @@ from tests.e2e.proxies import (
 )
 from tests.redis_servers import RedisProcess
 
+pytestmark = [pytest.mark.promise("P-GATE-SAME-ANSWERS")]
+
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[Upstream]:

@@ -20,6 +20,8 @@ from tests.e2e.test_demo import curl
 from tests.redis_servers import RedisProcess
 from validator import Restrictions
 
+pytestmark = [pytest.mark.promise("P-REPORT-ONLY")]
+
 TOKEN = "tok-e2e-report-do-not-print"
 SERVER = "198.51.100.9"  # the back end this token's owner forgot to list
 STRANGER = "192.0.2.1"

@@ -36,6 +36,8 @@ from tests.redis_cluster import (
 from validator import Admin, Restrictions, StoreUnavailable
 from validator.store import Store
 
+pytestmark = [pytest.mark.promise("P-BLAST-RADIUS")]
+
 SECRET = "blast-radius-secret"
 CLIENT_IP = "198.51.100.20"
 OTHER_IP = "203.0.113.99"
@@ -147,6 +149,7 @@ async def wait_for(condition: object, timeout: float, what: str) -> None:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.promise("P-UNCONFIRMED-NOT-FRESH")
 async def test_one_primary_down_affects_only_its_slots(cluster: LocalCluster) -> None:
     admin = Admin.from_url(cluster.url, secret=SECRET)
     await admin.init()
@@ -285,6 +288,7 @@ async def test_a_manual_failover_is_followed_within_the_topology_interval(cluste
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.promise("P-UNCONFIRMED-NOT-FRESH")
 async def test_a_sentinel_failover_bounds_the_stale_window(sentinel: LocalSentinel) -> None:
     admin = Admin.from_url(sentinel.url, secret=SECRET)
     await admin.init()

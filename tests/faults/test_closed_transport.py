@@ -23,6 +23,8 @@ from validator import Admin, Restrictions, StoreUnavailable, Validator
 from validator.store.wire import Multiplexer, WireError
 from validator.web.middleware import TokenAccessMiddleware
 
+pytestmark = [pytest.mark.promise("P-NO-UNHANDLED-ERROR")]
+
 SECRET = "closed-transport-secret"
 CLIENT_IP = "198.51.100.20"
 TOKENS = [f"tok_closed_{n}" for n in range(12)]  # on a cluster: in every primary's slots

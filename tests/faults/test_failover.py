@@ -21,6 +21,8 @@ from tests.redis_cluster import LocalCluster, LocalSentinel, redis_cli
 from validator import Admin, StoreUnavailable, Validator
 from validator.core import Settings
 
+pytestmark = [pytest.mark.promise("P-FAIL-CLOSED")]
+
 FAILOVER: Settings = {**FAST, "topology_interval": 0.5}
 RECOVERY_TIMEOUT = 20.0
 

@@ -32,6 +32,8 @@ from validator.store import migration as _migration
 from validator.store.cluster import MARKER_STRIDE
 from validator.store.layout import parse_read
 
+pytestmark = [pytest.mark.promise("P-MIGRATING-SLOT")]
+
 SECRET = "migration-secret"
 CLIENT_IP = "198.51.100.7"
 OTHER_IP = "198.51.100.8"

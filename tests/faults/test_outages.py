@@ -21,6 +21,8 @@ from validator import Admin, Reason, StoreUnavailable, Validator
 from validator.core import Settings
 from validator.store.invalidation import CLIENT_NAME
 
+pytestmark = [pytest.mark.promise("P-FAIL-CLOSED")]
+
 SECRET = "fault-secret"
 CLIENT_IP = "198.51.100.20"  # listed for the "allowed" tokens, not for the "denied" ones
 FAST: Settings = {
@@ -185,6 +187,8 @@ async def test_sigstop_for_two_seconds(server: RedisProcess, tokens: Tokens, val
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.promise("P-WIPED-STORE-FAILS-CLOSED")
+@pytest.mark.promise("P-INVALIDATION")
 async def test_flushall_drops_every_cache_and_opens_nothing(server: RedisProcess, tokens: Tokens) -> None:
     validators = [Validator.from_url(server.url, secret=SECRET, timeout=0.2, **FAST) for _ in range(3)]
     for v in validators:
@@ -213,6 +217,7 @@ async def test_flushall_drops_every_cache_and_opens_nothing(server: RedisProcess
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.promise("P-WIPED-STORE-FAILS-CLOSED")
 async def test_restart_without_data_fails_closed(
     server: RedisProcess, tokens: Tokens, validator: Validator
 ) -> None:
@@ -228,6 +233,7 @@ async def test_restart_without_data_fails_closed(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.promise("P-UNCONFIRMED-NOT-FRESH")
 async def test_invalidation_connection_killed(
     server: RedisProcess, tokens: Tokens, validator: Validator
 ) -> None:
@@ -253,6 +259,7 @@ async def test_invalidation_connection_killed(
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.promise("P-INVALIDATION")
 async def test_change_by_redis_cli_reaches_the_cache(
     server: RedisProcess, tokens: Tokens, validator: Validator
 ) -> None:

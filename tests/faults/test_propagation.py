@@ -10,6 +10,8 @@ import pytest
 from tests.faults.propagation import measure
 from tests.redis_servers import RedisProcess
 
+pytestmark = [pytest.mark.promise("P-INVALIDATION")]
+
 
 @pytest.fixture
 def server() -> Iterator[RedisProcess]:

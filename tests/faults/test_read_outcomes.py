@@ -1,6 +1,6 @@
 """Every way out of a store read settles the circuit breaker; an unreadable record is a store failure.
 
-Issue 12, items 1 and 8 (SPEC.md, "Every way out is closed on failure"). A read that reports
+Issue 12, items 1 and 8 (docs/behaviour.md, "Every way out is closed on failure"). A read that reports
 nothing to the breaker leaves it half-open, and then every uncached check fails closed until the
 process restarts; a record edited by hand must fail its own token's checks closed, never raise a
 bare error, never open the circuit for the other tokens, and heal when it is fixed.
@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from tests.integration.test_cli_support import Cli
+from tests.redis_cluster import Backend
 from tests.redis_servers import RedisProcess
 from validator import Admin, Reason, Restrictions, StoreUnavailable, Validator
 from validator.breaker import BreakerState, CircuitBreaker
@@ -110,6 +112,8 @@ async def seconds_to_recover(validator: Validator, timeout: float = 10.0) -> flo
 # ------------------------------------------------------------------------------ item 1: restarts
 
 
+@pytest.mark.promise("P-BREAKER")
+@pytest.mark.promise("P-WIPED-STORE-FAILS-CLOSED")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("invalidation", [True, False], ids=["invalidation", "no-invalidation"])
 async def test_restart_empty_fails_closed_then_init_and_restore_recover(
@@ -128,6 +132,7 @@ async def test_restart_empty_fails_closed_then_init_and_restore_recover(
         assert await seconds_to_recover(validator) < RESET + READ_BOUND
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(60)
 async def test_validator_started_before_redis_and_before_init_recovers() -> None:
     server = RedisProcess()
@@ -202,6 +207,7 @@ async def assert_answers_at_once(validator: Validator) -> None:
     assert validator.breaker.state is BreakerState.CLOSED
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(10)
 async def test_a_cancelled_trial_read_does_not_wedge_the_breaker(
     fake: tuple[Validator, FakeReads, Clock],
@@ -219,6 +225,8 @@ async def test_a_cancelled_trial_read_does_not_wedge_the_breaker(
     await assert_answers_at_once(validator)  # the fake clock did not move
 
 
+@pytest.mark.promise("P-BREAKER")
+@pytest.mark.promise("P-NO-UNHANDLED-ERROR")
 @pytest.mark.timeout(10)
 async def test_a_read_cancelled_inside_the_store_client_is_a_failed_read(
     fake: tuple[Validator, FakeReads, Clock],
@@ -232,6 +240,7 @@ async def test_a_read_cancelled_inside_the_store_client_is_a_failed_read(
     await assert_answers_at_once(validator)
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(10)
 async def test_a_client_that_disconnects_during_the_trial_does_not_wedge_the_breaker(
     fake: tuple[Validator, FakeReads, Clock],
@@ -249,6 +258,8 @@ async def test_a_client_that_disconnects_during_the_trial_does_not_wedge_the_bre
     await assert_answers_at_once(validator)
 
 
+@pytest.mark.promise("P-BREAKER")
+@pytest.mark.promise("P-NO-UNHANDLED-ERROR")
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(
     "error",
@@ -267,6 +278,7 @@ async def test_an_unexpected_error_in_a_read_is_a_store_failure(
     await assert_answers_at_once(validator)
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(10)
 async def test_a_failed_marker_read_does_not_poison_later_ones(
     fake: tuple[Validator, FakeReads, Clock], monkeypatch: pytest.MonkeyPatch
@@ -289,6 +301,7 @@ async def test_a_failed_marker_read_does_not_poison_later_ones(
     await assert_answers_at_once(validator)
 
 
+@pytest.mark.promise("P-BREAKER")
 @pytest.mark.timeout(10)
 async def test_a_marker_read_overtaken_by_a_wipe_does_not_count(
     fake: tuple[Validator, FakeReads, Clock], monkeypatch: pytest.MonkeyPatch
@@ -376,6 +389,8 @@ def unreadable_logs(caplog: pytest.LogCaptureFixture, token_hash: str) -> list[s
     return [m for m in messages if "unreadable record" in m and fingerprint(token_hash) in m]
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
+@pytest.mark.promise("P-NO-UNHANDLED-ERROR")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("path", ["fast", "general"])
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
@@ -418,6 +433,7 @@ async def test_an_unreadable_record_fails_its_token_closed_and_heals(
         assert not (await validator.check(ALLOWED, client_ip=OTHER_IP)).allowed
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
 @pytest.mark.timeout(30)
 async def test_fixing_the_record_by_hand_heals_it(
     server: RedisProcess, admin: Admin, raw: aioredis.Redis
@@ -431,6 +447,7 @@ async def test_fixing_the_record_by_hand_heals_it(
         assert (await validator.check(ALLOWED, client_ip=CLIENT_IP)).allowed
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
 @pytest.mark.timeout(30)
 async def test_fail_open_applies_to_an_unreadable_record(
     server: RedisProcess, admin: Admin, raw: aioredis.Redis
@@ -441,6 +458,7 @@ async def test_fail_open_applies_to_an_unreadable_record(
         assert (decision.allowed, decision.reason) == (True, Reason.STORE_UNAVAILABLE)
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("kind", sorted(set(CORRUPTIONS) - ADMIN_READABLE))
 async def test_the_admin_reads_an_unreadable_record_as_a_store_failure(
@@ -455,6 +473,8 @@ async def test_the_admin_reads_an_unreadable_record_as_a_store_failure(
     assert (await admin.get(DENIED)) is not None
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
+@pytest.mark.promise("P-ADMIN-ERRORS")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["version-not-a-number", "ip-set-is-a-list"])
 async def test_the_cli_shows_an_unreadable_record_as_one_line(
@@ -490,6 +510,8 @@ UNREADABLE_REPLIES: dict[str, Any] = {
 }
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
+@pytest.mark.promise("P-NO-UNHANDLED-ERROR")
 @pytest.mark.parametrize("reply", UNREADABLE_REPLIES.values(), ids=UNREADABLE_REPLIES.keys())
 def test_unreadable_replies(reply: Any) -> None:
     with pytest.raises(UnreadableRecord) as error:
@@ -497,6 +519,7 @@ def test_unreadable_replies(reply: Any) -> None:
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.promise("P-UNREADABLE-RECORD")
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
@@ -513,3 +536,50 @@ def test_unreadable_replies(reply: Any) -> None:
 )
 def test_readable_replies(reply: Any, expected: Restrictions | None) -> None:
     assert parse_read(reply) == expected
+
+
+async def node_holding(backend: Backend, key: str) -> aioredis.Redis:
+    """A client of the write node that serves `key` (on a Cluster: the primary of its slot)."""
+    nodes = backend.write_nodes()
+    for node in nodes:
+        try:
+            await node.type(key)
+        except redis.exceptions.ResponseError:  # MOVED: another primary's slot
+            continue
+        for other in nodes:
+            if other is not node:
+                await other.aclose()
+        return node
+    raise AssertionError(f"no write node serves {key}")
+
+
+@pytest.mark.promise("P-UNREADABLE-RECORD")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["switch-not-0-or-1", "entry-not-utf8"])
+async def test_an_unreadable_record_fails_only_its_token_on_every_deployment(
+    backend: Backend, kind: str
+) -> None:
+    admin = Admin.from_url(backend.url, secret=SECRET)
+    try:
+        await admin.init()
+        await admin.put(ALLOWED, record(CLIENT_IP), allow_private=True)
+        await admin.put(DENIED, record(OTHER_IP), allow_private=True)
+        keys = admin.store.keys(admin.token_hash(ALLOWED))
+        raw = await node_holding(backend, keys[0])
+        try:
+            await CORRUPTIONS[kind](raw, keys)
+        finally:
+            await raw.aclose()
+        async with validator_on(backend.url) as validator:
+            for _ in range(2 * validator.settings["breaker_threshold"]):
+                with pytest.raises(UnreadableRecord):
+                    await validator.check(ALLOWED, client_ip=CLIENT_IP)
+            # The breaker stayed closed and the other tokens are read as before.
+            assert (await validator.check(DENIED, client_ip=CLIENT_IP)).reason is Reason.IP_NOT_LISTED
+            assert (await validator.check("tok_h1_never_stored", client_ip=CLIENT_IP)).allowed
+            await admin.delete(ALLOWED)
+            await admin.put(ALLOWED, record(CLIENT_IP), allow_private=True)
+            await validator.sync()
+            assert (await validator.check(ALLOWED, client_ip=CLIENT_IP)).allowed
+    finally:
+        await admin.close()

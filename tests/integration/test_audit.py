@@ -29,7 +29,7 @@ from validator import Admin
 from validator.admin.api import ImportLine
 from validator.errors import ConfigurationError
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.promise("P-HISTORY")]
 
 TOKEN = "tok_live_7f3a9c_audit_do_not_print"
 

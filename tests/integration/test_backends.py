@@ -90,6 +90,7 @@ async def test_listener_subscribes_to_every_write_node(backend: Backend, validat
         assert serving == expected
 
 
+@pytest.mark.promise("P-DECISION-TABLE")
 async def test_decisions_follow_stored_restrictions(admin: Admin, validator: Validator) -> None:
     await admin.set_domains(TOKEN, ["app.example.com"])
     await admin.set_ips(TOKEN, ["203.0.113.0/24"])
@@ -113,6 +114,7 @@ async def test_one_token_lives_in_one_slot_on_one_node(backend: Backend, admin: 
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.promise("P-ENTRY-LIMIT")
 async def test_limit_holds_under_50_concurrent_writers(store_url: str, admin: Admin) -> None:
     await admin.init()
     admins = [Admin.from_url(store_url, secret=SECRET) for _ in range(50)]
@@ -134,6 +136,7 @@ async def test_limit_holds_under_50_concurrent_writers(store_url: str, admin: Ad
     assert stored is not None and len(stored.domains) == 5
 
 
+@pytest.mark.promise("P-SINGLE-FLIGHT")
 async def test_single_flight_1000_concurrent_checks_one_read(
     backend: Backend, admin: Admin, validator: Validator
 ) -> None:
@@ -151,6 +154,8 @@ async def test_single_flight_1000_concurrent_checks_one_read(
     assert await read_calls(backend) == 1
 
 
+@pytest.mark.promise("P-SYNC")
+@pytest.mark.promise("P-INVALIDATION")
 async def test_admin_changes_reach_the_cache_on_every_node(
     backend: Backend, admin: Admin, validator: Validator
 ) -> None:
@@ -171,6 +176,8 @@ async def test_admin_changes_reach_the_cache_on_every_node(
         assert not (await validator.check(token, client_ip=CLIENT_IP)).allowed
 
 
+@pytest.mark.promise("P-SYNC")
+@pytest.mark.promise("P-INVALIDATION")
 async def test_change_by_a_raw_client_reaches_the_cache(
     backend: Backend, admin: Admin, validator: Validator
 ) -> None:
@@ -201,6 +208,7 @@ async def serving(backend: Backend, key: str) -> int:
     raise AssertionError(f"no write node serves {key}")
 
 
+@pytest.mark.promise("P-WIPED-STORE-FAILS-CLOSED")
 async def test_flushing_one_node_fails_closed_until_init(
     backend: Backend, admin: Admin, validator: Validator
 ) -> None:
@@ -242,6 +250,7 @@ async def test_flushing_one_node_fails_closed_until_init(
     assert decision.reason is Reason.UNKNOWN_TOKEN
 
 
+@pytest.mark.promise("P-MARKER-ON-PURPOSE")
 async def test_marker_of_another_secret_is_refused(store_url: str, admin: Admin) -> None:
     assert await admin.init()
     assert not await admin.init()
@@ -286,6 +295,7 @@ async def test_import_and_export_spread_over_every_node(backend: Backend, admin:
     assert not any(change.changed for change in await admin.put_many(prepared))
 
 
+@pytest.mark.promise("P-DELETE-FORGETS")
 async def test_delete_removes_every_key_of_the_token(backend: Backend, admin: Admin) -> None:
     await admin.init()
     await admin.add_domains(TOKEN, ["app.example.com"])
@@ -300,6 +310,7 @@ async def test_delete_removes_every_key_of_the_token(backend: Backend, admin: Ad
     assert leftovers == []
 
 
+@pytest.mark.promise("P-DENIAL-LOG")
 async def test_a_recorded_denial_does_not_evict_the_token(admin: Admin, validator: Validator) -> None:
     await admin.set_ips(TOKEN, [CLIENT_IP])
     await admin.enable(TOKEN, "ip")

@@ -83,6 +83,7 @@ def test_show_plain_text_when_piped(cli: Cli, store: Direct) -> None:
     assert "\x1b" not in result.out  # no terminal escapes in a pipe
 
 
+@pytest.mark.promise("P-ADMIN-TRUTH")
 @pytest.mark.parametrize(
     ("on", "mode"),
     [
@@ -131,6 +132,8 @@ def test_options_work_before_and_after_the_command(cli: Cli, store: Direct) -> N
 # ------------------------------------------------------------------------------ lists
 
 
+@pytest.mark.promise("P-STORED-FORM-TOLD")
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
 @pytest.mark.parametrize(
     ("typed", "stored"),
     [
@@ -151,6 +154,9 @@ def test_domains_add_prints_the_stored_form(cli: Cli, store: Direct, typed: str,
     assert store.get(TOKEN) == Restrictions(domains=[stored], version=1)
 
 
+@pytest.mark.promise("P-STORED-FORM-TOLD")
+@pytest.mark.promise("P-IP-ENTRIES")
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 @pytest.mark.parametrize(
     ("typed", "stored"),
     [
@@ -241,6 +247,7 @@ def test_enabling_with_an_empty_list_warns_that_everything_is_denied(cli: Cli) -
     assert "every browser request is denied" in result.err
 
 
+@pytest.mark.promise("P-DELETE-FORGETS")
 def test_delete_leaves_nothing_of_the_token(cli: Cli, store: Direct, redis_url: str) -> None:
     store.given(TOKEN, domains=["app.example.com"], ips=["203.0.113.7"], on=["ip"])
     assert cli("delete", TOKEN, "--json").json() == {"token": cli_fingerprint(cli), "deleted": True}
@@ -286,6 +293,8 @@ def given_restricted(store: Direct, on: tuple[str, ...]) -> None:
     store.given(TOKEN, domains=["https://app.example.com", "*.shop.test"], ips=["203.0.113.0/24"], on=on)
 
 
+@pytest.mark.promise("P-DECISION-TABLE")
+@pytest.mark.promise("P-ADMIN-TRUTH")
 @pytest.mark.parametrize(("on", "request_args", "code", "reason", "source"), CHECKS)
 def test_check_follows_the_decision_table(
     cli: Cli,
@@ -332,6 +341,8 @@ def test_check_explains_a_back_end_denial(cli: Cli, store: Direct) -> None:
     assert "ip_not_listed: the IP restriction is on and 198.51.100.1 matches nothing" in result.out
 
 
+@pytest.mark.promise("P-ADMIN-TRUTH")
+@pytest.mark.promise("P-UNKNOWN-TOKEN")
 def test_check_unknown_token_follows_the_unknown_token_policy(cli: Cli) -> None:
     assert cli("check", "never-stored", "--origin", "https://a.test").code == 0
     denied = cli("check", "never-stored", "--origin", "https://a.test", "--deny-unknown", "--json")
@@ -342,6 +353,8 @@ def test_check_unknown_token_follows_the_unknown_token_policy(cli: Cli) -> None:
 # ------------------------------------------------------------------------------ refusals
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
+@pytest.mark.promise("P-REFUSAL-WRITES-NOTHING")
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -374,12 +387,16 @@ def test_refused_input_exits_1_and_changes_nothing(
     assert store.get(TOKEN) == before
 
 
+@pytest.mark.promise("P-IP-ENTRIES")
 def test_allow_private_stores_a_private_ip(cli: Cli, store: Direct) -> None:
     result = cli("ips", "add", TOKEN, "10.1.2.3", "--allow-private")
     assert result.code == 0, result.err
     assert store.get(TOKEN) == Restrictions(ips=["10.1.2.3"], version=1)
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
+@pytest.mark.promise("P-REFUSAL-WRITES-NOTHING")
+@pytest.mark.promise("P-ENTRY-LIMIT")
 def test_limit_error_names_the_limit_and_what_is_stored(cli: Cli, store: Direct) -> None:
     stored = [f"s{n}.example.com" for n in range(4)]
     before = store.given(TOKEN, domains=stored)
@@ -390,6 +407,7 @@ def test_limit_error_names_the_limit_and_what_is_stored(cli: Cli, store: Direct)
     assert store.get(TOKEN) == before
 
 
+@pytest.mark.promise("P-ENTRY-LIMIT")
 def test_the_limit_is_a_setting(cli: Cli, store: Direct) -> None:
     store.given(TOKEN, ips=["203.0.113.1"])
     result = cli("--limit", "1", "ips", "add", TOKEN, "203.0.113.2")
@@ -397,18 +415,21 @@ def test_the_limit_is_a_setting(cli: Cli, store: Direct) -> None:
     assert "at most 1 entries" in result.err
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
 def test_store_unreachable_exits_3() -> None:
     result = Cli(f"redis://127.0.0.1:{free_port()}/0")("domains", "add", TOKEN, "a.test", "--timeout", "1")
     assert result.code == 3
     assert "unavailable" in result.err
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
 def test_no_store_is_a_usage_error() -> None:
     result = Cli(None)("show", TOKEN)
     assert result.code == 2
     assert "VALIDATOR_STORE_URL" in result.err
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
 @pytest.mark.parametrize(
     "args",
     [
@@ -428,6 +449,7 @@ def test_usage_errors_exit_2(cli: Cli, args: tuple[str, ...]) -> None:
     assert "error" in result.err
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
 def test_json_errors_are_json_on_stderr(cli: Cli) -> None:
     result = cli("ips", "add", TOKEN, "10.0.0.1", "--json")
     assert result.code == 1
@@ -455,6 +477,7 @@ def test_dash_reads_the_token_from_standard_input(cli: Cli, store: Direct) -> No
     assert store.get(TOKEN) == Restrictions(domains=["app.example.com"], version=1)
 
 
+@pytest.mark.promise("P-TOKENS-NEVER-IN-CLEAR")
 def test_no_output_ever_shows_the_token(cli: Cli, store: Direct) -> None:
     store.given(TOKEN, domains=[f"s{n}.test" for n in range(5)], on=["domain"])
     runs = [
@@ -509,6 +532,7 @@ def run_on_terminal(args: list[str], store: str, *, stream: str, stdin: str | No
 # ------------------------------------------------------------------------------ init
 
 
+@pytest.mark.promise("P-MARKER-ON-PURPOSE")
 def test_init_marks_the_store_once(redis_url: str) -> None:
     cli = Cli(redis_url)
     raw = redis.Redis.from_url(redis_url)
@@ -522,6 +546,7 @@ def test_init_marks_the_store_once(redis_url: str) -> None:
     assert "already initialised" in again.out
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
 def test_init_with_another_secret_is_refused(redis_url: str) -> None:
     cli = Cli(redis_url)
     assert cli("init").code == 0

@@ -17,6 +17,8 @@ from tests.redis_cluster import Backend
 from validator import Admin, Mode, Restrictions, Validator
 from validator.errors import InvalidEntry, StoreNotInitialised
 
+pytestmark = [pytest.mark.promise("P-SUGGEST")]
+
 TOKEN = "tok_live_suggest_do_not_print"
 
 Request = dict[str, Any]

@@ -1,4 +1,4 @@
-"""`validator-admin` tells the truth a validator would act on (SPEC.md, "Hardened rules"), run as
+"""`validator-admin` tells the truth a validator would act on (docs/behaviour.md, "Hardened rules"), run as
 a user runs it (`python -m validator` subprocesses) against real redis-servers.
 
 Exit codes: 0 done, 1 nothing changed (or refused input, or check: denied), 2 usage or refused
@@ -50,6 +50,7 @@ READS = [
 ]
 
 
+@pytest.mark.promise("P-ADMIN-TRUTH")
 @pytest.mark.parametrize("args", READS)
 def test_on_a_store_never_initialised_show_and_check_say_checks_fail_closed(
     cli: Cli, args: tuple[str, ...]
@@ -63,6 +64,7 @@ def test_on_a_store_never_initialised_show_and_check_say_checks_fail_closed(
     assert "validator-admin init" in line
 
 
+@pytest.mark.promise("P-ADMIN-TRUTH")
 @pytest.mark.parametrize("args", READS)
 def test_on_a_wiped_store_show_and_check_say_checks_fail_closed(
     cli: Cli, redis_url: str, args: tuple[str, ...]
@@ -77,6 +79,7 @@ def test_on_a_wiped_store_show_and_check_say_checks_fail_closed(
     assert "fail closed" in one_error_line(result.err)
 
 
+@pytest.mark.promise("P-ADMIN-TRUTH")
 @pytest.mark.parametrize("args", READS)
 def test_with_another_secret_show_and_check_say_checks_fail_closed(
     cli: Cli, redis_url: str, args: tuple[str, ...]
@@ -90,6 +93,7 @@ def test_with_another_secret_show_and_check_say_checks_fail_closed(
     assert "fail closed" in line
 
 
+@pytest.mark.promise("P-ADMIN-TRUTH")
 async def test_what_show_and_check_report_is_what_a_validator_does(cli: Cli, redis_url: str) -> None:
     async with Validator.from_url(redis_url, secret=SECRET) as validator:
         with pytest.raises(StoreUnavailable):
@@ -113,6 +117,8 @@ WRITES = [
 ]
 
 
+@pytest.mark.promise("P-MARKER-ON-PURPOSE")
+@pytest.mark.promise("P-ADMIN-ERRORS")
 @pytest.mark.parametrize("args", WRITES)
 def test_a_write_on_an_unmarked_store_exits_2_and_says_what_to_do(
     cli: Cli, redis_url: str, args: tuple[str, ...]
@@ -125,6 +131,8 @@ def test_a_write_on_an_unmarked_store_exits_2_and_says_what_to_do(
     assert redis.Redis.from_url(redis_url).dbsize() == 0
 
 
+@pytest.mark.promise("P-MARKER-ON-PURPOSE")
+@pytest.mark.promise("P-ADMIN-ERRORS")
 def test_a_write_on_a_store_of_another_secret_exits_2(cli: Cli, redis_url: str) -> None:
     Direct(redis_url).init()
     result = cli("ips", "add", TOKEN, CLIENT_IP, VALIDATOR_SECRET="another-secret")
@@ -133,6 +141,7 @@ def test_a_write_on_a_store_of_another_secret_exits_2(cli: Cli, redis_url: str) 
     assert redis.Redis.from_url(redis_url).keys() == [b"tav:marker"]
 
 
+@pytest.mark.promise("P-MARKER-ON-PURPOSE")
 def test_an_import_into_a_wiped_store_is_refused_and_a_restore_marks_it_last(
     cli: Cli, redis_url: str, tmp_path: Path
 ) -> None:
@@ -156,6 +165,7 @@ def test_an_import_into_a_wiped_store_is_refused_and_a_restore_marks_it_last(
     assert cli("export").out == exported.read_text()
 
 
+@pytest.mark.promise("P-ADMIN-TRUTH")
 def test_import_dry_run_on_an_unmarked_store_warns_that_the_import_would_be_refused(
     cli: Cli, tmp_path: Path
 ) -> None:
@@ -168,6 +178,8 @@ def test_import_dry_run_on_an_unmarked_store_warns_that_the_import_would_be_refu
 # ------------------------------------------------------------------------------ nothing stored
 
 
+@pytest.mark.promise("P-NOTHING-STORED-CREATES-NOTHING")
+@pytest.mark.promise("P-ADMIN-ERRORS")
 @pytest.mark.parametrize(
     "args",
     [
@@ -210,6 +222,8 @@ def managed() -> Iterator[RedisProcess]:
     server.cleanup()
 
 
+@pytest.mark.promise("P-EVICTION-IS-A-WIPE")
+@pytest.mark.promise("P-ADMIN-ERRORS")
 def test_init_on_a_store_that_may_evict_exits_2_unless_forced(evicting: RedisProcess) -> None:
     redis.Redis.from_url(evicting.url).flushall()
     cli = Cli(evicting.url)
@@ -224,6 +238,7 @@ def test_init_on_a_store_that_may_evict_exits_2_unless_forced(evicting: RedisPro
     assert "allkeys-lru" in forced.err  # a warning, still
 
 
+@pytest.mark.promise("P-EVICTION-IS-A-WIPE")
 def test_init_where_config_is_refused_warns_and_initialises(managed: RedisProcess) -> None:
     result = Cli(managed.url)("init")
     assert result.code == 0
@@ -246,6 +261,7 @@ BAD_URLS = [
 ]
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
 @pytest.mark.parametrize(("url", "says"), BAD_URLS)
 def test_a_typo_in_the_store_url_is_one_line_and_exit_2(url: str, says: str) -> None:
     result = Cli(url)("show", TOKEN)
@@ -261,6 +277,7 @@ def test_a_validator_refuses_the_same_urls_when_built(url: str, says: str) -> No
         Validator.from_url(url, secret=SECRET)
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
 def test_a_password_in_a_bad_url_is_not_repeated() -> None:
     result = Cli("redis://user:hunter2@:6379/0")("show", TOKEN)
     assert result.code == 2
@@ -313,6 +330,7 @@ def garbage_port() -> Iterator[int]:
     listener.close()
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
 @pytest.mark.parametrize("args", [("show", TOKEN), ("domains", "add", TOKEN, "app.example.com"), ("init",)])
 @pytest.mark.parametrize("kind", ["http", "garbage", "closed"])
 def test_a_store_url_that_is_no_redis_is_one_line_and_exit_3(
@@ -324,6 +342,8 @@ def test_a_store_url_that_is_no_redis_is_one_line_and_exit_3(
     assert "unavailable" in one_error_line(result.err)
 
 
+@pytest.mark.promise("P-ADMIN-ERRORS")
+@pytest.mark.promise("P-NO-UNHANDLED-ERROR")
 @pytest.mark.parametrize("kind", ["http", "garbage"])
 async def test_a_read_from_a_port_that_is_no_redis_is_a_store_failure_without_a_traceback(
     request: pytest.FixtureRequest, kind: str

@@ -1,4 +1,4 @@
-"""A flood of invented tokens costs Redis a bounded amount of memory (SPEC.md, "Unknown tokens
+"""A flood of invented tokens costs Redis a bounded amount of memory (docs/behaviour.md, "Unknown tokens
 cannot grow the store"), against a real redis-server.
 
 Before the fix, each denied invented token got a stream of its own without expiry: 100,000
@@ -14,7 +14,10 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from tests.redis_cluster import Backend
 from validator import Admin, Reason, Validator
+
+pytestmark = [pytest.mark.promise("P-DENIAL-LOG-BOUNDED")]
 
 FLOOD = 100_000
 AT_ONCE = 100  # checks in flight together, as a busy server would have them
@@ -82,3 +85,42 @@ async def test_a_flood_of_invented_tokens_grows_redis_by_a_bounded_amount(
         await asyncio.wait_for(log.flush(), 10)
         assert [d["reason"] for d in await admin.denials(TOKEN)] == ["front_end_not_allowed", "ip_not_listed"]
         assert await raw.pttl(store.denials_key(store.token_hash(TOKEN))) > 0
+
+
+@pytest.mark.timeout(180)
+async def test_a_flood_of_invented_tokens_adds_no_key_on_any_deployment(backend: Backend) -> None:
+    # The bound in keys and stream lengths on each deployment (bytes are measured above, on one
+    # server): whatever the number of invented tokens, the store gains at most the 16 shards of
+    # the unknown-token log, each trimmed to its share of `denial_unknown_length`.
+    flood, unknown_length = 3_000, 320
+    nodes = backend.write_nodes()
+    try:
+        async with Validator.from_url(
+            backend.url, secret="s", unknown_token="deny", denial_unknown_length=unknown_length
+        ) as validator:
+            log, store = validator.denial_log, validator.store
+            assert log is not None
+            await Admin(store).init()
+            keys_before = sum([await node.dbsize() for node in nodes])
+            rng = random.Random(7)
+            for _ in range(0, flood, AT_ONCE):
+                requests = [invented(rng) for _ in range(AT_ONCE)]
+                decisions = await asyncio.gather(*(validator.check(t, origin=o) for t, o in requests))
+                assert {d.reason for d in decisions} == {Reason.UNKNOWN_TOKEN}
+            await asyncio.wait_for(log.flush(), 120)
+            assert log.recorded > flood // 2
+            shards = store.unknown_denials_keys()
+        keys = [key for node in nodes async for key in node.scan_iter(match="*")]
+        assert len(keys) <= keys_before + len(shards), sorted(keys)
+        # A stream may exceed its cap by at most one node of entries (MAXLEN ~, 100 by default).
+        per_shard = -(-unknown_length // len(shards))
+        lengths = [
+            await node.xlen(key)
+            for node in nodes
+            async for key in node.scan_iter(match="*-denials:unknown:*")
+        ]
+        assert 0 < len(lengths) <= len(shards)
+        assert max(lengths) <= per_shard + 100, lengths
+    finally:
+        for node in nodes:
+            await node.aclose()

@@ -19,6 +19,8 @@ from validator import Admin, Validator
 from validator.model import Decision
 from validator.store.denial_refs import DROPPED, LOGGED, REFUSED, UNLOGGED
 
+pytestmark = [pytest.mark.promise("P-DENIAL-REF")]
+
 TOKEN = "tok_live_ref_do_not_print"
 NEW_TOKEN = "tok_live_ref_not_yet_stored"
 LISTED_IP = "203.0.113.7"

@@ -64,6 +64,7 @@ async def drained(validator: Validator) -> None:
     await asyncio.wait_for(validator.denial_log.flush(), 10)
 
 
+@pytest.mark.promise("P-DENIAL-LOG")
 async def test_denials_are_recorded_per_token(validator: Validator) -> None:
     admin = Admin(validator.store)
     assert not (await validator.check(TOKEN, client_ip=CLIENT_IP)).allowed
@@ -78,6 +79,8 @@ async def test_denials_are_recorded_per_token(validator: Validator) -> None:
     assert denials[0]["origin"] == "https://evil.test:8443"
 
 
+@pytest.mark.promise("P-REPORT-ONLY")
+@pytest.mark.promise("P-DENIAL-LOG")
 async def test_report_only_never_denies_but_records(validator: Validator) -> None:
     admin = Admin(validator.store)
     await admin.set_mode(TOKEN, "report")
@@ -94,6 +97,8 @@ async def test_report_only_never_denies_but_records(validator: Validator) -> Non
     assert not (await validator.check(TOKEN, client_ip=CLIENT_IP)).allowed
 
 
+@pytest.mark.promise("P-DENIAL-LOG")
+@pytest.mark.promise("P-DENIAL-LOG-OFF-PATH")
 async def test_a_flood_of_denials_is_bounded_and_counted(validator: Validator, redis_url: str) -> None:
     log = validator.denial_log
     assert log is not None
@@ -121,6 +126,7 @@ async def test_denial_stream_is_not_tracked_and_keeps_the_token_cached(validator
     assert not validator.store.denials_key("x").startswith(validator.store.key_prefix)
 
 
+@pytest.mark.promise("P-DELETE-FORGETS")
 async def test_delete_removes_the_denials(validator: Validator) -> None:
     admin = Admin(validator.store)
     await validator.check(TOKEN, client_ip=CLIENT_IP)
@@ -159,6 +165,7 @@ def test_unknown_log_shards_spread_over_the_cluster_slots() -> None:
     assert sixteenths == list(range(16))
 
 
+@pytest.mark.promise("P-DENIAL-LOG-BOUNDED")
 async def test_unknown_tokens_get_no_stream_of_their_own(denying: Validator, raw: aioredis.Redis) -> None:
     store = denying.store
     keys_before = set(await raw.keys("*"))
@@ -173,6 +180,7 @@ async def test_unknown_tokens_get_no_stream_of_their_own(denying: Validator, raw
     assert not any("do_not_print" in value for e in entries for value in e.values())
 
 
+@pytest.mark.promise("P-DENIAL-LOG-BOUNDED")
 @pytest.mark.parametrize("kind", ["stored token", "unknown token"])
 async def test_every_denial_stream_expires(denying: Validator, raw: aioredis.Redis, kind: str) -> None:
     token = TOKEN if kind == "stored token" else "tok_never_issued_do_not_print"
@@ -184,6 +192,7 @@ async def test_every_denial_stream_expires(denying: Validator, raw: aioredis.Red
     assert 0 < await raw.pttl(key) <= DAY_MS
 
 
+@pytest.mark.promise("P-DENIAL-LOG")
 async def test_repeats_merge_into_one_entry_with_one_expiry_per_stream(
     denying: Validator, raw: aioredis.Redis
 ) -> None:
@@ -222,6 +231,7 @@ async def test_repeats_merge_into_one_entry_with_one_expiry_per_stream(
     assert "3 most recent entries (202 denials)" in table
 
 
+@pytest.mark.promise("P-DENIAL-LOG")
 async def test_a_tokens_denials_include_those_it_got_while_unknown(denying: Validator) -> None:
     store, admin = denying.store, Admin(denying.store)
     token = "tok_issued_later_do_not_print"
@@ -241,6 +251,7 @@ async def test_a_tokens_denials_include_those_it_got_while_unknown(denying: Vali
     assert [d["reason"] for d in await admin.denials(token, count=1)] == ["ip_not_listed"]
 
 
+@pytest.mark.promise("P-DENIAL-LOG")
 async def test_denial_log_on_every_deployment(backend: Backend) -> None:
     async with Validator.from_url(backend.url, secret=SECRET, unknown_token="deny") as validator:
         store = validator.store
@@ -276,6 +287,7 @@ async def test_denial_log_settings_are_checked(settings: Any, message: str) -> N
     await store.close()
 
 
+@pytest.mark.promise("P-TOKENS-NEVER-IN-CLEAR")
 def test_cli_lists_unknown_denials_by_fingerprint(redis_url: str) -> None:
     tokens = [f"tok_cli_unknown_{n}_do_not_print" for n in range(3)]
 
@@ -331,6 +343,7 @@ def test_the_origin_recorded_is_origin_of(url: str) -> None:
     assert _origin(url, host) == expected
 
 
+@pytest.mark.promise("P-DENIAL-LOG-OFF-PATH")
 @pytest.mark.timeout(10)
 def test_log_lines_are_rate_limited_to_a_burst_then_the_rate() -> None:
     from validator.denials import RateLimiter
@@ -346,6 +359,7 @@ def test_log_lines_are_rate_limited_to_a_burst_then_the_rate() -> None:
     ]  # never more than the burst
 
 
+@pytest.mark.promise("P-DENIAL-LOG-BOUNDED")
 @pytest.mark.timeout(60)
 async def test_a_flood_of_invented_tokens_keeps_the_newest_of_each_shard(
     denying: Validator, raw: aioredis.Redis

@@ -1,4 +1,4 @@
-"""Eviction is a wipe (SPEC.md, "Hardened rules"), against real redis-servers.
+"""Eviction is a wipe (docs/behaviour.md, "Hardened rules"), against real redis-servers.
 
 A Redis whose `maxmemory-policy` may evict keys without a TTL (`allkeys-*`) can drop a token's
 record, which leaves the token unrestricted. `init` refuses such a store unless forced,
@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from tests.redis_cluster import LocalCluster, redis_cli
+from tests.redis_cluster import LocalCluster, LocalSentinel, redis_cli
 from tests.redis_servers import RedisProcess
 from validator import Admin, ConfigurationError, Validator
+
+pytestmark = [pytest.mark.promise("P-EVICTION-IS-A-WIPE")]
 
 SECRET = "eviction-test-secret"
 
@@ -157,3 +159,18 @@ async def test_init_checks_every_primary_of_a_cluster(redis_cluster: LocalCluste
         redis_cli(victim.port, "CONFIG", "SET", "maxmemory-policy", "noeviction")
         await admin.close()
         redis_cluster.flushall()
+
+
+async def test_init_checks_the_master_of_a_sentinel_deployment(redis_sentinel: LocalSentinel) -> None:
+    master = redis_sentinel.current_master()
+    redis_cli(master.port, "FLUSHALL")
+    redis_cli(master.port, "CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    admin = Admin.from_url(redis_sentinel.url, secret=SECRET)
+    try:
+        with pytest.raises(ConfigurationError, match="allkeys-lru"):
+            await admin.init()
+        assert await admin.store.marker_state() == "missing"
+    finally:
+        redis_cli(master.port, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+        await admin.close()
+        redis_cli(master.port, "FLUSHALL")

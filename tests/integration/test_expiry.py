@@ -19,6 +19,8 @@ from tests.integration.test_cli_support import SECRET, Cli, Direct
 from validator import Admin, InvalidEntry, LimitExceeded, Restrictions, Validator
 from validator.admin.api import Change, ImportLine
 
+pytestmark = [pytest.mark.promise("P-EXPIRY")]
+
 TOKEN = "tok_live_expiry_3f9a2c"
 
 

@@ -12,6 +12,8 @@ import pytest
 from validator import Admin, Reason, Restrictions, Validator
 from validator.web.middleware import Message, Receive, Scope, Send, TokenAccessMiddleware
 
+pytestmark = [pytest.mark.promise("P-LIFECYCLE")]
+
 TOKEN = "tok_lifecycle_3b1f"
 LISTED = "203.0.113.7"
 SECRET = "lifecycle-secret"

@@ -1,4 +1,4 @@
-"""A store is marked only on purpose (SPEC.md, "Hardened rules"), against a real redis-server.
+"""A store is marked only on purpose (docs/behaviour.md, "Hardened rules"), against a real redis-server.
 
 Only `init`, or the end of a restore, writes the marker. Every admin write on an unmarked store,
 or on a store marked for another secret, is refused and writes nothing, so a wiped store keeps
@@ -15,6 +15,8 @@ import redis.asyncio as aioredis
 from tests.redis_cluster import Backend
 from validator import Admin, Reason, Restrictions, StoreNotInitialised, StoreUnavailable, Validator
 from validator.admin.api import ImportLine, PreparedPut
+
+pytestmark = [pytest.mark.promise("P-MARKER-ON-PURPOSE")]
 
 SECRET = "marker-test-secret"
 TOKEN = "tok_marker_do_not_print"

@@ -1,4 +1,4 @@
-"""Changing nothing stored creates nothing (SPEC.md, "Hardened rules"), against a real redis-server.
+"""Changing nothing stored creates nothing (docs/behaviour.md, "Hardened rules"), against a real redis-server.
 
 A removal, clear, disable or mode change on a token with no record used to create an empty
 record with both switches off: a token that validators deny as unknown became unrestricted.
@@ -16,6 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from validator import Admin, Change, LimitExceeded, Reason, Restrictions, Validator
+
+pytestmark = [pytest.mark.promise("P-NOTHING-STORED-CREATES-NOTHING")]
 
 SECRET = "removals-test-secret"
 TOKEN = "tok_never_stored_do_not_print"

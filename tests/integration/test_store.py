@@ -88,6 +88,7 @@ async def test_a_read_is_one_round_trip(
     assert redis_py_commands == []
 
 
+@pytest.mark.promise("P-TOKENS-NEVER-IN-CLEAR")
 async def test_keys_share_one_hash_tag_and_never_hold_the_token(admin: Admin, raw: aioredis.Redis) -> None:
     tokens = [f"tok_{n}_secretpart" for n in range(20)]
     for token in tokens:
@@ -117,6 +118,7 @@ async def test_keys_share_one_hash_tag_and_never_hold_the_token(admin: Admin, ra
             assert not any("secretpart" in v for v in values.values())
 
 
+@pytest.mark.promise("P-TOKENS-NEVER-IN-CLEAR")
 async def test_secret_changes_every_key(redis_url: str) -> None:
     one = Store.from_url(redis_url, secret="one")
     two = Store.from_url(redis_url, secret="two")
@@ -126,6 +128,7 @@ async def test_secret_changes_every_key(redis_url: str) -> None:
         await store.close()
 
 
+@pytest.mark.promise("P-ENTRY-LIMIT")
 async def test_limit_holds_under_50_concurrent_writers(redis_url: str, raw: aioredis.Redis) -> None:
     admins = [Admin.from_url(redis_url, secret="test-secret") for _ in range(50)]
     await admins[0].init()
@@ -147,6 +150,7 @@ async def test_limit_holds_under_50_concurrent_writers(redis_url: str, raw: aior
         await admin.close()
 
 
+@pytest.mark.promise("P-ENTRY-LIMIT")
 async def test_limit_error_names_limit_and_what_is_stored(admin: Admin) -> None:
     await admin.set_ips(TOKEN, [f"203.0.113.{n}" for n in range(1, 6)])
     before = await admin.get(TOKEN)
@@ -157,6 +161,8 @@ async def test_limit_error_names_limit_and_what_is_stored(admin: Admin) -> None:
     assert await admin.get(TOKEN) == before
 
 
+@pytest.mark.promise("P-ENTRY-LIMIT")
+@pytest.mark.promise("P-REFUSAL-WRITES-NOTHING")
 async def test_set_beyond_limit_is_refused_and_changes_nothing(admin: Admin) -> None:
     await admin.set_domains(TOKEN, ["a.example.com"])
     before = await admin.get(TOKEN)
@@ -165,6 +171,7 @@ async def test_set_beyond_limit_is_refused_and_changes_nothing(admin: Admin) -> 
     assert await admin.get(TOKEN) == before
 
 
+@pytest.mark.promise("P-REFUSAL-WRITES-NOTHING")
 @pytest.mark.parametrize(
     "call",
     [
@@ -185,10 +192,12 @@ async def test_refusals_leave_stored_data_untouched(admin: Admin, call: object) 
     assert await admin.get(TOKEN) == before
 
 
+@pytest.mark.promise("P-STORED-FORM-TOLD")
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
 async def test_admin_is_told_what_was_stored(admin: Admin) -> None:
     change = await admin.add_domains(TOKEN, ["https://Example.com/path"])
     assert change.restrictions is not None
-    assert change.restrictions.domains == ["example.com"]  # SPEC.md: a URL keeps its host alone
+    assert change.restrictions.domains == ["example.com"]  # docs/behaviour.md: a URL keeps its host alone
     assert len(change.notes) == 1
     assert "'example.com'" in change.notes[0]
 
@@ -201,6 +210,7 @@ async def test_version_grows_only_with_real_changes(admin: Admin) -> None:
     assert again.restrictions.version == first.restrictions.version
 
 
+@pytest.mark.promise("P-DELETE-FORGETS")
 async def test_delete_removes_every_key(admin: Admin, raw: aioredis.Redis) -> None:
     await admin.add_domains(TOKEN, ["app.example.com"])
     await admin.add_ips(TOKEN, ["203.0.113.7"])

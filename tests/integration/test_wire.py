@@ -380,6 +380,7 @@ async def test_a_migrating_slot_is_read_by_the_transaction_redirects(redis_clust
                 await client.aclose()
 
 
+@pytest.mark.promise("P-SINGLE-FLIGHT")
 @pytest.mark.timeout(30)
 async def test_cold_checks_beyond_the_load_bound_queue_for_a_fast_read(redis_url: str) -> None:
     # More distinct cold tokens at once than `max_concurrent_loads`: the fast reads in flight

@@ -1,5 +1,5 @@
 """Admin operations, through the `Admin` API and the `validator-admin` CLI (in process or as a
-subprocess), each held to SPEC.md's outcome; init, export and restore; the CLI's `check` and
+subprocess), each held to docs/behaviour.md's outcome; init, export and restore; the CLI's `check` and
 `show` held to what a validator would do."""
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class AdminRules(Base):
         agreed = outcomes & plan.outcomes
         if not agreed:
             self.diverge(
-                f"{op.describe()} via {via}: the product's outcome {sorted(outcomes)} is not SPEC.md's "
+                f"{op.describe()} via {via}: the product's outcome {sorted(outcomes)} is not behaviour.md's "
                 f"{sorted(plan.outcomes)} (stored before: {spec.describe(self.model.stored.get(token))}, "
                 f"marked={self.model.marked}, up={self.up})",
                 {token},
@@ -198,7 +198,7 @@ class AdminRules(Base):
                 self.fail(
                     "ADMIN",
                     f"{op.describe()}: the API reports {_record(reported).describe()}, "
-                    f"SPEC.md says {spec.describe(after)} (entries lapsed by "
+                    f"docs/behaviour.md says {spec.describe(after)} (entries lapsed by "
                     f"{spec.clock_text(redis_between[1])} left out)",
                 )
 
@@ -352,7 +352,7 @@ class AdminRules(Base):
         await self._sync_all(before)
         if not outcomes & expected:
             self.diverge(
-                f"init{' --force' if force else ''} via {via}: outcome {sorted(outcomes)}, SPEC.md says "
+                f"init{' --force' if force else ''} via {via}: outcome {sorted(outcomes)}, behaviour.md says "
                 f"{sorted(expected)} (evicting={self.model.evicting}, up={self.up})",
                 set(),
             )

@@ -9,7 +9,7 @@ Invariants (each violation names itself in the assertion message):
   validator may serve, the last known rules during an outage included;
 - LIVENESS: once the store is up, marked and unwiped and `sync()` returns, every validator
   decides exactly as the model within one breaker period (`settle`);
-- ADMIN: the admin API and CLI do what SPEC.md says (outcome, exit code, record), and the export
+- ADMIN: the admin API and CLI do what docs/behaviour.md says (outcome, exit code, record), and the export
   is the store; ERROR: no 500 and no traceback; LEAK: no token in any log or output;
 - MEMORY: Redis memory is bounded (keys and bytes) whatever the traffic.
 """
@@ -208,7 +208,7 @@ class Base(RuleBasedStateMachine):
         raise Violation(text)
 
     def diverge(self, message: str, lost: set[str] | None) -> None:
-        """The product did something else than SPEC.md says: a failure in strict mode. In lenient
+        """The product did something else than docs/behaviour.md says: a failure in strict mode. In lenient
         mode the test carries on, noting the records the model may no longer know (`lost`; None:
         any of them), which liveness then leaves out; safety still holds the product to the
         admin's intent."""
@@ -480,7 +480,8 @@ class Base(RuleBasedStateMachine):
             self.count("denied" if status == 403 else "503")
         if self.strict and status != 403 and (len(tokens) > 1 or front.ambiguous or not spec.is_token(first)):
             self.fail(
-                "ADMIN", f"{how} front={front.name}: answered {status}, SPEC.md says 403 without a look-up"
+                "ADMIN",
+                f"{how} front={front.name}: answered {status}, behaviour.md says 403 without a look-up",
             )
         return status
 

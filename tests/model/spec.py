@@ -1,7 +1,7 @@
-"""A small reference model of SPEC.md for the stateful test: records, requests, decisions, admin ops.
+"""A small reference model of behaviour.md for the stateful test: records, requests, decisions, admin ops.
 
 Pure: no I/O, no import of `validator`. Every admin input and every request the machine sends
-is listed here with what SPEC.md says about it, so the model never has to parse anything the
+is listed here with what docs/behaviour.md says about it, so the model never has to parse anything the
 product parses: a table row names the stored form of an entry (None: refused) and the request
 domain of a header value (None: none).
 """
@@ -86,7 +86,7 @@ def describe(state: State) -> str:
 
 
 def is_token(token: str) -> bool:
-    """SPEC.md: tokens are visible ASCII (`!`..`~`)."""
+    """docs/behaviour.md: tokens are visible ASCII (`!`..`~`)."""
     return bool(token) and all("!" <= c <= "~" for c in token)
 
 
@@ -140,7 +140,7 @@ IP_REMOVALS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Front:
-    """The browser part of a request: its Origin/Referer/Sec-Fetch headers and, per SPEC.md,
+    """The browser part of a request: its Origin/Referer/Sec-Fetch headers and, per docs/behaviour.md,
     its request domain (None: a browser request without a domain, which matches nothing)."""
 
     name: str
@@ -236,7 +236,7 @@ def ip_listed(ips: Iterable[str], client_ip: str | None) -> bool:
 def allows(
     state: State, front: Front, client_ip: str | None, *, unknown_allowed: bool, now_ms: float
 ) -> bool:
-    """SPEC.md's decision table (report-only mode lets would-be denials through), at wall-clock
+    """docs/behaviour.md's decision table (report-only mode lets would-be denials through), at wall-clock
     instant `now_ms`: an entry that expires matches only before its instant."""
     if state is None:
         return unknown_allowed
@@ -286,7 +286,7 @@ class Op:
 
 @dataclass
 class Plan:
-    """What SPEC.md says an op does: the acceptable outcomes and the record after it."""
+    """What docs/behaviour.md says an op does: the acceptable outcomes and the record after it."""
 
     outcomes: frozenset[Outcome]
     after: State
@@ -331,7 +331,7 @@ def _expiry_of(record: Record, restriction: Restriction) -> frozenset[tuple[str,
 
 
 def plan(op: Op, current: State, *, up: bool, marked: bool, redis_now_ms: float = -math.inf) -> Plan:
-    """SPEC.md's outcome of `op` on a token whose stored record is `current`, with the Redis
+    """docs/behaviour.md's outcome of `op` on a token whose stored record is `current`, with the Redis
     server's clock at `redis_now_ms`: an expiry not after it is refused (nothing changed), and
     the entries lapsed by it are swept before the limit is checked. `after` keeps no lapsed entry."""
     refusals: set[Outcome] = set()
@@ -412,7 +412,7 @@ def plan(op: Op, current: State, *, up: bool, marked: bool, redis_now_ms: float 
 def plans(op: Op, current: State, *, up: bool, marked: bool, redis_between: tuple[float, float]) -> Plan:
     """`plan` when the server's clock read by the write is somewhere in `redis_between` (the
     wall clock before and after the call): an entry or an expiry whose instant falls in that
-    window may count either way, so either outcome is SPEC.md's. `after` is that of the plan
+    window may count either way, so either outcome is docs/behaviour.md's. `after` is that of the plan
     whose outcome the product gives (`Plan.after_for`)."""
     early = plan(op, current, up=up, marked=marked, redis_now_ms=redis_between[0])
     late = plan(op, current, up=up, marked=marked, redis_now_ms=redis_between[1])

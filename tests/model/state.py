@@ -1,6 +1,6 @@
 """The model's view of the store and of what each validator may still act on.
 
-`stored` is what Redis holds per SPEC.md. After a wipe (FLUSHALL, a restart without data) the
+`stored` is what Redis holds per docs/behaviour.md. After a wipe (FLUSHALL, a restart without data) the
 admin's intent is what was stored before it (`lost`), until an `init` or a restore makes the
 store the intent again. A validator may act on the intent, or on an older state of a token for a
 bounded time when it may not have seen the change (its invalidation link was down):
@@ -91,7 +91,7 @@ class ModelStore:
     def may_allow(
         self, seat: int, token: str, front: Front, client_ip: str | None, now: float, now_ms: float
     ) -> bool:
-        """Whether an "allowed" from validator `seat` is within what SPEC.md and the README allow
+        """Whether an "allowed" from validator `seat` is within what docs/behaviour.md and the README allow
         (`now`: on the caches' clock; `now_ms`: on the wall clock entries expire by). An entry
         that has lapsed matches in no state, older ones served during an outage included."""
         if not is_token(token) or front.ambiguous:

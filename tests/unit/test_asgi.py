@@ -1,4 +1,4 @@
-"""TokenAccessMiddleware, in process: SPEC.md's decision table, tokens, responses, CORS, WebSocket.
+"""TokenAccessMiddleware, in process: docs/behaviour.md's decision table, tokens, responses, CORS, WebSocket.
 
 Requests are raw ASGI calls (`call()`), so every header byte is under the test's control; one
 test goes through httpx's ASGI transport to show the middleware under a real client library.
@@ -163,6 +163,9 @@ DECISION_TABLE = [
 ]
 
 
+@pytest.mark.promise("P-DECISION-TABLE")
+@pytest.mark.promise("P-DENIED-403")
+@pytest.mark.promise("P-REASON-NEVER-TO-CLIENT")
 @pytest.mark.parametrize(("token", "kind", "where", "allowed", "reason"), DECISION_TABLE)
 async def test_decision_table(
     app: Recorder,
@@ -204,6 +207,7 @@ BROWSER_SIGNALS = [
 ]
 
 
+@pytest.mark.promise("P-FRONT-OR-BACK-END")
 @pytest.mark.parametrize(("headers", "status"), BROWSER_SIGNALS)
 async def test_browser_signals(middleware: TokenAccessMiddleware, headers: Headers, status: int) -> None:
     assert (await call(middleware, [key("d"), *headers], client=(LISTED_IP, 1))).status == status
@@ -225,6 +229,7 @@ NOT_SIGNALS = [
 ]
 
 
+@pytest.mark.promise("P-FRONT-OR-BACK-END")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     "signal",
@@ -287,6 +292,7 @@ NO_TOKEN = [
 ]
 
 
+@pytest.mark.promise("P-NO-TOKEN-401")
 @pytest.mark.parametrize(("headers", "query"), NO_TOKEN)
 async def test_no_token_is_401(
     app: Recorder, middleware: TokenAccessMiddleware, headers: Headers, query: bytes
@@ -297,6 +303,7 @@ async def test_no_token_is_401(
     assert reply.header(b"www-authenticate") == b"Bearer"
 
 
+@pytest.mark.promise("P-NO-TOKEN-401")
 async def test_no_token_passes_through_for_public_routes(app: Recorder, validator: Validator) -> None:
     middleware = TokenAccessMiddleware(app, validator=validator, require_token=False)
     reply = await call(middleware)
@@ -304,12 +311,13 @@ async def test_no_token_passes_through_for_public_routes(app: Recorder, validato
     assert reply.scope["state"] == {"token_access": None, "api_token": None}
 
 
+@pytest.mark.promise("P-NO-TOKEN-401")
 async def test_public_routes_still_check_a_token_that_is_sent(app: Recorder, validator: Validator) -> None:
     middleware = TokenAccessMiddleware(app, validator=validator, require_token=False)
     assert (await call(middleware, [key("i")])).status == 403
 
 
-# Every configured source is read (SPEC.md, "One token per request"): different tokens in two of
+# Every configured source is read (docs/behaviour.md, "One token per request"): different tokens in two of
 # them are refused, whatever the order; a source left out is not read at all.
 SOURCES = [
     pytest.param(("bearer", "header", "query"), 403, None, id="default: all three differ"),
@@ -319,6 +327,7 @@ SOURCES = [
 ]
 
 
+@pytest.mark.promise("P-ONE-TOKEN")
 @pytest.mark.parametrize(("sources", "status", "used"), SOURCES)
 async def test_token_sources(
     app: Recorder, validator: Validator, sources: Any, status: int, used: str | None
@@ -352,6 +361,8 @@ CONFLICTING_TOKENS = [
 ]
 
 
+@pytest.mark.promise("P-ONE-TOKEN")
+@pytest.mark.promise("P-DENIED-403")
 @pytest.mark.parametrize(("headers", "query"), CONFLICTING_TOKENS)
 async def test_ambiguous_token_is_denied(
     app: Recorder, middleware: TokenAccessMiddleware, headers: Headers, query: bytes
@@ -360,6 +371,7 @@ async def test_ambiguous_token_is_denied(
     assert (reply.status, reply.body, app.scopes) == (403, FORBIDDEN_BODY, [])
 
 
+@pytest.mark.promise("P-UNKNOWN-TOKEN")
 async def test_unknown_tokens_denied_when_configured(app: Recorder) -> None:
     async with Validator.from_url(f"memory://asgi-{uuid.uuid4()}", unknown_token="deny") as validator:
         reply = await call(TokenAccessMiddleware(app, validator=validator), [key("nobody")])
@@ -369,6 +381,7 @@ async def test_unknown_tokens_denied_when_configured(app: Recorder) -> None:
 # --------------------------------------------------------------------------- store failures
 
 
+@pytest.mark.promise("P-FAIL-CLOSED")
 async def test_store_unreachable_is_503() -> None:
     app = Recorder()
     async with Validator.from_url("redis://127.0.0.1:1/0", timeout=0.2, connect_timeout=0.2) as validator:
@@ -378,6 +391,7 @@ async def test_store_unreachable_is_503() -> None:
     assert reply.header(b"content-type") == b"application/json"
 
 
+@pytest.mark.promise("P-FAIL-CLOSED")
 async def test_store_unreachable_fails_open_when_the_validator_does() -> None:
     app = Recorder()
     url = "redis://127.0.0.1:1/0"
@@ -448,6 +462,7 @@ CORS_CASES = [
 ]
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 @pytest.mark.parametrize(("token", "origin", "status"), CORS_CASES)
 async def test_cors_echoes_the_origin(
     cors: TokenAccessMiddleware, token: str, origin: bytes, status: int
@@ -458,6 +473,7 @@ async def test_cors_echoes_the_origin(
     assert reply.header(b"vary") == b"Origin"
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 async def test_cors_on_401(cors: TokenAccessMiddleware) -> None:
     reply = await call(cors, [(b"origin", OTHER_ORIGIN)])
     assert (reply.status, reply.header(b"access-control-allow-origin")) == (401, OTHER_ORIGIN)
@@ -479,6 +495,7 @@ async def test_no_cors_headers(app: Recorder, validator: Validator, enabled: boo
     assert reply.header(b"vary") is None
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 async def test_cors_replaces_the_apps_allow_origin_and_extends_its_vary(validator: Validator) -> None:
     app = Recorder([(b"Access-Control-Allow-Origin", b"*"), (b"Vary", b"Accept-Encoding")])
     reply = await call(
@@ -492,6 +509,7 @@ async def test_cors_replaces_the_apps_allow_origin_and_extends_its_vary(validato
 PREFLIGHT = [(b"origin", OTHER_ORIGIN), (b"access-control-request-method", b"GET")]
 
 
+@pytest.mark.promise("P-PREFLIGHT-PASSES")
 async def test_preflight_answered(app: Recorder, cors: TokenAccessMiddleware) -> None:
     reply = await call(
         cors, [*PREFLIGHT, (b"access-control-request-headers", b"x-api-key")], method="OPTIONS"
@@ -504,6 +522,7 @@ async def test_preflight_answered(app: Recorder, cors: TokenAccessMiddleware) ->
     assert reply.header(b"vary") == b"Origin"
 
 
+@pytest.mark.promise("P-PREFLIGHT-PASSES")
 async def test_preflight_settings(app: Recorder, validator: Validator) -> None:
     middleware = TokenAccessMiddleware(
         app,
@@ -519,6 +538,7 @@ async def test_preflight_settings(app: Recorder, validator: Validator) -> None:
     assert reply.header(b"access-control-max-age") == b"0"
 
 
+@pytest.mark.promise("P-PREFLIGHT-PASSES")
 async def test_preflight_passed_to_the_app_by_default(
     app: Recorder, middleware: TokenAccessMiddleware
 ) -> None:
@@ -533,6 +553,7 @@ NOT_PREFLIGHT = [
 ]
 
 
+@pytest.mark.promise("P-PREFLIGHT-PASSES")
 @pytest.mark.parametrize(("method", "headers"), NOT_PREFLIGHT)
 async def test_not_a_preflight_needs_a_token(
     cors: TokenAccessMiddleware, method: str, headers: Headers
@@ -560,6 +581,7 @@ WEBSOCKET_REFUSED = [
 ]
 
 
+@pytest.mark.promise("P-WEBSOCKET-REFUSED")
 @pytest.mark.parametrize(("headers", "query", "status"), WEBSOCKET_REFUSED)
 async def test_websocket_denied_before_accept(
     app: Recorder, middleware: TokenAccessMiddleware, headers: Headers, query: bytes, status: int
@@ -570,6 +592,7 @@ async def test_websocket_denied_before_accept(
     assert app.scopes == []
 
 
+@pytest.mark.promise("P-WEBSOCKET-REFUSED")
 @pytest.mark.parametrize(("headers", "query", "status"), WEBSOCKET_REFUSED)
 async def test_websocket_denial_response_when_the_server_supports_it(
     app: Recorder, middleware: TokenAccessMiddleware, headers: Headers, query: bytes, status: int
@@ -621,6 +644,7 @@ def test_bad_settings_refused_at_construction(settings: dict[str, Any], app: Rec
 # --------------------------------------------------------------------------- report-only rollout
 
 
+@pytest.mark.promise("P-REPORT-ONLY")
 @pytest.mark.parametrize(
     ("client_ip", "reported"),
     [pytest.param(OTHER_IP, True, id="would be denied"), pytest.param(LISTED_IP, False, id="allowed anyway")],

@@ -25,7 +25,7 @@ from validator.web.exemption import public
 from validator.web.middleware import TokenAccessMiddleware
 from validator.web.types import Message, Receive, Scope, Send
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.promise("P-EXEMPT-ROUTES")]
 
 EXEMPT = ["/healthz", "/docs", "/sub/healthz", "/t1/healthz", "/files/readme", "/api/healthz"]
 

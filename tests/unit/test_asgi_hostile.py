@@ -20,6 +20,8 @@ from tests.unit.test_asgi import Headers, Recorder, Reply, call
 from validator import Admin, Restrictions, Validator
 from validator.web.middleware import TokenAccessMiddleware
 
+pytestmark = [pytest.mark.promise("P-NEVER-500"), pytest.mark.promise("P-NO-UNHANDLED-ERROR")]
+
 RESTRICTIONS = Restrictions(
     domain_enabled=True, ip_enabled=True, domains=["app.example.com"], ips=["203.0.113.7"]
 )

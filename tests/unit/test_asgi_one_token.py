@@ -1,4 +1,4 @@
-"""SPEC.md "One token per request" and "Tokens are visible ASCII", at the middleware.
+"""docs/behaviour.md "One token per request" and "Tokens are visible ASCII", at the middleware.
 
 Every configured token source is read: a request whose sources carry different tokens is refused
 (a decoy beside a stolen token), and the app sees exactly the token that was checked. A token
@@ -23,7 +23,11 @@ from validator import Admin, Reason, Restrictions, Validator
 from validator.errors import ConfigurationError
 from validator.web.middleware import TokenAccessMiddleware
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.promise("P-ONE-TOKEN"),
+    pytest.mark.promise("P-VISIBLE-ASCII"),
+]
 
 # "i" is restricted to servers at LISTED_IP; "open" is unrestricted; anything else is unknown
 # (allowed: the validator's default), which is what makes a decoy dangerous.

@@ -14,6 +14,8 @@ from validator.web import proxy_headers
 from validator.web.middleware import TokenAccessMiddleware
 from validator.web.proxy_headers import _forwarded_hops, _TrustedHosts, _x_forwarded_for_hops
 
+pytestmark = [pytest.mark.promise("P-TRUSTED-PROXIES")]
+
 LISTED_IP = "203.0.113.7"
 PROXY = "10.0.0.2"
 TRUSTED = ["10.0.0.0/8", "127.0.0.1", "2001:db8::1", "fd00::/8"]

@@ -15,7 +15,7 @@ from validator.admin.audit import checked_actor, default_actor, duration_seconds
 from validator.errors import ConfigurationError
 from validator.store import Store
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.promise("P-HISTORY")]
 
 
 # ------------------------------------------------------------------------------ actor

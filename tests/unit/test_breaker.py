@@ -7,6 +7,8 @@ import pytest
 from validator.breaker import BreakerState, CircuitBreaker
 from validator.errors import ConfigurationError
 
+pytestmark = [pytest.mark.promise("P-BREAKER")]
+
 
 def state(breaker: CircuitBreaker) -> BreakerState:
     # Read through a call: mypy would narrow `breaker.state` across the calls that change it.

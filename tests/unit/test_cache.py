@@ -68,6 +68,7 @@ async def test_lru_evicts_least_recently_used() -> None:
     assert [t for t in "acd" if cache.fresh(t) is not None] == ["a", "c", "d"]
 
 
+@pytest.mark.promise("P-UNKNOWN-CACHE-APART")
 async def test_unknown_tokens_have_their_own_bound() -> None:
     cache = make(Clock())
     for token in "abc":
@@ -78,6 +79,7 @@ async def test_unknown_tokens_have_their_own_bound() -> None:
     assert len(cache) == 3 + 2
 
 
+@pytest.mark.promise("P-SINGLE-FLIGHT")
 async def test_concurrent_loads_share_one_read() -> None:
     cache = make(Clock())
     reads = 0
@@ -96,6 +98,7 @@ async def test_concurrent_loads_share_one_read() -> None:
     assert reads == 1
 
 
+@pytest.mark.promise("P-SINGLE-FLIGHT")
 async def test_cancelled_first_caller_does_not_cancel_the_shared_read() -> None:
     cache = make(Clock())
     release = asyncio.Event()
@@ -125,6 +128,7 @@ async def test_failed_read_reaches_every_waiter_and_caches_nothing() -> None:
     assert cache.fresh("a") is None
 
 
+@pytest.mark.promise("P-READ-IN-FLIGHT-NOT-CACHED")
 @pytest.mark.parametrize("how", ["invalidate", "clear"])
 async def test_invalidation_during_a_read_keeps_its_result_out(how: str) -> None:
     cache = make(Clock())

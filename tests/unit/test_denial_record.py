@@ -18,6 +18,8 @@ from validator.model import Reason, Source, decision
 from validator.rules.decide import TokenRules
 from validator.store import Store
 
+pytestmark = [pytest.mark.promise("P-DENIAL-LOG-OFF-PATH")]
+
 DENIED = decision(False, Reason.IP_NOT_LISTED, Source.BACK_END)
 
 

@@ -42,6 +42,8 @@ from validator.store.denial_refs import (
 )
 from validator.web.middleware import TokenAccessMiddleware
 
+pytestmark = [pytest.mark.promise("P-DENIAL-REF")]
+
 REF = re.compile(rb"[0-9a-f]{32}")
 HEADER = b"access-denied-ref"
 HASH = "AbCdEfGhIjKlMnOpQrStUv"  # a token hash's shape: 22 base64url characters
@@ -249,6 +251,7 @@ async def test_a_503_carries_no_reference() -> None:
 @pytest.mark.parametrize(
     ("cors", "exposed"), [(True, b"Access-Denied-Ref"), (False, None)], ids=["cors on", "cors off"]
 )
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 async def test_page_script_may_read_the_reference_when_cors_is_on(
     validator: Validator, cors: bool, exposed: bytes | None
 ) -> None:

@@ -21,6 +21,8 @@ from validator.rules.explain import explain
 from validator.store import UnreadableRecord
 from validator.store.layout import _restrictions
 
+pytestmark = [pytest.mark.promise("P-EXPIRY")]
+
 AT = 1_900_000_000_000  # an instant in ms since the epoch (2030-03-17)
 LATER = AT + 3_600_000
 

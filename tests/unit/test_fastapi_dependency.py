@@ -1,4 +1,4 @@
-"""TokenAccess, the FastAPI dependency: SPEC.md's decision table, the middleware's exact answers,
+"""TokenAccess, the FastAPI dependency: docs/behaviour.md's decision table, the middleware's exact answers,
 OpenAPI security schemes, public routes, decoy tokens, report-only, CORS, a forgotten install.
 
 Requests go through httpx's ASGI transport into a real FastAPI app on a memory:// store; the
@@ -35,7 +35,7 @@ from validator.errors import ConfigurationError
 from validator.web.fastapi import Access, TokenAccess
 from validator.web.middleware import TokenAccessMiddleware
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.promise("P-FASTAPI-SAME-ANSWERS")]
 
 UNAUTHORIZED_BODY = b'{"error": "API token required."}'
 UNAVAILABLE_BODY = b'{"error": "Access check unavailable. Try again later."}'
@@ -300,6 +300,7 @@ async def test_denials_are_counted_as_the_middlewares(validator: Validator) -> N
 # --------------------------------------------------------------------------- CORS
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 async def test_cors_headers_on_allowed_and_denied_front_end_responses(validator: Validator) -> None:
     app = build(TokenAccess(validator, cors=True))
     allowed = await send(app, [key("d"), ("origin", LISTED_ORIGIN.decode())])

@@ -20,7 +20,7 @@ from tests.unit.test_asgi import FORBIDDEN_BODY, LISTED_IP, OTHER_IP
 from validator import Admin, Restrictions, Validator
 from validator.web.fastapi import Access, TokenAccess
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.promise("P-FASTAPI-SAME-ANSWERS")]
 
 UNAUTHORIZED_BODY = b'{"error": "API token required."}'
 UNAVAILABLE_BODY = b'{"error": "Access check unavailable. Try again later."}'

@@ -21,6 +21,8 @@ from validator.store import fingerprint
 from validator.web.gate import Gate, build_gate
 from validator.web.types import Message
 
+pytestmark = [pytest.mark.promise("P-GATE-SAME-ANSWERS")]
+
 FORBIDDEN_BODY = b'{"error": "Access denied. You don\'t have permission to access this."}'
 UNAUTHORIZED_BODY = b'{"error": "API token required."}'
 UNAVAILABLE_BODY = b'{"error": "Access check unavailable. Try again later."}'
@@ -272,6 +274,7 @@ async def test_report_only_lets_a_denial_through_marked(validator: Validator, pr
     assert allowed.headers["x-token-access"] == "allowed"
 
 
+@pytest.mark.promise("P-CORS-EXPOSES-REF")
 @pytest.mark.parametrize("proxy", PROXIES)
 async def test_cors_makes_a_refusal_readable_by_a_page_on_another_origin(
     validator: Validator, proxy: str

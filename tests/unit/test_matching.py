@@ -1,4 +1,4 @@
-"""Matching rules of SPEC.md, each as a table, with a malformed-input table beside each."""
+"""Matching rules of docs/behaviour.md, each as a table, with a malformed-input table beside each."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from validator.rules.request import _MEMO_SIZE, HOST_KEYS, host_key, host_of
 # ------------------------------------------------------------------------------ host_of
 
 
+@pytest.mark.promise("P-REQUEST-DOMAIN")
 @pytest.mark.parametrize(
     ("value", "host"),
     [
@@ -41,6 +42,7 @@ def test_host_of(value: str, host: str) -> None:
     assert host_of(value) == host
 
 
+@pytest.mark.promise("P-REQUEST-DOMAIN")
 @pytest.mark.parametrize(
     "value",
     [
@@ -70,6 +72,7 @@ def test_host_of_malformed_has_no_host(value: str) -> None:
 DOMAINS = DomainSet(["example.com", "*.shop.test"])
 
 
+@pytest.mark.promise("P-DOMAIN-MATCH")
 @pytest.mark.parametrize(
     ("host", "member"),
     [
@@ -95,6 +98,7 @@ def test_domain_set_membership(host: str, member: bool) -> None:
     assert (host in DOMAINS) is member
 
 
+@pytest.mark.promise("P-DOMAIN-MATCH")
 @pytest.mark.parametrize(
     "origin",
     [
@@ -109,6 +113,7 @@ def test_garbage_hosts_never_match_a_wildcard(origin: str) -> None:
     assert host_of(origin) not in DOMAINS
 
 
+@pytest.mark.promise("P-DOMAIN-MATCH")
 def test_domain_set_through_host_of() -> None:
     assert host_of("https://EXAMPLE.com.:443/") in DOMAINS
     assert host_of("https://example.com@evil.test") not in DOMAINS
@@ -117,6 +122,7 @@ def test_domain_set_through_host_of() -> None:
 # ------------------------------------------------------------------------------ normalize_domain
 
 
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
 @pytest.mark.parametrize(
     ("entry", "stored", "noted"),
     [
@@ -124,7 +130,7 @@ def test_domain_set_through_host_of() -> None:
         ("Example.COM", "example.com", True),
         ("example.com.", "example.com", True),
         ("  example.com ", "example.com", False),
-        ("https://Example.com/path", "example.com", True),  # SPEC.md's own example
+        ("https://Example.com/path", "example.com", True),  # docs/behaviour.md's own example
         ("https://example.com:8443", "https://example.com:8443", False),
         ("example.com/path", "example.com", True),
         ("example.com:3000", "example.com:3000", False),
@@ -141,6 +147,7 @@ def test_normalize_domain(entry: str, stored: str, noted: bool) -> None:
     assert (result.note is not None) is noted
 
 
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
 @pytest.mark.parametrize(
     ("entry", "says"),
     [
@@ -170,6 +177,7 @@ def test_normalize_domain_refuses(entry: str, says: str) -> None:
 # ------------------------------------------------------------------------------ IPs
 
 
+@pytest.mark.promise("P-IP-MATCH")
 @pytest.mark.parametrize(
     ("text", "address"),
     [
@@ -184,6 +192,7 @@ def test_parse_ip(text: str, address: str) -> None:
     assert parse_ip(text) == ipaddress.ip_address(address)
 
 
+@pytest.mark.promise("P-IP-MATCH")
 @pytest.mark.parametrize(
     "text",
     [
@@ -206,6 +215,7 @@ def test_parse_ip_malformed(text: str) -> None:
 IPS = IPSet(["203.0.113.7", "198.51.100.0/24", "2001:db8::/48", "2001:db8:ffff::1"])
 
 
+@pytest.mark.promise("P-IP-MATCH")
 @pytest.mark.parametrize(
     ("client_ip", "member"),
     [
@@ -227,6 +237,7 @@ def test_ip_set_membership(client_ip: str, member: bool) -> None:
     assert (client_ip in IPS) is member
 
 
+@pytest.mark.promise("P-IP-MATCH")
 @pytest.mark.parametrize(
     "client_ip",
     [
@@ -249,6 +260,7 @@ def test_ip_set_malformed_never_matches(client_ip: str) -> None:
     assert client_ip not in IPS
 
 
+@pytest.mark.promise("P-IP-MATCH")
 def test_ip_set_ignores_entries_that_do_not_parse() -> None:
     ip_set = IPSet(["not-an-ip", "203.0.113.7", "1.2.3.4/99", "2001:db8::/300"])
     assert "203.0.113.7" in ip_set
@@ -265,6 +277,8 @@ def test_ip_set_without_networks_takes_the_cheap_path() -> None:
     assert "::ffff:203.0.113.7" in exact
 
 
+@pytest.mark.promise("P-IP-ENTRIES")
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 @pytest.mark.parametrize(
     ("entry", "stored"),
     [
@@ -282,6 +296,7 @@ def test_normalize_ip(entry: str, stored: str) -> None:
     assert normalize_ip(entry).stored == stored
 
 
+@pytest.mark.promise("P-IP-ENTRIES")
 @pytest.mark.parametrize(
     ("entry", "says"),
     [
@@ -314,6 +329,7 @@ def test_normalize_ip_refuses(entry: str, says: str) -> None:
         normalize_ip(entry)
 
 
+@pytest.mark.promise("P-IP-ENTRIES")
 def test_private_ip_allowed_with_override() -> None:
     assert normalize_ip("10.1.2.3", allow_private=True).stored == "10.1.2.3"
     assert normalize_ip("::1", allow_private=True).stored == "::1"

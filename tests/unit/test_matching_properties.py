@@ -37,6 +37,7 @@ def reference_domain_match(host: str, entries: list[str]) -> bool:
     return False
 
 
+@pytest.mark.promise("P-DOMAIN-MATCH")
 @given(
     entries=st.lists(st.one_of(hostname, parents, parents.map(lambda p: "*." + p)), max_size=5),
     host=host_like,
@@ -45,6 +46,7 @@ def test_domain_set_agrees_with_reference(entries: list[str], host: str) -> None
     assert (host in DomainSet(entries)) is reference_domain_match(host, entries)
 
 
+@pytest.mark.promise("P-REQUEST-DOMAIN")
 @given(
     scheme=st.sampled_from(["http", "https", "wss"]),
     userinfo=st.one_of(st.just(""), st.from_regex(r"[a-z0-9]{1,6}(:[a-z0-9]{1,6})?@", fullmatch=True)),
@@ -82,6 +84,7 @@ def spellings(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[st
     return [str(address), address.exploded, address.exploded.upper()]
 
 
+@pytest.mark.promise("P-IP-MATCH")
 @settings(max_examples=300)
 @given(entries=networks, near=st.booleans(), data=st.data())
 def test_ip_set_agrees_with_ipaddress(
@@ -118,6 +121,7 @@ def reference_v4_int(text: str) -> int | None:
         return None
 
 
+@pytest.mark.promise("P-IP-MATCH")
 @settings(max_examples=500)
 @given(
     text=st.one_of(
@@ -138,6 +142,7 @@ def test_fast_ipv4_parser_agrees_with_ipaddress(text: str) -> None:
 url_part = st.text(alphabet="aZ09._-:@[]%/?#\\\t\n \x7f\u00e9", max_size=12)
 
 
+@pytest.mark.promise("P-REQUEST-DOMAIN")
 @settings(max_examples=1000)
 @pytest.mark.timeout(60)
 @given(
@@ -155,6 +160,7 @@ def test_plain_url_shortcut_agrees_with_the_general_scan(url: str) -> None:
     assert host_of(url) == _scanned_host(url)
 
 
+@pytest.mark.promise("P-IP-MATCH")
 @settings(max_examples=500)
 @pytest.mark.timeout(60)
 @given(
@@ -173,6 +179,7 @@ def test_text_without_a_colon_is_an_address_only_in_canonical_form(text: str) ->
 separated = st.builds(lambda a, sep, b: f"{a}{sep}{b}", hostname, st.sampled_from(["\n", "\t"]), hostname)
 
 
+@pytest.mark.promise("P-DOMAIN-MATCH")
 @settings(max_examples=500)
 @pytest.mark.timeout(60)
 @given(
@@ -214,6 +221,7 @@ def reference_ip_match(text: str, entries: list[str]) -> bool:
 v4_address = st.integers(0x0B000000, 0x0B0000FF).map(lambda v: str(ipaddress.IPv4Address(v)))
 
 
+@pytest.mark.promise("P-IP-MATCH")
 @settings(max_examples=500)
 @pytest.mark.timeout(60)
 @given(

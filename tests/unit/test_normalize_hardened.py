@@ -1,4 +1,4 @@
-"""SPEC.md "Hardened rules" for admin entries (issue 12, items 6 and 9), each as a table:
+"""docs/behaviour.md "Hardened rules" for admin entries (issue 12, items 6 and 9), each as a table:
 one address is one canonical entry, and no entry admits the public at large."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ TOKEN = "tok_hardened"
 # ------------------------------------------------------------------------------ one address, one entry
 
 
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 @pytest.mark.parametrize(
     "entry",
     [
@@ -39,11 +40,13 @@ def test_zone_identifiers_are_refused(entry: str) -> None:
         normalize_ip(entry, allow_private=True)
 
 
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 def test_a_zone_refusal_names_the_entry_to_give_instead() -> None:
     with pytest.raises(InvalidEntry, match="give '2606:4700::1111' alone"):
         normalize_ip("2606:4700::1111%eth0")
 
 
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 @pytest.mark.parametrize(
     ("entry", "stored", "request_ip"),
     [
@@ -69,6 +72,7 @@ def test_ip_entries_are_stored_canonically_and_match_as_stored(
     assert request_ip in IPSet([result.stored])
 
 
+@pytest.mark.promise("P-IP-ENTRIES")
 def test_a_network_with_host_bits_is_refused_naming_both_readings() -> None:
     # Refused, not widened: the admin may have meant the one address, and a guess of the
     # network would admit 255 more.
@@ -79,6 +83,7 @@ def test_a_network_with_host_bits_is_refused_naming_both_readings() -> None:
 # ------------------------------------------------------------------------------ networks: size
 
 
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
 @pytest.mark.parametrize(
     ("entry", "says"),
     [
@@ -99,6 +104,7 @@ def test_networks_shorter_than_the_minimum_prefix_are_refused(entry: str, says: 
     assert str(refused.value).startswith(f"'{entry}': network too large: {says}")
 
 
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
 @pytest.mark.parametrize(
     ("entry", "min_prefix_v4", "min_prefix_v6", "allow_private"),
     [
@@ -118,11 +124,13 @@ def test_networks_within_the_minimum_prefix_are_accepted(
     assert result.stored == entry
 
 
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
 def test_allow_private_does_not_lift_the_minimum_prefix() -> None:
     with pytest.raises(InvalidEntry, match=r"network too large: /8 .* min_prefix_v4"):
         normalize_ip("10.0.0.0/8", allow_private=True)
 
 
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
 @pytest.mark.parametrize(
     ("v4", "v6"),
     [(33, 48), (-1, 48), (16, 129), (16, -1), (True, 48)],
@@ -137,6 +145,8 @@ def test_minimum_prefix_settings_must_be_prefix_lengths(v4: int, v6: int) -> Non
 # ------------------------------------------------------------------------------ special-purpose ranges
 
 
+@pytest.mark.promise("P-IP-ENTRIES")
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
 @pytest.mark.parametrize(
     ("entry", "says"),
     [
@@ -168,11 +178,13 @@ def test_ipv6_special_purpose_ranges_are_refused(entry: str, says: str) -> None:
     assert normalize_ip(entry, allow_private=True).stored == entry
 
 
+@pytest.mark.promise("P-IP-ENTRIES")
 def test_a_network_reaching_into_a_refused_range_names_it() -> None:
     with pytest.raises(InvalidEntry, match=r"it includes 192\.88\.99\.0/24, which is the deprecated 6to4"):
         normalize_ip("192.88.0.0/16")
 
 
+@pytest.mark.promise("P-IP-ENTRIES")
 @pytest.mark.parametrize(
     "entry",
     ["192.0.2.1", "198.51.100.0/24", "203.0.113.7", "2001:db8::1", "2001:db8:1::/48", "3fff::1"],
@@ -184,6 +196,7 @@ def test_documentation_ranges_are_accepted_alike_for_ipv4_and_ipv6(entry: str) -
 # ------------------------------------------------------------------------------ public suffixes
 
 
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
 @pytest.mark.parametrize(
     ("entry", "says"),
     [
@@ -207,6 +220,7 @@ def test_public_suffixes_and_wildcards_over_them_are_refused(entry: str, says: s
         normalize_domain(entry)
 
 
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
 @pytest.mark.parametrize(
     "entry",
     [
@@ -237,6 +251,7 @@ def test_the_public_suffix_list_stays_off_the_request_path() -> None:
 # ------------------------------------------------------------------------------ removal
 
 
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 @pytest.mark.parametrize(
     ("entries", "stored", "removed"),
     [
@@ -260,6 +275,7 @@ def test_ip_removals_find_an_entry_however_it_was_typed_or_stored(
     assert set(ip_removals(entries, stored)) == removed
 
 
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 @pytest.mark.parametrize(
     ("entries", "stored"),
     [(["not-an-ip"], ["203.0.113.7"]), (["203.0.113.7/24"], []), ([""], [])],
@@ -271,12 +287,14 @@ def test_ip_removals_refuse_text_that_is_neither_an_ip_nor_stored(
         ip_removals(entries, stored)
 
 
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 def test_canonical_forms_apply_no_policy() -> None:
     assert canonical_domain("*.com").stored == "*.com"
     assert canonical_ip("2000::/3").stored == "2000::/3"
     assert canonical_ip("2606:4700::1111%eth0").stored == "2606:4700::1111"
 
 
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 async def test_removing_an_address_removes_every_stored_form_of_it() -> None:
     url = f"memory://{uuid.uuid4().hex}"
     admin = Admin.from_url(url)
@@ -295,6 +313,7 @@ async def test_removing_an_address_removes_every_stored_form_of_it() -> None:
     await admin.close()
 
 
+@pytest.mark.promise("P-ONE-ADDRESS-ONE-ENTRY")
 async def test_entries_stored_before_the_rules_stay_removable() -> None:
     admin = Admin.from_url(f"memory://{uuid.uuid4().hex}")
     await admin.store.write(admin.token_hash(TOKEN), "add", "d", "*.com", "app.example.com")
@@ -304,6 +323,8 @@ async def test_entries_stored_before_the_rules_stay_removable() -> None:
     await admin.close()
 
 
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
+@pytest.mark.promise("P-REFUSAL-WRITES-NOTHING")
 @pytest.mark.parametrize(
     "write",
     [
@@ -320,6 +341,7 @@ async def test_admin_writes_refuse_what_the_rules_refuse(write: Callable[[Admin]
     await admin.close()
 
 
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
 def test_import_applies_the_admin_minimum_prefix() -> None:
     strict = Admin.from_url("memory://")
     line = ImportLine(token=TOKEN, ip_enabled=True, ips=["11.0.0.0/8"])
@@ -334,6 +356,7 @@ def test_import_applies_the_admin_minimum_prefix() -> None:
 # ------------------------------------------------------------------------------ CLI settings
 
 
+@pytest.mark.promise("P-NO-PUBLIC-AT-LARGE")
 @pytest.mark.parametrize(
     ("flags", "code", "says"),
     [

@@ -1,4 +1,4 @@
-"""SPEC.md "Origin must be an origin": a value that is not a URL with a valid scheme, `://` and a
+"""docs/behaviour.md "Origin must be an origin": a value that is not a URL with a valid scheme, `://` and a
 host has no domain, so it matches nothing; the same for Referer."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from validator.model import Reason, Restrictions
 from validator.rules.decide import compile_rules
 from validator.rules.domains import DomainSet
 from validator.rules.request import host_of, origin_of
+
+pytestmark = [pytest.mark.promise("P-ORIGIN-IS-AN-ORIGIN")]
 
 LISTED = DomainSet(["app.example.com", "*.example.com", "https://shop.test"])
 RULES = compile_rules(Restrictions(domain_enabled=True, domains=["app.example.com", "*.example.com"]))

@@ -22,6 +22,7 @@ from validator.rules.request import host_of, origin_of
 # ------------------------------------------------------------------------------ stored form
 
 
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
 @pytest.mark.parametrize(
     ("entry", "stored"),
     [
@@ -40,7 +41,7 @@ from validator.rules.request import host_of, origin_of
         pytest.param("*.example.com:8443", "*.example.com:8443", id="wildcard port"),
         pytest.param("example.com:443", "example.com:443", id="port without scheme stays"),
         pytest.param("https://bücher.example", "https://xn--bcher-kva.example", id="idn origin"),
-        # SPEC.md: a pasted URL keeps its host alone; only an origin qualifies an entry.
+        # docs/behaviour.md: a pasted URL keeps its host alone; only an origin qualifies an entry.
         pytest.param("https://app.example.com/login?next=/", "app.example.com", id="page url"),
         pytest.param("https://app.example.com:8443/x", "app.example.com", id="page url with port"),
         pytest.param("https://user:pw@app.example.com", "app.example.com", id="userinfo"),
@@ -55,6 +56,8 @@ def test_normalize_qualified_domain(entry: str, stored: str) -> None:
     assert (result.note is not None) is (stored != entry.strip())
 
 
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
+@pytest.mark.promise("P-STORED-FORM-TOLD")
 @pytest.mark.parametrize(
     ("entry", "dropped"),
     [
@@ -71,6 +74,7 @@ def test_note_names_what_was_dropped(entry: str, dropped: str) -> None:
     assert dropped in note
 
 
+@pytest.mark.promise("P-DOMAIN-ENTRIES")
 @pytest.mark.parametrize(
     ("entry", "says"),
     [
@@ -106,6 +110,7 @@ def test_normalize_qualified_domain_refuses(entry: str, says: str) -> None:
 # ------------------------------------------------------------------------------ origin_of
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @pytest.mark.parametrize(
     ("url", "origin"),
     [
@@ -124,6 +129,7 @@ def test_origin_of(url: str, origin: tuple[str, str, int | None]) -> None:
     assert origin_of(url) == origin
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @pytest.mark.parametrize(
     "url",
     [
@@ -144,6 +150,7 @@ def test_origin_of_malformed(url: str) -> None:
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @given(
     scheme=st.sampled_from(["http", "https", "wss"]),
     userinfo=st.one_of(st.just(""), st.from_regex(r"[a-z0-9]{1,6}(:[0-9]{1,6})?@", fullmatch=True)),
@@ -160,6 +167,7 @@ def test_origin_of_agrees_with_urllib(
     assert origin_of(url) == (parts.scheme, parts.hostname, parts.port or default)
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @given(url=st.one_of(st.text(max_size=40), st.text(max_size=30).map(lambda t: "https://" + t)))
 def test_origin_of_never_raises_and_agrees_with_host_of(url: str) -> None:
     origin = origin_of(url)
@@ -181,6 +189,7 @@ QUALIFIED = DomainSet(
 )
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @pytest.mark.parametrize(
     ("url", "member"),
     [
@@ -217,6 +226,7 @@ def test_qualified_domain_set(url: str, member: bool) -> None:
     assert QUALIFIED.matches(host, url) is member
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 def test_host_alone_matches_only_bare_entries() -> None:
     assert "example.com" in QUALIFIED
     assert "app.example.com" not in QUALIFIED
@@ -229,6 +239,7 @@ def test_qualified_flag_and_size() -> None:
     assert not DomainSet(["example.com", "*.example.com"]).qualified
 
 
+@pytest.mark.promise("P-QUALIFIED-ENTRIES")
 @pytest.mark.parametrize(
     ("origin", "referer", "reason"),
     [

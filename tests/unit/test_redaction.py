@@ -14,7 +14,7 @@ from uvicorn.logging import AccessFormatter
 
 from validator.web.redaction import RedactTokens, uvicorn_log_config
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.timeout(10), pytest.mark.promise("P-TOKENS-NEVER-IN-CLEAR")]
 
 TOKEN = "tok_live_7c1d9e5b3a"
 

@@ -7,6 +7,8 @@ import pytest
 from validator.model import Decision, Mode, Reason, Restrictions, Source, decision, reported
 from validator.rules.decide import ReportOnlyRules, TokenRules, compile_rules
 
+pytestmark = [pytest.mark.promise("P-REPORT-ONLY")]
+
 RESTRICTIONS = dict(domain_enabled=True, ip_enabled=True, domains=["app.example.com"], ips=["203.0.113.7"])
 
 REQUESTS = [

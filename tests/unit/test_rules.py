@@ -1,4 +1,4 @@
-"""SPEC.md's decision table, row by row, and the classification of requests."""
+"""docs/behaviour.md's decision table, row by row, and the classification of requests."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ TABLE = [
 ]
 
 
+@pytest.mark.promise("P-DECISION-TABLE")
 @pytest.mark.parametrize(("d", "i", "kind", "value", "allowed", "reason"), TABLE)
 def test_decision_table(d: bool, i: bool, kind: str, value: str, allowed: bool, reason: Reason) -> None:
     r = rules(d, i)
@@ -69,6 +70,7 @@ EMPTY_LISTS = [
 ]
 
 
+@pytest.mark.promise("P-EMPTY-LIST-DENIES")
 @pytest.mark.parametrize(("d", "i", "kind", "value", "reason"), EMPTY_LISTS)
 def test_enabled_empty_list_denies_its_kind(d: bool, i: bool, kind: str, value: str, reason: Reason) -> None:
     r = rules(d, i, domains=[], ips=[])
@@ -77,6 +79,7 @@ def test_enabled_empty_list_denies_its_kind(d: bool, i: bool, kind: str, value: 
     assert decision.reason is reason
 
 
+@pytest.mark.promise("P-FRONT-OR-BACK-END")
 @pytest.mark.parametrize(
     ("origin", "referer", "sec_fetch", "source"),
     [
@@ -93,6 +96,7 @@ def test_classify(origin: str | None, referer: str | None, sec_fetch: bool, sour
     assert classify(origin, referer, sec_fetch) is source
 
 
+@pytest.mark.promise("P-MISSING-SOURCE-DENIED")
 @pytest.mark.parametrize(
     ("origin", "referer", "sec_fetch"),
     [
@@ -115,23 +119,27 @@ def test_front_end_without_domain_matches_nothing(
         assert decision.reason is Reason.NO_DOMAIN
 
 
+@pytest.mark.promise("P-REQUEST-DOMAIN")
 def test_origin_takes_precedence_over_referer() -> None:
     r = rules(True, False)
     assert not r.decide(OTHER_ORIGIN, "https://app.example.com/", False, None).allowed
     assert r.decide(LISTED_ORIGIN, "https://evil.test/", False, None).allowed
 
 
+@pytest.mark.promise("P-REQUEST-DOMAIN")
 def test_referer_used_when_no_origin() -> None:
     r = rules(True, False)
     assert r.decide(None, "https://app.example.com/page?q=1", False, None).allowed
     assert not r.decide(None, "https://evil.test/app.example.com", False, None).allowed
 
 
+@pytest.mark.promise("P-MISSING-SOURCE-DENIED")
 def test_back_end_without_client_ip_is_denied() -> None:
     decision = rules(False, True).decide(None, None, False, None)
     assert (decision.allowed, decision.reason) == (False, Reason.NO_IP)
 
 
+@pytest.mark.promise("P-UNKNOWN-TOKEN")
 @pytest.mark.parametrize("allowed", [True, False])
 def test_unknown_token_policy(allowed: bool) -> None:
     r = TokenRules(None, unknown_allowed=allowed)

@@ -16,6 +16,8 @@ from validator.model import Mode, Restrictions
 from validator.rules.decide import TokenRules
 from validator.rules.networks import normalize_ip
 
+pytestmark = [pytest.mark.promise("P-SUGGEST")]
+
 Denial = dict[str, str]
 
 

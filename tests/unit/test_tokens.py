@@ -1,4 +1,4 @@
-"""SPEC.md "Tokens are visible ASCII": the rule, and its refusal by `Validator.check`, `Admin`
+"""docs/behaviour.md "Tokens are visible ASCII": the rule, and its refusal by `Validator.check`, `Admin`
 and `validator-admin` (the middleware's side is in test_asgi_one_token.py)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from validator.errors import ConfigurationError, InvalidEntry
 from validator.metrics import ValidatorCollector
 from validator.model import MAX_TOKEN_LENGTH, is_token
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60)]
 
 RULE = "tokens are visible ASCII characters (! to ~), at most"
 
@@ -44,11 +44,13 @@ NOT_TOKENS = [
 ]
 
 
+@pytest.mark.promise("P-VISIBLE-ASCII")
 @pytest.mark.parametrize("token", TOKENS)
 def test_is_token(token: str) -> None:
     assert is_token(token)
 
 
+@pytest.mark.promise("P-VISIBLE-ASCII")
 @pytest.mark.parametrize("token", NOT_TOKENS)
 def test_is_not_token(token: str) -> None:
     assert not is_token(token)
@@ -57,6 +59,8 @@ def test_is_not_token(token: str) -> None:
 # --------------------------------------------------------------------------- Validator.check
 
 
+@pytest.mark.promise("P-VISIBLE-ASCII")
+@pytest.mark.promise("P-MALFORMED-TOKEN-DENIED")
 @pytest.mark.parametrize("token", NOT_TOKENS)
 async def test_check_denies_a_malformed_token_without_reading_the_store(token: str) -> None:
     # Nothing listens on port 1: a read would fail closed (StoreUnavailable) instead.
@@ -70,6 +74,7 @@ async def test_check_denies_a_malformed_token_without_reading_the_store(token: s
     assert validator.stats.decisions[result] == 1
 
 
+@pytest.mark.promise("P-MALFORMED-TOKEN-DENIED")
 async def test_unknown_non_ascii_token_is_no_longer_allowed() -> None:
     async with Validator.from_url(f"memory://tokens-{uuid.uuid4()}", unknown_token="allow") as validator:
         unknown = await validator.check("unknown-token", client_ip="203.0.113.7")
@@ -78,12 +83,14 @@ async def test_unknown_non_ascii_token_is_no_longer_allowed() -> None:
     assert (non_ascii.allowed, non_ascii.reason) == (False, Reason.MALFORMED_TOKEN)
 
 
+@pytest.mark.promise("P-VISIBLE-ASCII")
 async def test_max_token_length_is_a_validator_setting() -> None:
     async with Validator.from_url(f"memory://tokens-{uuid.uuid4()}", max_token_length=4) as validator:
         assert (await validator.check("abcd")).reason is Reason.UNKNOWN_TOKEN
         assert (await validator.check("abcde")).reason is Reason.MALFORMED_TOKEN
 
 
+@pytest.mark.promise("P-VISIBLE-ASCII")
 @pytest.mark.parametrize("length", [0, MAX_TOKEN_LENGTH + 1])
 def test_max_token_length_out_of_range(length: int) -> None:
     with pytest.raises(ConfigurationError, match="max_token_length"):
@@ -98,6 +105,7 @@ async def test_a_stored_token_is_checked_as_before() -> None:
     assert (listed.reason, other.reason) == (Reason.IP_LISTED, Reason.IP_NOT_LISTED)
 
 
+@pytest.mark.promise("P-MALFORMED-TOKEN-DENIED")
 async def test_metrics_count_malformed_tokens() -> None:
     async with Validator.from_url(f"memory://tokens-{uuid.uuid4()}") as validator:
         await validator.check("tök")
@@ -114,6 +122,7 @@ async def test_metrics_count_malformed_tokens() -> None:
 # --------------------------------------------------------------------------- Admin
 
 
+@pytest.mark.promise("P-VISIBLE-ASCII")
 @pytest.mark.parametrize(
     "token", [p for p in NOT_TOKENS if p.id not in ("empty", "one over the default maximum length")]
 )
@@ -128,6 +137,7 @@ async def test_admin_refuses_a_malformed_token(token: str) -> None:
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.promise("P-VISIBLE-ASCII")
 def test_admin_accepts_what_any_validator_may_be_set_to_check() -> None:
     admin = Admin.from_url("memory://")
     assert admin.token_hash("x" * MAX_TOKEN_LENGTH)
@@ -152,6 +162,8 @@ def admin_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.promise("P-VISIBLE-ASCII")
+@pytest.mark.promise("P-ADMIN-ERRORS")
 @pytest.mark.parametrize(
     ("args", "stdin"),
     [

@@ -74,10 +74,12 @@ class HistoryEntry(msgspec.Struct, kw_only=True):
     """One recorded change to a token (see `lua/write.lua`): when, what, and the version it made.
 
     `at` is milliseconds since the epoch on the Redis server's clock; `op` is add, remove, set,
-    enable, disable, put, or expire (entries that had lapsed, taken out at the token's next
+    enable, disable, mode, put, or expire (entries that had lapsed, taken out at the token's next
     change); `restriction` ("domain"/"ip") and `entries` belong to list and switch changes,
-    `domain_enabled` ... `ips` to a put (a whole record, as import writes it). `actor`: who made
-    the change (None in entries recorded before actors were).
+    `mode` ("enforce"/"report") to a mode change and a put, `domain_enabled` ... `ips` to a put
+    (a whole record, as import and suggest write it). `actor`: who made the change (None in
+    entries recorded before actors were). Every field `lua/write.lua` records is one here, so
+    that `history`, `--json` and `--all` show it (tests/integration/test_history_fields.py).
     """
 
     at: int
@@ -90,6 +92,9 @@ class HistoryEntry(msgspec.Struct, kw_only=True):
     ip_enabled: bool | None = None
     domains: list[str] = msgspec.field(default_factory=list)
     ips: list[str] = msgspec.field(default_factory=list)
+    # mode, put: the mode after the change (report-only lets every request through: an audit
+    # must show the switch).
+    mode: str | None = None
     # add, set: the instant (ms since the epoch) the entries stop matching; none: permanent.
     # put: per entry.
     expires_at: int | None = None

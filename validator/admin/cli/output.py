@@ -261,11 +261,14 @@ def _when(at_ms: int) -> str:
 def _what(entry: HistoryEntry) -> str:
     if entry.op in ("enable", "disable"):
         return f"{entry.op} {entry.restriction}"
+    if entry.op == "mode":
+        return f"mode {entry.mode or '-'}"
     if entry.op == "put":
+        mode = f", mode {entry.mode}" if entry.mode is not None else ""
         return (
             f"put: domain {_switch(bool(entry.domain_enabled))} "
             f"[{_until(entry.domains, entry.domain_expiry)}], "
-            f"ip {_switch(bool(entry.ip_enabled))} [{_until(entry.ips, entry.ip_expiry)}]"
+            f"ip {_switch(bool(entry.ip_enabled))} [{_until(entry.ips, entry.ip_expiry)}]{mode}"
         )
     if entry.expires_at is not None:
         return f"{entry.op} {entry.restriction}: {_entries(entry.entries)} (until {_when(entry.expires_at)})"
