@@ -500,7 +500,8 @@ async def test_no_cors_headers(app: Recorder, validator: Validator, enabled: boo
 async def test_cors_leaves_the_apps_own_cors_headers_as_they_are(validator: Validator) -> None:
     own = [(b"Access-Control-Allow-Origin", b"https://app.example.com"), (b"Vary", b"Accept-Encoding")]
     reply = await call(
-        TokenAccessMiddleware(Recorder(own), validator=validator, cors=True), [key("d"), (b"origin", LISTED_ORIGIN)]
+        TokenAccessMiddleware(Recorder(own), validator=validator, cors=True),
+        [key("d"), (b"origin", LISTED_ORIGIN)],
     )
     assert reply.headers == own
 

@@ -160,7 +160,9 @@ def test_names_not_read_as_the_token_parameter(name: str) -> None:
 
 @pytest.mark.promise("P-ONE-TOKEN-MANGLED-NAMES")
 @pytest.mark.parametrize("name", TOKEN_NAMES)
-async def test_a_decoy_beside_the_token_under_a_mangled_name_is_refused(validator: Validator, name: str) -> None:
+async def test_a_decoy_beside_the_token_under_a_mangled_name_is_refused(
+    validator: Validator, name: str
+) -> None:
     app = Recorder()
     middleware = TokenAccessMiddleware(app, validator=validator)
     query = f"{name}={STOLEN}".encode()
@@ -186,7 +188,9 @@ async def test_a_decoy_beside_the_token_under_a_mangled_name_is_refused(validato
 async def test_a_token_after_a_semicolon_is_a_token(validator: Validator, query: str) -> None:
     app = Recorder()
     middleware = TokenAccessMiddleware(app, validator=validator)
-    reply = await call(middleware, [(b"x-api-key", DECOY.encode())], query=query.encode(), client=(LISTED_IP, 1))
+    reply = await call(
+        middleware, [(b"x-api-key", DECOY.encode())], query=query.encode(), client=(LISTED_IP, 1)
+    )
     assert (reply.status, app.scopes) == (403, [])
 
 
@@ -211,7 +215,9 @@ async def test_the_underscore_spelling_of_the_token_header_is_the_token_header(v
 @pytest.mark.promise("P-ONE-TOKEN-MANGLED-NAMES")
 @pytest.mark.parametrize("proxy", PROXIES)
 @pytest.mark.parametrize("name", ["api.key", "api+key", "api[key", "api%80key", "api_key[]", "API_KEY"])
-async def test_the_gate_refuses_a_decoy_beside_a_mangled_name(validator: Validator, proxy: str, name: str) -> None:
+async def test_the_gate_refuses_a_decoy_beside_a_mangled_name(
+    validator: Validator, proxy: str, name: str
+) -> None:
     forward = PROXIES[proxy](
         "GET", f"/v1/data?{name}={STOLEN}", LISTED_IP, [("Authorization", f"Bearer {DECOY}")]
     )
@@ -276,7 +282,9 @@ async def test_cors_makes_the_validators_own_refusals_readable(validator: Valida
 async def test_the_gates_cors_is_on_refusals_only(validator: Validator, proxy: str) -> None:
     gate = gate_for(validator, proxy, cors=True)
     for token in ("open", DECOY, "d"):
-        forward = PROXIES[proxy]("GET", "/v1/data", OTHER_IP, [("X-API-Key", token), ("Origin", LISTED_ORIGIN)])
+        forward = PROXIES[proxy](
+            "GET", "/v1/data", OTHER_IP, [("X-API-Key", token), ("Origin", LISTED_ORIGIN)]
+        )
         reply = await ask(gate, forward)
         assert (reply.status_code, reply.headers["x-token-access"]) == (200, "allowed")
         assert not [name for name in reply.headers if name.startswith("access-control-")]
@@ -287,6 +295,7 @@ async def test_the_gates_cors_is_on_refusals_only(validator: Validator, proxy: s
 
 
 # --------------------------------------------------------------------------- P-PARSE-CACHE-BOUNDED
+
 
 async def forgetful(scope: Any, receive: Any, send: Any) -> None:
     """The app: 200, and nothing of the request kept (unlike `Recorder`)."""
@@ -323,28 +332,35 @@ async def flood_growth(middleware: TokenAccessMiddleware, request: Any) -> int:
     return after - before
 
 
+Flood = tuple[list[tuple[bytes, bytes]], tuple[str, int]]
+
+
+def origins(token: bytes) -> Any:
+    def request(i: int) -> Flood:
+        return [(b"x-api-key", token), (b"origin", b"https://" + large(i).encode())], (OTHER_IP, 1)
+
+    return request
+
+
+def referers(i: int) -> Flood:
+    referer = b"https://app.example.com/" + large(i).encode()
+    return [(b"x-api-key", b"d"), (b"referer", referer)], (OTHER_IP, 1)
+
+
+def addresses(header: bytes) -> Any:
+    # From the trusted proxy: a client-written hop of 100 KB of address characters.
+    def request(i: int) -> Flood:
+        return [(b"x-api-key", b"i"), (header, large(i, "1:").encode())], ("10.0.0.2", 1)
+
+    return request
+
+
 FLOODS = [
-    pytest.param(
-        lambda i: ([(b"x-api-key", b"d"), (b"origin", b"https://" + large(i).encode())], (OTHER_IP, 1)),
-        id="Origin, denied (denial log)",
-    ),
-    pytest.param(
-        lambda i: ([(b"x-api-key", b"invented"), (b"origin", b"https://" + large(i).encode())], (OTHER_IP, 1)),
-        id="Origin, unknown token allowed",
-    ),
-    pytest.param(
-        lambda i: ([(b"x-api-key", b"d"), (b"referer", b"https://app.example.com/" + large(i).encode())],
-                   (OTHER_IP, 1)),
-        id="Referer",
-    ),  # fmt: skip
-    pytest.param(
-        lambda i: ([(b"x-api-key", b"i"), (b"x-forwarded-for", large(i, "1:").encode())], ("10.0.0.2", 1)),
-        id="X-Forwarded-For hop (client address)",
-    ),
-    pytest.param(
-        lambda i: ([(b"x-api-key", b"i"), (b"x-real-ip", large(i, "1:").encode())], ("10.0.0.2", 1)),
-        id="X-Real-IP",
-    ),
+    pytest.param(origins(b"d"), id="Origin, denied (denial log)"),
+    pytest.param(origins(b"invented"), id="Origin, unknown token allowed"),
+    pytest.param(referers, id="Referer"),
+    pytest.param(addresses(b"x-forwarded-for"), id="X-Forwarded-For hop (client address)"),
+    pytest.param(addresses(b"x-real-ip"), id="X-Real-IP"),
 ]
 
 
