@@ -21,9 +21,12 @@ import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -35,7 +38,7 @@ from tests.unit.test_asgi import FORBIDDEN_BODY, LISTED_IP, OTHER_IP, Recorder, 
 from tests.unit.test_gate import PROXIES, ask, assert_forbidden, gate_for
 from validator import Admin, Restrictions, Validator
 from validator.rules import request as request_rules
-from validator.web.middleware import TokenAccessMiddleware, query_names
+from validator.web.middleware import _MALFORMED, TokenAccessMiddleware, query_names
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -222,6 +225,61 @@ async def test_the_gate_refuses_a_decoy_beside_a_mangled_name(
         "GET", f"/v1/data?{name}={STOLEN}", LISTED_IP, [("Authorization", f"Bearer {DECOY}")]
     )
     assert_forbidden(await ask(gate_for(validator, proxy), forward))
+
+
+# Hostile queries: pairs whose names are spellings of `api_key` (the tables above) or made of
+# fragments of them, joined by `&` or `;`.
+FRAGMENTS = [
+    "api", "_", "key", "API", "KEY", ".", "+", " ", "[", "]", "%5B", "%5D", "%2E", "%20", "%5F",
+    "%80", "%9F", "%00", "%61", "=", ";",
+]  # fmt: skip
+NAMES = st.one_of(
+    st.sampled_from([p.values[0] for p in TOKEN_NAMES] + OTHER_NAMES + ["api_key"]),
+    st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join),
+)
+PAIRS = st.tuples(NAMES, st.sampled_from(["=i", "=x", "=", "", "=%69", "=i%3Bx", "=a+b"])).map("".join)
+QUERIES = st.lists(st.tuples(PAIRS, st.sampled_from(["&", ";"])), max_size=4).map(
+    lambda pairs: "".join(pair + sep for pair, sep in pairs)
+)
+
+
+def reference_token(query: bytes) -> bytes | str | None:
+    """The one-token rule on the query alone, written plainly: every pair (split at `&`, and at
+    `;` too) whose name is read as `api_key` by some framework gives a value; two different
+    values are "malformed"; an empty one is no token."""
+    pieces = []
+    for pair in query.split(b"&"):
+        pieces.append(pair)
+        if b";" in pair:
+            pieces.extend(pair.split(b";"))
+    values = {
+        unquote_to_bytes(value.replace(b"+", b" "))
+        for key, _, value in (piece.partition(b"=") for piece in pieces)
+        if b"api_key" in query_names(key)
+    }
+    if len(values) > 1:
+        return "malformed"
+    value = values.pop() if values else b""
+    return value or None
+
+
+@pytest.mark.promise("P-ONE-TOKEN-MANGLED-NAMES")
+@settings(max_examples=3000, deadline=None)
+@given(QUERIES)
+def test_the_middleware_reads_the_query_as_the_plain_rule_does(text: str) -> None:
+    # The middleware's fast paths (no escape, nothing a framework folds) must not miss a name.
+    query = text.encode()
+    middleware = TokenAccessMiddleware(Recorder(), validator=Validator.from_url("memory://props"))
+    got = middleware._token({"query_string": query}, None, None)
+    expected = reference_token(query)
+    if expected == "malformed":
+        assert got is _MALFORMED, query
+    elif expected is None:
+        assert got is None, query
+    else:
+        assert isinstance(expected, bytes)
+        # A value outside visible ASCII is still the token read; `Validator.check` refuses it.
+        assert got == expected.decode("latin-1"), query
 
 
 # --------------------------------------------------------------------------- P-CORS-NEVER-WIDENS

@@ -461,25 +461,40 @@ class TokenAccessMiddleware:
         after a `&` (Rack 2 splits at both): a decoy where this code looks and the stolen token
         where the app looks is refused (docs/behaviour.md, P-ONE-TOKEN-MANGLED-NAMES)."""
         name = self._query_name
-        wanted = self._query_key
-        probe = self._query_probe
         found: bytes | None = None
         malformed = False
-        for pair in query.split(b"&"):
-            pieces = (pair,) if b";" not in pair else (pair, *pair.split(b";"))
-            for piece in pieces:
-                key, _, value = piece.partition(b"=")
-                if key != name:
-                    # The probe first (a name that holds no spelling of `token_query` is none
-                    # of its names), then the frameworks' rules for the few that do.
-                    decoded = _unquote(key) if b"%" in key else key
-                    if probe not in decoded.translate(_PROBE) or wanted not in query_names(key):
+        if b"%" not in query and b";" not in query and query.translate(_PROBE) == query:
+            # Nothing any framework reads otherwise (no escape, no `;`, no upper case, none of
+            # `.+[] `, no 0x80-0x9F): only the exact name is the parameter, as before.
+            for pair in query.split(b"&"):
+                key, _, value = pair.partition(b"=")
+                if key == name:
+                    if found is not None and found != value:
+                        malformed = True
+                    found = value
+            return _MALFORMED if malformed else found
+        wanted = self._query_key
+        probe = self._query_probe
+        # Whether a name without escapes may spell the parameter: else only escaped ones can.
+        spelled = probe in query.translate(_PROBE)
+        pairs = query.split(b"&")
+        if b";" in query:
+            pairs = [piece for pair in pairs for piece in (pair, *pair.split(b";"))]
+        for pair in pairs:
+            key, _, value = pair.partition(b"=")
+            if key != name:
+                # The probe first (a name that holds no spelling of `token_query` is none of
+                # its names), then the frameworks' rules for the few that do.
+                if b"%" in key:
+                    if probe not in _unquote(key).translate(_PROBE) or wanted not in query_names(key):
                         continue
-                if b"%" in value or b"+" in value:
-                    value = _unquote(value)
-                if found is not None and found != value:
-                    malformed = True
-                found = value
+                elif not spelled or probe not in key.translate(_PROBE) or wanted not in query_names(key):
+                    continue
+            if b"%" in value or b"+" in value:
+                value = _unquote(value)
+            if found is not None and found != value:
+                malformed = True
+            found = value
         return _MALFORMED if malformed else found
 
     def _forwarded_client(self, proxy: list[bytes]) -> str | None:
