@@ -70,11 +70,14 @@ async def api(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         await send({"type": "websocket.close", "code": 1000})
         return
-    origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
-    if origin is not None and _READABLE_ORIGIN.fullmatch(origin):
-        # The demo API's own CORS policy: public data, no cookies, so a page on any origin may
-        # read it. The middleware adds CORS headers to its refusals only (P-CORS-NEVER-WIDENS).
-        send = _with_cors(send, origin)
+    for name, value in scope["headers"]:
+        if name == b"origin":
+            # The demo API's own CORS policy: public data, no cookies, so a page on any origin
+            # may read it. The middleware adds CORS headers to its refusals only
+            # (P-CORS-NEVER-WIDENS).
+            if _READABLE_ORIGIN.fullmatch(value):
+                send = _with_cors(send, value)
+            break
     if scope["path"] == "/v1/hello" and scope["method"] in ("GET", "HEAD"):
         await _respond(send, 200, _HELLO)
     else:
