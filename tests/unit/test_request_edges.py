@@ -233,11 +233,10 @@ FRAGMENTS = [
     "api", "_", "key", "API", "KEY", ".", "+", " ", "[", "]", "%5B", "%5D", "%2E", "%20", "%5F",
     "%80", "%9F", "%00", "%61", "=", ";",
 ]  # fmt: skip
-NAMES = st.one_of(
-    st.sampled_from([p.values[0] for p in TOKEN_NAMES] + OTHER_NAMES + ["api_key"]),
-    st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join),
-)
-PAIRS = st.tuples(NAMES, st.sampled_from(["=i", "=x", "=", "", "=%69", "=i%3Bx", "=a+b"])).map("".join)
+SPELLINGS: list[str] = [str(p.values[0]) for p in TOKEN_NAMES] + OTHER_NAMES + ["api_key"]
+NAMES = st.one_of(st.sampled_from(SPELLINGS), st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join))
+VALUES = st.sampled_from(["=i", "=x", "=", "", "=%69", "=i%3Bx", "=a+b"])
+PAIRS = st.tuples(NAMES, VALUES).map(lambda pair: pair[0] + pair[1])
 QUERIES = st.lists(st.tuples(PAIRS, st.sampled_from(["&", ";"])), max_size=4).map(
     lambda pairs: "".join(pair + sep for pair, sep in pairs)
 )
