@@ -40,7 +40,7 @@ from typing import Any
 
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.model import Decision, DeniedRequest, Entry, Reason, Source
-from validator.rules.request import request_host, scheme_and_port
+from validator.rules.request import MAX_URL_LENGTH, request_host, scheme_and_port
 from validator.store import Store, fingerprint
 from validator.store.denial_refs import DROPPED, LOGGED, request_tag
 from validator.store.denials import DenialEntry, Description
@@ -74,6 +74,14 @@ def _origin(url: str, host: str) -> str:
     return f"{scheme}://{host}" if port is None else f"{scheme}://{host}:{port}"
 
 
+# What the queue holds in place of an Origin or Referer longer than MAX_URL_LENGTH: one shared
+# value as long, which has no host either (`host_of`), so the record is the same (P-PARSE-CACHE-BOUNDED:
+# a flood of large headers must not be held by the queue, up to `queue_size` of them).
+_NO_HOST = "-" * (MAX_URL_LENGTH + 1)
+# How much of the client address a record keeps (`_description`).
+_SEEN_LENGTH = 256
+
+
 def _description(
     decision: Decision, url: str | None, client_ip: str | None
 ) -> tuple[str, str, str, str, str]:
@@ -87,7 +95,7 @@ def _description(
         seen = client_ip or "-"
     return (
         decision.source.value if decision.source is not None else "-",
-        seen[:256],
+        seen[:_SEEN_LENGTH],
         decision.reason.value,
         "report" if decision.reported else "enforce",
         origin[:300],
@@ -243,6 +251,10 @@ class DenialLog:
             self._wakeup.set()
         elif queued == self._gathered:
             self._wakeup.set()  # a writer letting a flood gather (`_run`) waits no longer
+        if url is not None and len(url) > MAX_URL_LENGTH:
+            url = _NO_HOST  # described alike, without holding what a client sent (megabytes?)
+        if client_ip is not None and len(client_ip) > _SEEN_LENGTH:
+            client_ip = client_ip[:_SEEN_LENGTH]  # as much as the record keeps of it
         self.last = denial = (now, token, decision, url, client_ip)
         queue.append(denial)
 

@@ -520,6 +520,20 @@ CURL_CASES = [
     pytest.param("client-ip", (KEY,), "?api_key={decoy}", 403, id="decoy in query"),
     pytest.param("client-ip", (KEY, "X-API-Key: {decoy}"), "", 403, id="decoy in a repeated header"),
     pytest.param("client-ip", (), "?api_key={token}&api_key={decoy}", 403, id="decoy in a repeated query"),
+    pytest.param(
+        "client-ip",
+        ("Authorization: Bearer {decoy}",),
+        "?api.key={token}",
+        403,
+        id="decoy beside PHP's api.key",
+    ),
+    pytest.param(
+        "client-ip",
+        ("Authorization: Bearer {decoy}",),
+        "?API_KEY={token}",
+        403,
+        id="decoy beside ASP.NET's API_KEY",
+    ),
     pytest.param(None, (KEY,), "", 200, id="unknown token: unrestricted"),
     pytest.param(None, (), "", 401, id="no token"),
     pytest.param(

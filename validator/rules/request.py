@@ -112,9 +112,14 @@ def _scanned_host(url: str) -> str | None:
 
 
 # Request-side parses, remembered: a service sees few distinct Origins and client addresses,
-# and a dict hit costs a tenth of parsing one (benchmarks: hotpath). Bounded by clearing when
-# full, so a flood of distinct values costs memory for at most _MEMO_SIZE of them.
+# and a dict hit costs a tenth of parsing one (benchmarks: hotpath). Bounded in entries, by
+# clearing when full, and in bytes: a value longer than MAX_REMEMBERED is parsed every time and
+# never kept (docs/behaviour.md, P-PARSE-CACHE-BOUNDED). 512 holds every Origin (a 253-character
+# host with a scheme and a port is at most 267) and most Referers; each memo then keeps at most
+# ~_MEMO_SIZE x 0.7 KB (~6 MB), however large and varied the headers a client sends (uvicorn
+# with httptools accepts headers of megabytes: 3,000 distinct 100 KB Origins pinned ~300 MB).
 _MEMO_SIZE = 8192
+MAX_REMEMBERED = 512
 T = TypeVar("T")
 _AF_INET = socket.AF_INET
 _inet_pton = socket.inet_pton
@@ -129,9 +134,11 @@ def _remembered(parse: Callable[[str], T]) -> Callable[[str], T]:
     def lookup(text: str) -> T:
         value = memo.get(text, _MISSING)
         if value is _MISSING:
-            if len(memo) >= _MEMO_SIZE:
-                memo.clear()
-            value = memo[text] = parse(text)
+            value = parse(text)
+            if len(text) <= MAX_REMEMBERED:
+                if len(memo) >= _MEMO_SIZE:
+                    memo.clear()
+                memo[text] = value
         return value  # type: ignore[no-any-return]
 
     return lookup
@@ -162,11 +169,14 @@ def host_key(url: str) -> str | None:
 
 def new_host_key(url: str) -> str | None:
     """`host_key(url)` for a `url` not in HOST_KEYS: parsed, then remembered. (The hot path has
-    looked it up already: one probe and one call fewer on every new Origin.)"""
-    if len(HOST_KEYS) >= _MEMO_SIZE:
-        HOST_KEYS.clear()
+    looked it up already: one probe and one call fewer on every new Origin.) A value longer
+    than MAX_REMEMBERED is not remembered."""
     host = host_of(url)
-    key = HOST_KEYS[url] = None if host is None else f"{DOMAIN_SEP}{host}{DOMAIN_SEP}"
+    key = None if host is None else f"{DOMAIN_SEP}{host}{DOMAIN_SEP}"
+    if len(url) <= MAX_REMEMBERED:
+        if len(HOST_KEYS) >= _MEMO_SIZE:
+            HOST_KEYS.clear()
+        HOST_KEYS[url] = key
     return key
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import re
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +22,7 @@ from validator.errors import ConfigurationError
 from validator.model import Restrictions
 from validator.web.middleware import ASGIApp, Receive, Scope, Send, TokenAccessMiddleware
 from validator.web.redaction import uvicorn_log_config
-from validator.web.responses import _METRICS_TYPE, _metrics
+from validator.web.responses import _METRICS_TYPE, _metrics, _with_cors
 
 __all__ = ["SEED", "DemoApp", "main"]
 
@@ -69,10 +70,21 @@ async def api(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         await send({"type": "websocket.close", "code": 1000})
         return
+    for name, value in scope["headers"]:
+        if name == b"origin":
+            # The demo API's own CORS policy: public data, no cookies, so a page on any origin
+            # may read it. The middleware adds CORS headers to its refusals only
+            # (P-CORS-NEVER-WIDENS).
+            if _READABLE_ORIGIN.fullmatch(value):
+                send = _with_cors(send, value)
+            break
     if scope["path"] == "/v1/hello" and scope["method"] in ("GET", "HEAD"):
         await _respond(send, 200, _HELLO)
     else:
         await _respond(send, 404, _NOT_FOUND)
+
+
+_READABLE_ORIGIN = re.compile(rb"https?://[!-~]+")
 
 
 def page(tokens: Sequence[SeedToken]) -> bytes:

@@ -93,8 +93,8 @@ async def _answer(connection: Request, error: Exception) -> Response:
 
 async def _reached(scope: Scope, receive: Receive, send: Send) -> None:
     # The private middleware's app: the request got through. Said through the `send` the
-    # middleware hands its app, which with `cors` adds Access-Control-Allow-Origin and Vary
-    # to this message: the route's response gets those headers from it.
+    # middleware hands its app (which adds no header: the app's own CORS policy decides who
+    # reads allowed responses, P-CORS-NEVER-WIDENS).
     await send({"type": "http.response.start", "status": 200, "headers": [], _REACHED: True})
 
 
@@ -113,9 +113,9 @@ class TokenAccess:
     A CORS preflight that reaches a protected route is checked
     like any request, so without a token it gets 401 (answer preflights before routing:
     Starlette's CORSMiddleware, or the global middleware). Call `install(app)` once, before the
-    app serves, so refusals get the middleware's exact bodies. With `cors=True`, the allowed
-    response gets `Access-Control-Allow-Origin` and `Vary` unless the route returns a `Response`
-    object of its own (FastAPI then drops headers set by dependencies).
+    app serves, so refusals get the middleware's exact bodies. With `cors=True`, the refusals
+    get `Access-Control-Allow-Origin` and `Vary`; allowed responses are the app's, CORS included
+    (docs/behaviour.md, P-CORS-NEVER-WIDENS).
 
     The validator starts itself at the first check; close it in the app's lifespan
     (`async with validator: yield`).

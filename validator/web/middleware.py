@@ -35,7 +35,7 @@ from validator.web.proxy_headers import (
     _TrustedHosts,
     _x_forwarded_for_hops,
 )
-from validator.web.responses import _FORBIDDEN, _UNAUTHORIZED, _UNAVAILABLE, _Reply, _with_cors
+from validator.web.responses import _FORBIDDEN, _UNAUTHORIZED, _UNAVAILABLE, _Reply
 from validator.web.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -117,11 +117,15 @@ class TokenAccessMiddleware:
       `"cf-connecting-ip"`, `"true-client-ip"`, `"fly-client-ip"` or any other name. Only that
       header is read; for a single-address header, a value that is not exactly one address (two,
       a port, a repeat of the header, garbage) means the client is unknown (no IP).
-    - `preflight`: a CORS preflight carries no token: `"pass"` it to the app, or `"answer"` it
+    - `preflight`: a CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`
+      and no token in any source) carries no token: `"pass"` it to the app, or `"answer"` it
       here with `cors_allow_methods`, `cors_allow_headers` (default: `Authorization`, the
-      token header, `Content-Type`) and `cors_max_age`.
-    - `cors`: token-aware CORS: responses to a front-end request with an `Origin`, allowed or
-      denied, get `Access-Control-Allow-Origin: <that origin>` and `Vary: Origin`.
+      token header, `Content-Type`) and `cors_max_age`. A request of that shape that carries a
+      token is no preflight: it is checked like any other.
+    - `cors`: the middleware's own refusals (401, 403, 503) to a request with an `Origin` get
+      `Access-Control-Allow-Origin: <that origin>` and `Vary: Origin`, so page script can read
+      them. Responses the app sends are left as the app made them: its own CORS policy decides
+      who reads them (docs/behaviour.md, P-CORS-NEVER-WIDENS).
     - `report_only`: a rollout switch for every token: a request the rules deny is let through
       (`decision.reported`), and logged and counted as a would-be denial.
     - `exempt`: exact paths (`scope["path"]`, so with a root_path, the path with it) that need no
@@ -212,6 +216,8 @@ class TokenAccessMiddleware:
         self._exemption.discover(app)
         self._exempt_paths = self._exemption.paths
         self._query_name = token_query.encode("utf-8")
+        self._query_key = token_query.encode("utf-8").lower()
+        self._query_probe = self._query_key.translate(_PROBE)
         self._read_query = "query" in sources
         # The names of ours replace the common ones (`authorization`, a proxy header, ...).
         kinds = dict.fromkeys(_COMMON_HEADERS, _OTHER) | dict.fromkeys(_SEC_FETCH_HEADERS, _SEC_FETCH_HEADER)
@@ -220,6 +226,9 @@ class TokenAccessMiddleware:
             kinds[b"authorization"] = _AUTHORIZATION
         if "header" in sources:
             kinds[token_header.lower().encode("ascii")] = _TOKEN_HEADER
+            # CGI (PHP, WSGI servers that keep them) reads `X_API_Key` as `X-API-Key`: the same
+            # header, so two different values in them are two tokens.
+            kinds.setdefault(token_header.lower().replace("-", "_").encode("ascii"), _TOKEN_HEADER)
         if self.trusted_proxies:
             kinds[proxy_header.encode("ascii")] = _PROXY
         self._kind_of = kinds.get  # bound once: binding it per request cost ~20 ns
@@ -306,8 +315,8 @@ class TokenAccessMiddleware:
                 self._log_denial(token, decision)
             await self._reply(scope, send, _FORBIDDEN, origin, ref)
             return
-        if self.cors and origin and scope_type == "http" and _ECHOABLE.fullmatch(origin):
-            send = _with_cors(send, origin)
+        # No CORS headers added here, even with `cors`: the app's own policy says who may read
+        # its responses (P-CORS-NEVER-WIDENS).
         await self.app(scope, receive, send)
 
     def _lifespan_send(self, send: Send) -> Send:
@@ -384,9 +393,13 @@ class TokenAccessMiddleware:
         token = self._token(scope, authorization, token_header)
         if token is _MALFORMED:
             return _MALFORMED, origin, None, None, sec_fetch, None
-        if preflight and origin and scope["type"] == "http" and scope.get("method") == "OPTIONS":
-            return _PREFLIGHT_REQUEST, origin, None, None, sec_fetch, None
         if token is None:
+            # A CORS preflight never carries the token (browsers send no credentials with it).
+            # One that does is no preflight: its token is checked, whatever the method, like any
+            # other request's (P-TOKEN-ANY-METHOD): an app that does not dispatch on the method
+            # would serve it.
+            if preflight and origin and scope["type"] == "http" and scope.get("method") == "OPTIONS":
+                return _PREFLIGHT_REQUEST, origin, None, None, sec_fetch, None
             return None, origin, None, None, sec_fetch, None
         origin_text = None if origin is None else origin.decode("latin-1")
         referer_text = None if referer is None else referer.decode("latin-1")
@@ -418,7 +431,12 @@ class TokenAccessMiddleware:
                 return _MALFORMED
             found = value
         query = scope.get("query_string") if self._read_query else None
-        if query and (self._query_name in query or b"%" in query):
+        # A query that may hold the parameter under any name a framework reads as it
+        # (`query_names`): percent-encoded, or the name with `_` spelled `.`, `+`, `[` or a
+        # byte 0x80-0x9F, in any case. One C pass over the query for the others.
+        if query and (
+            self._query_name in query or b"%" in query or self._query_probe in query.translate(_PROBE)
+        ):
             # Compared decoded: `api_key=a%62` is the token `ab`, as the app's framework reads it.
             in_query = self._query_token(query)
             if in_query is _MALFORMED:
@@ -438,14 +456,40 @@ class TokenAccessMiddleware:
 
     def _query_token(self, query: bytes) -> bytes | Literal[_Verdict.MALFORMED] | None:
         """The `token_query` parameter's value, percent-decoded; `_MALFORMED` when it comes
-        twice with different values."""
+        twice with different values. The parameter is every query name that a mainstream
+        framework reads as `token_query` (`query_names`), and every pair after a `;` as well as
+        after a `&` (Rack 2 splits at both): a decoy where this code looks and the stolen token
+        where the app looks is refused (docs/behaviour.md, P-ONE-TOKEN-MANGLED-NAMES)."""
         name = self._query_name
         found: bytes | None = None
         malformed = False
-        for pair in query.split(b"&"):
+        if b"%" not in query and b";" not in query and query.translate(_PROBE) == query:
+            # Nothing any framework reads otherwise (no escape, no `;`, no upper case, none of
+            # `.+[] `, no 0x80-0x9F): only the exact name is the parameter, as before.
+            for pair in query.split(b"&"):
+                key, _, value = pair.partition(b"=")
+                if key == name:
+                    if found is not None and found != value:
+                        malformed = True
+                    found = value
+            return _MALFORMED if malformed else found
+        wanted = self._query_key
+        probe = self._query_probe
+        # Whether a name without escapes may spell the parameter: else only escaped ones can.
+        spelled = probe in query.translate(_PROBE)
+        pairs = query.split(b"&")
+        if b";" in query:
+            pairs = [piece for pair in pairs for piece in (pair, *pair.split(b";"))]
+        for pair in pairs:
             key, _, value = pair.partition(b"=")
-            if key != name and (b"%" not in key or _unquote(key) != name):
-                continue
+            if key != name:
+                # The probe first (a name that holds no spelling of `token_query` is none of
+                # its names), then the frameworks' rules for the few that do.
+                if b"%" in key:
+                    if probe not in _unquote(key).translate(_PROBE) or wanted not in query_names(key):
+                        continue
+                elif not spelled or probe not in key.translate(_PROBE) or wanted not in query_names(key):
+                    continue
             if b"%" in value or b"+" in value:
                 value = _unquote(value)
             if found is not None and found != value:
@@ -457,7 +501,11 @@ class TokenAccessMiddleware:
         """The client that the proxy header names, for a connection from a trusted proxy."""
         if not self._chain:
             # The edge's own header: exactly one value, exactly one address.
-            return _one_address(proxy[0].decode("latin-1")) if len(proxy) == 1 else None
+            if len(proxy) != 1:
+                return None
+            value = proxy[0].decode("latin-1")
+            # Only values an address can fill are remembered (P-PARSE-CACHE-BOUNDED).
+            return _one_address(value) if len(value) <= 128 else _one_address.__wrapped__(value)
         merged = ",".join(value.decode("latin-1") for value in proxy)
         if self.proxy_header == "forwarded":
             return self.trusted_proxies.client(_forwarded_hops(merged))
@@ -520,6 +568,58 @@ class TokenAccessMiddleware:
             decision.reason.value,
             source,
         )
+
+
+# The probe of `_token`: lower case, and `_` for each byte that some framework reads as `_` in a
+# query name (PHP: `.`, space (`+`), the first `[`; and 0x80-0x9F, as reported of PHP) or that
+# marks a nested name (`[`, `]`).
+_PROBE = bytes(
+    0x5F if byte in b".+[] " or 0x80 <= byte <= 0x9F else (byte + 32 if 0x41 <= byte <= 0x5A else byte)
+    for byte in range(256)
+)
+
+
+def query_names(raw: bytes) -> set[bytes]:
+    """The parameter names that mainstream frameworks read the query name `raw` (as sent:
+    percent-encoded) as, in lower case (P-ONE-TOKEN-MANGLED-NAMES). Generous on purpose: a name
+    in here that no framework reads as the token parameter costs nothing but a refusal of a
+    request that sends two different values, one under each.
+
+    - as decoded (Starlette, Django, Flask, Go, Spring, Express's default parser; ASP.NET Core
+      compares names without case, hence lower case for all);
+    - PHP (`main/php_variables.c`, `php_register_variable_ex`): the name ends at a NUL byte,
+      leading spaces are dropped, `.` and ` ` become `_` up to the first `[`; that `[` opens an
+      array index when a `]` follows (the name is what precedes it), else becomes `_` itself;
+      bytes 0x80-0x9F are taken as `_` too (reported of PHP; harmless if not);
+    - Rack/Rails: the name before the first `[` (`api_key[]`, `api_key[x]`), Rack 2 also
+      dropping leading and trailing brackets (`[api_key]`);
+    - Express `qs`: the name before the first complete `[...]` (`api_key[0]`), and with
+      `allowDots` the name before the first `.` (`api_key.x`).
+    """
+    name = _unquote(raw) if b"%" in raw or b"+" in raw else raw
+    names = {name}
+    # PHP
+    php = name.split(b"\0", 1)[0].lstrip(b" ")
+    bracket = php.find(b"[")
+    head = php if bracket == -1 else php[:bracket]
+    head = head.translate(_PHP_UNDERSCORE)
+    if bracket == -1 or php.find(b"]", bracket + 1) != -1:
+        names.add(head)
+    else:
+        names.add(head + b"_" + php[bracket + 1 :])
+    # Rack 3, qs: before the first `[` (Rack 3 from the second byte on), before the first `.`.
+    for cut in (name.find(b"["), name.find(b"[", 1), name.find(b".")):
+        if cut > 0:
+            names.add(name[:cut])
+    # Rack 2: the first run of non-bracket bytes after leading brackets.
+    stripped = name.lstrip(b"[]")
+    end = min((i for i in (stripped.find(b"["), stripped.find(b"]")) if i != -1), default=len(stripped))
+    names.add(stripped[:end])
+    return {n.lower() for n in names}
+
+
+# PHP's `_` for `.` and ` ` (and 0x80-0x9F, see `query_names`).
+_PHP_UNDERSCORE = bytes(0x5F if byte in b". " or 0x80 <= byte <= 0x9F else byte for byte in range(256))
 
 
 def _unquote(value: bytes) -> bytes:

@@ -100,7 +100,8 @@ def _host_of_node(node: str) -> str | None:
 # Cached: behind nginx's X-Real-IP every request parsed its address anew, about half of what a
 # forward-auth check cost in process (~20 us before, ~9 after on a loaded machine; measured as
 # the in-process case of benchmarks/gate.py does). Values come from trusted edges only (the
-# client addresses they saw), and the cache is bounded.
+# client addresses they saw), and the cache is bounded: in entries here, in bytes by its caller,
+# which calls `_one_address.__wrapped__` for a value longer than 128 (P-PARSE-CACHE-BOUNDED).
 @functools.lru_cache(maxsize=4096)
 def _one_address(value: str) -> str | None:
     """The address in a single-address header (`X-Real-IP`, `CF-Connecting-IP`, ...): the value

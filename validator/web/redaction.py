@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
+from validator.web.middleware import query_names
+
 __all__ = ["RedactTokens", "uvicorn_log_config"]
 
 # A query: from a `?` to the next whitespace. Nothing else may end it: a token may hold any
@@ -29,8 +31,9 @@ _QUERY = re.compile(r"\?(\S+)")
 class RedactTokens(logging.Filter):
     """Replaces the value of every `names` query parameter in a record's message and arguments.
 
-    `names` are the middleware's `token_query` (default `api_key`); a name written
-    percent-encoded (`api%5Fkey=`) is matched too, as the middleware reads it.
+    `names` are the middleware's `token_query` (default `api_key`); every name the middleware
+    reads as it is matched too: percent-encoded (`api%5Fkey=`), and the spellings frameworks
+    read as it (`api.key`, `API_KEY`, `api_key[]`, a pair after a `;`: `query_names`).
     """
 
     def __init__(self, names: Iterable[str] = ("api_key",), replacement: str = "<redacted>") -> None:
@@ -60,10 +63,21 @@ class RedactTokens(logging.Filter):
     def _redact_query(self, match: re.Match[str]) -> str:
         pairs = match.group(1).split("&")
         for i, pair in enumerate(pairs):
-            key, eq, _ = pair.partition("=")
-            if eq and (key in self.names or unquote_plus(key) in self.names):
-                pairs[i] = f"{key}={self.replacement}"
+            # Every spelling the middleware reads as the parameter (`query_names`: `api.key`,
+            # `API_KEY`, `api_key[]`, ... and a pair after a `;`), from it to the pair's end.
+            pieces = pair.split(";")
+            for j, piece in enumerate(pieces):
+                key, eq, _ = piece.partition("=")
+                if eq and self._names_token(key):
+                    pairs[i] = ";".join([*pieces[:j], f"{key}={self.replacement}"])
+                    break
         return "?" + "&".join(pairs)
+
+    def _names_token(self, key: str) -> bool:
+        if key in self.names or unquote_plus(key) in self.names:
+            return True
+        read_as = query_names(key.encode("latin-1", "replace"))
+        return any(name.encode("utf-8").lower() in read_as for name in self.names)
 
 
 def uvicorn_log_config(

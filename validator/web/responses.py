@@ -50,7 +50,8 @@ def _metrics(validator: Validator) -> Callable[[], bytes] | None:
 
 def _with_cors(send: Send, origin: bytes) -> Send:
     """`send`, with the response start carrying `Access-Control-Allow-Origin: origin` and
-    `Origin` in `Vary` (replacing an allow-origin the app set itself)."""
+    `Origin` in `Vary` (replacing an allow-origin set before): an app's own CORS policy, as the
+    demo's API uses it. Never put around an app by the middleware (P-CORS-NEVER-WIDENS)."""
 
     async def send_with_cors(message: Message) -> None:
         if message["type"] == "http.response.start":
