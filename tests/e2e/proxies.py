@@ -198,11 +198,35 @@ class Gate(Foreground):
             raise
 
 
+# The snippet whose "The gate:" comment line gives the gate's command line, by flavour.
+SNIPPET_OF = {"nginx": "nginx.conf", "caddy": "Caddyfile"}
+# Options of that line the fixtures set themselves (addresses and ports of this test run).
+_OWN_OPTIONS = ("--proxy", "--trusted-proxies", "--port", "--host", "--store")
+
+
+def snippet_gate_flags(flavour: str) -> list[str]:
+    """The gate's switches as the snippet's "The gate:" line runs it (`--cors` for Caddy), so the
+    tests run the gate the way the documentation tells an operator to."""
+    text = (SNIPPETS / SNIPPET_OF[flavour]).read_text()
+    line = next(line for line in text.splitlines() if "The gate:" in line and "validator-gate" in line)
+    words = line.split("validator-gate", 1)[1].split()
+    flags: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in _OWN_OPTIONS:
+            skip = True
+        else:
+            flags.append(word)
+    return flags
+
+
 def gate_on(flavour: str, store_url: str) -> Gate:
-    """A gate (not started yet) on a store that holds some token: a store nobody ever wrote to
-    may be taken for a wiped one."""
+    """A gate (not started yet) on a store that holds some token (a store nobody ever wrote to
+    may be taken for a wiped one), with the switches of the flavour's snippet."""
     put_token(store_url, f"tok-first-{uuid.uuid4().hex}", RESTRICTIONS["domain"])
-    return Gate(flavour, store_url)
+    return Gate(flavour, store_url, *snippet_gate_flags(flavour))
 
 
 def top_level_blocks(text: str) -> list[tuple[str, str]]:
@@ -372,6 +396,10 @@ class Upstream:
         self.stop()
 
 
+# Origins whose pages the upstream's own CORS policy does not let read its answers.
+APP_REFUSES_ORIGINS = frozenset({"https://evil.example.net"})
+
+
 class _Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -401,7 +429,8 @@ class _Echo(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
-        if origin:
+        if origin and origin not in APP_REFUSES_ORIGINS:
+            # The app's own CORS policy: every page may read it but those refused.
             self.send_header("Access-Control-Allow-Origin", origin)
         self.end_headers()
         self.wfile.write(body)
@@ -678,6 +707,26 @@ def check_denial_ref_passes_through(
     expect_error_cors(from_page, "http://evil.test")
     sent, seen = direct.header("access-denied-ref"), through.header("access-denied-ref")
     assert sent and seen and len(seen) == len(sent)
+
+
+def check_allowed_reply_keeps_the_apps_cors(proxy: Foreground, store_url: str) -> None:
+    """Issue 23, hole 4, at the proxy: an allowed request from a page on another origin gets what
+    the app answered (its CORS policy refuses that origin: no CORS header), never an
+    `Access-Control-Allow-Origin` the snippet made up, whatever the token (an invented one is
+    allowed by default); the gate's own refusal to that page stays readable there."""
+    origin = "https://evil.example.net"
+    open_token = f"tok-open-{uuid.uuid4().hex}"
+    for token in (open_token, f"tok-invented-{uuid.uuid4().hex}"):
+        if token == open_token:
+            put_token(store_url, token, Restrictions())
+        allowed = curl(proxy.url() + "/v1/hello", f"X-API-Key: {token}", f"Origin: {origin}")
+        assert allowed.status == 200, allowed
+        assert not [name for name in allowed.headers if name.startswith("access-control-")], allowed
+    denied_token = f"tok-denied-{uuid.uuid4().hex}"
+    put_token(store_url, denied_token, RESTRICTIONS["domain"])
+    expect_error_cors(
+        curl(proxy.url() + "/v1/hello", f"X-API-Key: {denied_token}", f"Origin: {origin}"), origin
+    )
 
 
 def check_unavailable_is_503(kind: type[Nginx | Caddy], upstream: Upstream, broken: str) -> None:

@@ -23,6 +23,7 @@ from tests.e2e.proxies import (
     Caddy,
     Gate,
     Upstream,
+    check_allowed_reply_keeps_the_apps_cors,
     check_decision_reaches_the_app,
     check_denial_ref_passes_through,
     check_unavailable_is_503,
@@ -113,3 +114,8 @@ def test_app_down_stays_a_502(gate: Gate) -> None:
     with Caddy(gate.port, free_port()) as proxy:
         reply = curl(proxy.url() + "/v1/hello", f"X-API-Key: unknown-{uuid.uuid4().hex}")
         assert (reply.status, reply.body) == (502, "")
+
+
+@pytest.mark.promise("P-CORS-NEVER-WIDENS")
+def test_an_allowed_reply_keeps_the_apps_cors_policy(caddy: Caddy, redis_server: RedisProcess) -> None:
+    check_allowed_reply_keeps_the_apps_cors(caddy, redis_server.url)

@@ -29,6 +29,7 @@ from tests.e2e.proxies import (
     Gate,
     Nginx,
     Upstream,
+    check_allowed_reply_keeps_the_apps_cors,
     check_decision_reaches_the_app,
     check_denial_ref_passes_through,
     check_unavailable_is_503,
@@ -165,3 +166,8 @@ def test_fetch_from_chromium_through_nginx(
     status: int,
 ) -> None:
     fetch_in_browser(browser, nginx, redis_server.url, restriction, page, api, status)
+
+
+@pytest.mark.promise("P-CORS-NEVER-WIDENS")
+def test_an_allowed_reply_keeps_the_apps_cors_policy(nginx: Nginx, redis_server: RedisProcess) -> None:
+    check_allowed_reply_keeps_the_apps_cors(nginx, redis_server.url)

@@ -86,6 +86,8 @@ DECOYS = [
     pytest.param([api_key(b"i")], b"api_key=i%20", id="query differs only after decoding"),
     pytest.param([api_key(b"i")], b"api_key=I", id="tokens are case-sensitive"),
     pytest.param([(b"authorization", b"bearer x"), api_key(b"i")], b"", id="lower-case bearer scheme"),
+    pytest.param([(b"authorization", b"Bearer\tx"), api_key(b"i")], b"", id="Bearer<TAB>, as apps read it"),
+    pytest.param([(b"authorization", b"bearer\x0bx"), api_key(b"i")], b"", id="Bearer<VT>"),
 ]
 
 

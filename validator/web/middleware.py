@@ -58,6 +58,8 @@ ProxyHeader = Literal[
     "x-forwarded-for", "forwarded", "x-real-ip", "cf-connecting-ip", "true-client-ip", "fly-client-ip"
 ]
 _TOKEN_SOURCES: tuple[TokenSource, ...] = ("bearer", "header", "query")
+# What may stand between `Bearer` and the token for an app that reads it with a regex's `\s`.
+_BEARER_SPACE = (b" ", b"\t", b"\x0b", b"\x0c")
 
 
 # Header kinds the one pass over the request headers looks for. `_OTHER`: a common header that is
@@ -423,7 +425,15 @@ class TokenAccessMiddleware:
         found: bytes | None = None
         # Straight-line code, not a loop over the sources: the common request holds one token
         # and pays a test or two for the others (README, middleware cost).
-        if authorization is not None and authorization[:7].lower() == b"bearer ":
+        if (
+            authorization is not None
+            and (
+                authorization[:7].lower() == b"bearer "
+                # `Bearer<TAB>token`: no token to RFC 7235 (one space), but apps that take the token
+                # with `Bearer\s+` (league/oauth2-server, Express and PHP code alike) read one: so do we.
+                or (authorization[:6].lower() == b"bearer" and authorization[6:7] in _BEARER_SPACE)
+            )
+        ):
             found = authorization[7:].strip() or None
         if token_header is not None and (value := token_header.strip()):
             if found is not None and value != found:
