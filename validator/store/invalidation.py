@@ -262,7 +262,8 @@ class InvalidationListener:
             except (RedisError, OSError, TimeoutError, _Silent) as error:
                 # Said once per outage; the reconnection attempts that follow are debug lines.
                 (log.warning if delay == self.backoff_min else log.debug)(
-                    "invalidation connection to %s lost (%s); its keys' cache dropped, reconnecting",
+                    "invalidation connection to %s lost (%s); reconnecting. Entries of its tokens will "
+                    "be re-read; cached decisions still serve while Redis is unreachable",
                     node,
                     error or type(error).__name__,
                 )
@@ -317,7 +318,7 @@ class InvalidationListener:
             elif message["type"] == "message":
                 keys = message["data"]
                 if keys is None:
-                    log.warning("invalidation: %s was flushed; its keys' cache dropped", node)
+                    log.warning("invalidation: %s was flushed; entries of its tokens will be re-read", node)
                     self.resets += 1
                     self._on_down(node)
                     self._on_up(node)
