@@ -18,7 +18,7 @@ from tests.redis_servers import RedisProcess
 from validator import Admin, Store
 from validator.store.layout import slot_of
 
-__all__ = ["SECRET", "Deployment", "KINDS"]
+__all__ = ["KINDS", "SECRET", "Deployment"]
 
 SECRET = "outage-secret"
 KINDS = ("single", "cluster", "sentinel")
@@ -33,7 +33,9 @@ class Deployment:
     @classmethod
     def start(cls, kind: str) -> Deployment:
         setup: RedisProcess | LocalCluster | LocalSentinel
-        setup = LocalCluster() if kind == "cluster" else LocalSentinel() if kind == "sentinel" else RedisProcess()
+        setup = (
+            LocalCluster() if kind == "cluster" else LocalSentinel() if kind == "sentinel" else RedisProcess()
+        )
         setup.start()
         return cls(kind, setup)
 

@@ -111,3 +111,34 @@ async def test_stale_serving_ends_after_max_stale(deployment: Deployment) -> Non
     finally:
         deployment.restore()
         await validator.close()
+
+
+@pytest.mark.promise("P-STALE-IF-ERROR")
+@pytest.mark.timeout(90)
+async def test_a_node_back_empty_keeps_cached_decisions_and_fails_the_rest_closed(
+    deployment: Deployment,
+) -> None:
+    # Restarted without persistence: no marker, no records. A cached token keeps its last
+    # decision (never becomes unknown, hence unrestricted); an uncached one fails closed.
+    denied = "tok-empty-denied"
+    cold = _same_node(deployment, "tok-empty-cold", deployment.node_of(denied).port)
+    await deployment.reset({denied: [OTHER_IP], cold: [OTHER_IP]})
+    validator = Validator.from_url(deployment.url, secret=SECRET)
+    try:
+        assert not (await validator.check(denied, client_ip=CLIENT_IP)).allowed
+        deployment.kill(deployment.node_of(denied))
+        deployment.restore()  # back, empty
+        assert validator.listener is not None
+        for _ in range(50):  # until the listener has found the node again and read its marker
+            if (
+                validator.listener.connected.is_set()
+                and validator.shards.of(validator.store.token_hash(denied)).sound is False
+            ):
+                break
+            await asyncio.sleep(0.1)
+        for _ in range(5):
+            assert not (await validator.check(denied, client_ip=CLIENT_IP)).allowed
+            with pytest.raises(StoreUnavailable):
+                await validator.check(cold, client_ip=CLIENT_IP)
+    finally:
+        await validator.close()
