@@ -12,10 +12,12 @@ import asyncio
 import time
 from collections import Counter
 
+import httpx
 import pytest
 
 from tests.faults.outage import SECRET, Deployment
 from validator import StoreUnavailable, Validator
+from validator.web.middleware import Message, Receive, Scope, Send, TokenAccessMiddleware
 
 CLIENT_IP = "198.51.100.20"
 OTHER_IP = "203.0.113.9"
@@ -147,4 +149,49 @@ async def test_a_node_back_empty_keeps_cached_decisions_and_fails_the_rest_close
             with pytest.raises(StoreUnavailable):
                 await validator.check(cold, client_ip=CLIENT_IP)
     finally:
+        await validator.close()
+
+
+async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+@pytest.mark.promise("P-STALE-IF-ERROR")
+@pytest.mark.timeout(90)
+async def test_the_middleware_answers_from_the_cache_when_the_node_dies(deployment: Deployment) -> None:
+    # The middleware only starts the validator at lifespan start-up: the first requests race
+    # the invalidation subscription, as in issue 22's report (503 for every request after).
+    token = "tok-stale-asgi"
+    await deployment.reset({token: [CLIENT_IP]})
+    validator = Validator.from_url(deployment.url, secret=SECRET)
+    app = TokenAccessMiddleware(_hello, validator=validator)
+    to_app: asyncio.Queue[Message] = asyncio.Queue()
+    from_app: asyncio.Queue[Message] = asyncio.Queue()
+    lifespan = asyncio.ensure_future(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, to_app.get, from_app.put)
+    )
+    try:
+        await to_app.put({"type": "lifespan.startup"})
+        assert (await asyncio.wait_for(from_app.get(), 5))["type"] == "lifespan.startup.complete"
+        transport = httpx.ASGITransport(app=app, client=(CLIENT_IP, 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            headers = {"X-API-Key": token}
+            assert (await client.get("/", headers=headers)).status_code == 200
+            deployment.kill(deployment.node_of(token))
+            killed = time.monotonic()
+            statuses: Counter[int] = Counter()
+            while time.monotonic() - killed < 0.3:
+                statuses[(await client.get("/", headers=headers)).status_code] += 1
+                await asyncio.sleep(0.005)
+            assert set(statuses) == {200}, statuses
+    finally:
+        deployment.restore()
+        await to_app.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(lifespan, 5)
         await validator.close()
