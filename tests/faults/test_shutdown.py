@@ -65,7 +65,7 @@ async def test_close_returns_within_a_second(deployment: Deployment, state: str)
         await validator.close()
 
 
-@pytest.mark.promise("P-CLOSE-PROMPT")
+@pytest.mark.promise("P-UNCLOSED-EXITS")
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("state", STATES)
 def test_a_program_that_forgets_close_still_exits(deployment: Deployment, state: str) -> None:
