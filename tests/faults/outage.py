@@ -2,8 +2,8 @@
 one node of which a test kills (SIGKILL) or freezes (SIGSTOP), measures, and restores.
 
 A deployment is shared by the tests of a module: `restore()` brings the broken node back before
-the next test (before any failover: the Cluster's node timeout is 2 s, the sentinels' down-after
-1 s), and `reset()` empties it and writes the marker and the test's tokens again.
+the next test (no failover comes: the Cluster's node timeout and the sentinels' down-after are
+30 s here), and `reset()` empties it and writes the marker and the test's tokens again.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = ["KINDS", "SECRET", "Deployment"]
 
 SECRET = "outage-secret"
 KINDS = ("single", "cluster", "sentinel")
+NO_FAILOVER_MS = 30_000
 
 
 @dataclass
@@ -33,9 +34,14 @@ class Deployment:
     @classmethod
     def start(cls, kind: str) -> Deployment:
         setup: RedisProcess | LocalCluster | LocalSentinel
-        setup = (
-            LocalCluster() if kind == "cluster" else LocalSentinel() if kind == "sentinel" else RedisProcess()
-        )
+        # No failover while a test has a node down (a loaded machine may take a second or two to
+        # bring it back): the tests here are about one node down, not about failovers.
+        if kind == "cluster":
+            setup = LocalCluster(node_timeout_ms=NO_FAILOVER_MS)
+        elif kind == "sentinel":
+            setup = LocalSentinel(down_after_ms=NO_FAILOVER_MS)
+        else:
+            setup = RedisProcess()
         setup.start()
         return cls(kind, setup)
 
