@@ -323,9 +323,10 @@ def _info_cluster(port: int) -> dict[str, str]:
 class SentinelProcess(RedisProcess):
     """One `redis-server --sentinel` watching `master_port` as `SERVICE` (quorum 2)."""
 
-    def __init__(self, master_port: int) -> None:
+    def __init__(self, master_port: int, *, down_after_ms: int = SENTINEL_DOWN_AFTER_MS) -> None:
         super().__init__()
         self.master_port = master_port
+        self.down_after_ms = down_after_ms
 
     def start(self, timeout: float = 10.0) -> None:
         config = self.dir / "sentinel.conf"
@@ -336,7 +337,7 @@ class SentinelProcess(RedisProcess):
                 "protected-mode no\n"
                 f"dir {self.dir}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {self.master_port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} {SENTINEL_DOWN_AFTER_MS}\n"
+                f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} {SENTINEL_FAILOVER_TIMEOUT_MS}\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
             )
@@ -352,12 +353,12 @@ class SentinelProcess(RedisProcess):
 class LocalSentinel:
     """A master, one replica and three sentinels monitoring them as `SERVICE`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, down_after_ms: int = SENTINEL_DOWN_AFTER_MS) -> None:
         self.master = RedisProcess("--repl-diskless-sync-delay", "0")
         self.replica = RedisProcess(
             "--replicaof", "127.0.0.1", str(self.master.port), "--repl-diskless-sync-delay", "0"
         )
-        self.sentinels = [SentinelProcess(self.master.port) for _ in range(3)]
+        self.sentinels = [SentinelProcess(self.master.port, down_after_ms=down_after_ms) for _ in range(3)]
         self.service = SERVICE
 
     @property

@@ -41,12 +41,17 @@ E = TypeVar("E", bound=Entry)
 
 
 class _Load(Generic[E]):
-    __slots__ = ("invalidated", "read", "token_hash", "waiters")
+    __slots__ = ("expired", "invalidated", "read", "token_hash", "waiters")
 
     def __init__(self, token_hash: str, read: asyncio.Future[tuple[E, bool]]) -> None:
         self.token_hash = token_hash
         self.read = read
+        # The token changed while it was read: the result may predate the change, so it is not
+        # cached at all (not even as the stale-if-error fallback).
         self.invalidated = False
+        # Invalidations may have been missed while it was read (`Cache.expire_all`): the result
+        # is cached as the stale-if-error fallback only, never served fresh.
+        self.expired = False
         # One future per caller waiting for the read: a caller's cancellation cancels its own
         # future only, never the read the others share.
         self.waiters: list[asyncio.Future[E]] = []
@@ -156,7 +161,7 @@ class Cache(Generic[E]):
             else:
                 value, known = read.result()
                 if not load.invalidated:
-                    self._put(token, load.token_hash, value, known)
+                    self._put(token, load.token_hash, value, known, fresh=not load.expired)
                 outcome = value
         for waiter in load.waiters:
             if waiter.done():  # its caller was cancelled
@@ -168,11 +173,16 @@ class Cache(Generic[E]):
             else:
                 waiter.set_result(outcome)
 
-    def _put(self, token: str, token_hash: str, entry: E, known: bool) -> None:
+    def _put(self, token: str, token_hash: str, entry: E, known: bool, *, fresh: bool = True) -> None:
         now = self._clock()
         ttl = self.ttl if known else self.unknown_ttl
         fresh_until = now + ttl
-        if self.coherent_for is not None and not self.coherent_for(token_hash):
+        if not fresh:
+            # Read while invalidations may have been missed: the stale-if-error fallback only.
+            # It is still the newest this process knows of the token: dropping it (as before)
+            # left a validator that had just started with nothing to serve in an outage.
+            fresh_until = 0.0
+        elif self.coherent_for is not None and not self.coherent_for(token_hash):
             # Changes to it may be missed: kept as the stale-if-error fallback, fresh at most
             # `incoherent_ttl`.
             fresh_until = now + min(ttl, self.incoherent_ttl) if self.incoherent_ttl > 0 else 0.0
@@ -218,8 +228,9 @@ class Cache(Generic[E]):
     def expire_all(self, which: Callable[[str], bool] | None = None) -> None:
         """Trust nothing cached any more (with `which`: of the tokens whose hash it accepts):
         every such entry must be read again before it is served fresh, and such reads now in
-        flight are not cached. Entries stay only as the stale-if-error fallback, so an outage
-        that started this still finds the last known decisions."""
+        flight are cached as not fresh. Entries stay as the stale-if-error fallback, so an
+        outage that started this still finds the last known decisions (docs/behaviour.md,
+        "Stale-if-error")."""
         self.expirations += 1
         for lru in (self._known, self._unknown):
             for entry in lru.values():
@@ -227,7 +238,7 @@ class Cache(Generic[E]):
                     entry.fresh_until = 0.0
         for load in self._loads.values():
             if which is None or which(load.token_hash):
-                load.invalidated = True
+                load.expired = True
 
     def clear(self) -> None:
         """Forget everything, including reads now in flight."""

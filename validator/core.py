@@ -40,6 +40,9 @@ log = logging.getLogger("validator")
 
 _MALFORMED = decision(False, Reason.MALFORMED_TOKEN)
 _NEVER = math.inf
+# How long `close()` waits for a background read to end after cancelling it, and for the
+# connections to close.
+_CLOSE_WAIT = 0.2
 
 
 class Validator:
@@ -211,25 +214,36 @@ class Validator:
                 await asyncio.wait_for(self.listener.connected.wait(), wait)
 
     async def close(self) -> None:
-        """Stop listening and release connections (a later `check()` starts again)."""
+        """Stop listening and release connections (a later `check()` starts again).
+
+        Returns within 1 s whatever Redis does (docs/behaviour.md, "Lifecycle"): the background
+        tasks are stopped together, each within its own bound, then the connections are cut."""
         self._started = False
         self._closed = True
         with contextlib.suppress(ValueError):
             self.store.local_listeners.remove(self.cache.invalidate)
-        if self.listener is not None:
-            await self.listener.stop()
         # Background reads must end before the connections they would open are released:
         # a marker check still running after `store.close()` would leave its connections open.
         background = [t for t in (self._eviction_check,) if t is not None and not t.done()]
         self._eviction_check = None
         for task in background:
             task.cancel()
+        stopping: list[Awaitable[object]] = [self.shards.close()]  # its marker reads: ~0.2 s at most
         if background:
-            await asyncio.wait(background, timeout=2.0)
-        await self.shards.close()
+            stopping.append(asyncio.wait(background, timeout=_CLOSE_WAIT))
+        if self.listener is not None:
+            stopping.append(self.listener.stop())  # at most ~0.4 s
         if self.denial_log is not None:
-            await self.denial_log.stop()
-        await self.store.close()
+            stopping.append(self.denial_log.stop())  # at most ~0.4 s: what is queued, then cancelled
+        await asyncio.gather(*stopping)
+        closing = asyncio.ensure_future(self.store.close())
+        done, _ = await asyncio.wait({closing}, timeout=_CLOSE_WAIT)
+        if not done:
+            # Connections to a frozen server that do not close politely: left to their timeouts.
+            closing.add_done_callback(lambda t: t.cancelled() or t.exception())
+            log.debug("store connections did not close within %.1f s; leaving them", _CLOSE_WAIT)
+        else:
+            closing.result()
 
     # ------------------------------------------------------------------ invalidation events
 

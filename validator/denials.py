@@ -44,6 +44,7 @@ from validator.rules.request import MAX_URL_LENGTH, request_host, scheme_and_por
 from validator.store import Store, fingerprint
 from validator.store.denial_refs import DROPPED, LOGGED, request_tag
 from validator.store.denials import DenialEntry, Description
+from validator.store.tasks import end_if_cancelled
 
 __all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]  # DeniedRequest: a record of `model`
 
@@ -186,6 +187,7 @@ class DenialLog:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._stopping = asyncio.Event()  # set by `stop()`: ends the writer's backoff
         self._idle = asyncio.Event()  # set while nothing is queued or being written
         self._idle.set()
         self._log_limit = RateLimiter(log_rate, burst=max(1, int(log_rate * 2)))
@@ -364,10 +366,13 @@ class DenialLog:
     def start(self) -> None:
         if self._task is None:
             self._closing = False
+            self._stopping.clear()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="validator-denial-log")
 
-    async def stop(self, flush_timeout: float = 1.0) -> None:
-        """Write what is queued (for at most `flush_timeout` seconds), then stop."""
+    async def stop(self, flush_timeout: float = 0.3, cancel_timeout: float = 0.1) -> None:
+        """Write what is queued (for at most `flush_timeout` seconds), then stop: returns within
+        about `flush_timeout + cancel_timeout` seconds whatever the store does (docs/behaviour.md,
+        "Lifecycle"). What is still queued then is lost (counted in `failed`)."""
         if self._due_timer is not None:
             self._due_timer.cancel()
             self._due_timer = None
@@ -376,16 +381,23 @@ class DenialLog:
         task, self._task = self._task, None
         if task is None:
             return
-        # The writer drains the queue and returns; only past the deadline is it cancelled (a
-        # cancellation in the middle of a client's command is not always honoured).
+        # The writer drains the queue and returns (a failed write while closing gives up on the
+        # rest: no backoff); only past the deadline is it cancelled. A cancellation in the middle
+        # of a client's command is not always honoured: the writer is then left to end on its own
+        # (its command times out, and it sees it was cancelled), never waited for past the bound.
         self._closing = True
+        self._stopping.set()
         self._wakeup.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), flush_timeout)
-        except TimeoutError:
+        done, _ = await asyncio.wait({task}, timeout=flush_timeout)
+        if not done:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, flush_timeout)
+            done, _ = await asyncio.wait({task}, timeout=cancel_timeout)
+            if not done:
+                log.debug(
+                    "denial log writer did not stop within %.1f s; leaving it", flush_timeout + cancel_timeout
+                )
+        if done and not task.cancelled() and task.exception() is not None:
+            log.warning("denial log writer failed", exc_info=task.exception())
 
     async def flush(self) -> None:
         """Wait until every denial queued so far is written (or given up on)."""
@@ -394,9 +406,11 @@ class DenialLog:
     async def _run(self) -> None:
         flood = False
         while not self._closing:
+            end_if_cancelled()
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                end_if_cancelled()
                 if flood and len(self._queue) < self._gathered and not self._closing:
                     # A flood (the last batch was large): let it gather for up to FLOOD_WAIT,
                     # or until the queue is half full, so that one batch holds many repeats to
@@ -485,7 +499,14 @@ class DenialLog:
         except StoreUnavailable as error:
             self.failed += count
             log.debug("denial log: %d denials not written: %s", count, error)
-            await asyncio.sleep(0.5)  # don't spin on a store that is down
+            if self._closing:
+                # Closing with the store down: what is left would fail the same way.
+                self.failed += len(self._queue)
+                self._queue.clear()
+                return count
+            # Don't spin on a store that is down (a `stop()` ends the wait).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), 0.5)
         else:
             self.failed += failed
             self.recorded += count - failed

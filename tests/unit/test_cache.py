@@ -148,6 +148,29 @@ async def test_invalidation_during_a_read_keeps_its_result_out(how: str) -> None
     release.set()
     assert (await asyncio.wait_for(load, 5)).value == "old"
     assert cache.fresh("a") is None
+    assert cache.usable("a") is None  # not even stale: it may predate the change
+
+
+@pytest.mark.timeout(10)
+async def test_a_read_in_flight_when_everything_expires_is_kept_as_stale_only() -> None:
+    # Invalidations may have been missed while it was read (the listener (re)connected or lost
+    # its link): never served fresh, but the stale-if-error fallback, as an entry cached before.
+    cache = make(Clock())
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def read() -> tuple[Boxed[str], bool]:
+        started.set()
+        await release.wait()
+        return Boxed("read"), True
+
+    load = asyncio.ensure_future(cache.load("a", "h-a", read))
+    await started.wait()
+    cache.expire_all()
+    release.set()
+    assert (await asyncio.wait_for(load, 5)).value == "read"
+    assert cache.fresh("a") is None
+    usable = cache.usable("a")
+    assert usable is not None and usable.value == "read"
 
 
 async def test_invalidate_by_hash() -> None:

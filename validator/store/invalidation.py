@@ -28,12 +28,16 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from validator.errors import ConfigurationError
+from validator.store.tasks import end_if_cancelled
 
 __all__ = ["InvalidationListener", "SingleServer", "Topology"]
 
 log = logging.getLogger("validator")
 
 CHANNEL = "__redis__:invalidate"
+# How long stopping a node's subscription waits for its task before cutting its connection, and
+# again after (`_stop_nodes`).
+_STOP_WAIT = 0.1
 CLIENT_NAME = "validator-invalidation"
 # Seconds between two looks at a Sentinel or Cluster topology while one of its nodes is down (a
 # failover may be under way). Each look is one CLUSTER SLOTS and one CLUSTER NODES (or one
@@ -174,20 +178,28 @@ class InvalidationListener:
         """Look at the topology now (a read was redirected, a node was lost), not at the next poll."""
         self._poke.set()
 
-    async def stop(self, timeout: float = 2.0) -> None:
-        """Stop listening; never waits more than about twice `timeout`."""
+    async def stop(self, timeout: float = 0.2) -> None:
+        """Stop listening; never waits more than about twice `timeout`, whatever Redis does
+        (docs/behaviour.md, "Lifecycle")."""
         task, self._task = self._task, None
         if task is None:
             return
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=2 * timeout)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
-            log.warning("invalidation listener did not stop within %.0f s; leaving it", 2 * timeout)
+            # A read or a connect ignored the cancellation (redis-py issue 2551): cut every
+            # connection under them, and ask again.
+            self._abort_all()
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            log.warning("invalidation listener did not stop within %.1f s; leaving it", 2 * timeout)
 
     async def _run(self) -> None:
         delay = self.backoff_min
         try:
             while True:
+                end_if_cancelled()
                 self._poke.clear()
                 try:
                     layout = await asyncio.wait_for(self._topology.discover(), self.ping_timeout)
@@ -234,14 +246,22 @@ class InvalidationListener:
             task.cancel()
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=self.ping_timeout)
+        _, pending = await asyncio.wait(tasks, timeout=_STOP_WAIT)
         if pending:
             # A read swallowed the cancellation (redis-py issue 2551): cut its connection.
             for node in nodes:
                 subscription = self._subscriptions.get(node)
                 if subscription is not None:
                     subscription.abort()
-            await asyncio.wait(pending, timeout=self.ping_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=_STOP_WAIT)
+
+    def _abort_all(self) -> None:
+        for subscription in list(self._subscriptions.values()):
+            subscription.abort()
+        for task in self._nodes.values():
+            task.cancel()
 
     def _update_connected(self) -> None:
         if self.layout and all(node in self.up for node in self.layout):
@@ -255,6 +275,7 @@ class InvalidationListener:
         """Keep `node` subscribed until cancelled, reconnecting with backoff."""
         delay = self.backoff_min
         while True:
+            end_if_cancelled()
             subscription = _Subscription(node, self._topology.subscriber(node))
             self._subscriptions[node] = subscription
             try:
@@ -270,7 +291,8 @@ class InvalidationListener:
             except (RedisError, OSError, TimeoutError, _Silent) as error:
                 # Said once per outage; the reconnection attempts that follow are debug lines.
                 (log.warning if delay == self.backoff_min else log.debug)(
-                    "invalidation connection to %s lost (%s); its keys' cache dropped, reconnecting",
+                    "invalidation connection to %s lost (%s); reconnecting. Entries of its tokens will "
+                    "be re-read; cached decisions still serve while Redis is unreachable",
                     node,
                     error or type(error).__name__,
                 )
@@ -282,6 +304,8 @@ class InvalidationListener:
                     self._on_down(node)
                 if self._subscriptions.get(node) is subscription:
                     del self._subscriptions[node]
+                # Cut first: closing politely waits for a server that may be frozen.
+                subscription.abort()
                 await subscription.close()
             # The node may be gone for good (a failover): look at the topology now.
             self.poke()
@@ -309,6 +333,7 @@ class InvalidationListener:
     async def _listen(self, pubsub: PubSub, node: str) -> None:
         ping_sent: float | None = None
         while True:
+            end_if_cancelled()
             if ping_sent is None:
                 wait = self.ping_interval
             else:
@@ -325,7 +350,7 @@ class InvalidationListener:
             elif message["type"] == "message":
                 keys = message["data"]
                 if keys is None:
-                    log.warning("invalidation: %s was flushed; its keys' cache dropped", node)
+                    log.warning("invalidation: %s was flushed; entries of its tokens will be re-read", node)
                     self.resets += 1
                     self._on_down(node)
                     self._on_up(node)
