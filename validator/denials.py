@@ -452,6 +452,7 @@ class DenialLog:
                 description = described[how] = (
                     *_description(decision, url, client_ip),
                     f"{request_tag(how):04x}",
+                    client_ip[:64] if client_ip else "-",  # for the token's summary only
                 )
             # Times stay floats here: most entries of a flood of invented tokens are never
             # written (`Store.append_denials`), so the store makes milliseconds of those it writes.
