@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import redis
 
 from tests.integration.test_cli_support import SECRET, Cli, Direct, command, environment
 from tests.redis_cluster import Backend
@@ -453,7 +454,7 @@ def test_on_a_terminal_it_asks_first(learnt: str, store: Direct, answer: str, co
 
 ATTACKER = "192.0.2.66"
 # Legitimate traffic: three browsers on the app's site, the app's server.
-LEGITIMATE = [
+LEGITIMATE: list[Request] = [
     *[
         {"origin": "https://app.example.com", "client_ip": f"198.51.100.{n}"}
         for n in (11, 12, 13)
@@ -463,7 +464,9 @@ LEGITIMATE = [
 ]
 # Whoever holds the token (report-only mode lets every request through): 1,200 distinct Origins
 # from one address, more than the capped stream keeps (1,000).
-FLOOD = [{"origin": f"https://x{n}.attacker.example.net", "client_ip": ATTACKER} for n in range(1200)]
+FLOOD: list[Request] = [
+    {"origin": f"https://x{n}.attacker.example.net", "client_ip": ATTACKER} for n in range(1200)
+]
 
 
 async def _flood(url: str) -> None:
@@ -495,9 +498,7 @@ def test_a_flood_of_distinct_origins_from_the_holder_does_not_steer_the_proposal
 
     asyncio.run(_flood(initialised))
 
-    import redis
-
-    direct = redis.Redis.from_url(initialised, decode_responses=True)
+    direct: Any = redis.Redis.from_url(initialised, decode_responses=True)
     try:
         # The attack did what the issue says to the capped stream: nothing legitimate is left in it.
         (stream,) = [k for k in direct.scan_iter("*-denials:{*}") if direct.type(k) == "stream"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import itertools
 import logging
 import zlib
 from collections.abc import Mapping, Sequence
@@ -548,10 +549,24 @@ def _summary_args(entries: Sequence[DenialEntry], cap: int, pexpire_ms: int) -> 
     chosen = list(pairs.items())
     left: dict[str, int] = {}
     if len(chosen) > cap:
+        # Fairly, as the script evicts: a client's pairs by requests (then the newest), the
+        # clients in turn, so that one client's flood in a batch leaves out only its own.
         chosen.sort(key=lambda pair: (pair[1][0], pair[1][2]), reverse=True)
-        for (client, *_), _ in chosen[cap:]:
-            left[client] = left.get(client, 0) + 1
+        per_client: dict[str, list[tuple[tuple[str, str, str, str], list[int]]]] = {}
+        for pair in chosen:
+            per_client.setdefault(pair[0][0], []).append(pair)
+        chosen = []
+        for turn in itertools.zip_longest(*per_client.values()):
+            chosen += (pair for pair in turn if pair is not None)
+            if len(chosen) >= cap:
+                break
         chosen = chosen[:cap]
+        taken: dict[str, int] = {}
+        for (client, *_), _ in chosen:
+            taken[client] = taken.get(client, 0) + 1
+        for client, its in per_client.items():
+            if len(its) > taken.get(client, 0):
+                left[client] = len(its) - taken.get(client, 0)
     args: list[str | int] = [cap, pexpire_ms]
     for (client, source, seen, origin), (count, first_ms, last_ms) in chosen:
         args += (_part(client), _part(source), _part(seen), _part(origin), count, first_ms, last_ms)
