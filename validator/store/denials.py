@@ -520,9 +520,10 @@ def _xadd(key: str, max_length: int, entry: DenialEntry, token: str | None) -> t
     return head + fields + ("count", count, "first", int(first * 1000))
 
 
-# The most (client, source, seen, origin) pairs a token's summary keeps: ~150 bytes each in
-# Redis (a hash field of ~100 bytes and its value), so about 40 KB a token at most, for
-# `denial_ttl` after its last denial. A batch passes at most this many pairs a call.
+# The most (client, source, seen, origin) pairs a token's summary keeps (`summary.lua`): in Redis
+# (MEMORY USAGE, redis 7.0) ~38-51 KB a token with hosts of ~25 characters, ~182 KB with the
+# longest values the log keeps, for `denial_ttl` after its last denial. A batch passes at most
+# this many pairs a call (`_summary_args`), so the script's work per call is bounded too.
 SUMMARY_PAIRS = 256
 _US = "\x1f"  # the summary's field separator: never inside a field's parts (`_part`)
 _EVICTED = "-evicted-"
