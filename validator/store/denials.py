@@ -151,17 +151,12 @@ class DenialStreams:
             per_token.setdefault(entry[0], []).append(entry)
         # Each stored token's summary (`summary.lua`) takes every denial of the batch, those the
         # capped stream is about to trim included: one call per token and batch.
-        summaries: list[tuple[str, str, list[str | int]]] = []
+        summaries: list[_Summary] = []
         pexpire_ms = max(1, int(ttl * 1000))
         for token_hash, entries in per_token.items():
-            streams[f"{own}{token_hash}}}"] = (token_hash, max_length, False, entries[-max_length:])
-            summaries.append(
-                (
-                    token_hash,
-                    f"{own}{token_hash}}}:summary",
-                    _summary_args(entries, SUMMARY_PAIRS, pexpire_ms),
-                )
-            )
+            key = f"{own}{token_hash}}}"
+            streams[key] = (token_hash, max_length, False, entries[-max_length:])
+            summaries.append((token_hash, f"{key}:summary", *_summary_pairs(entries, SUMMARY_PAIRS)))
         shards = self.unknown_denials_keys()
         per_shard: list[list[DenialEntry]] = [[] for _ in shards]
         # Newest first, so that once every shard holds its newest `shard_length` the older
@@ -187,19 +182,20 @@ class DenialStreams:
         else:
             failed = await self._append_by_wire(self._wires, streams, pexpire_ms)
         if summaries:
-            await self._summarise(summaries)
+            await self._summarise(summaries, pexpire_ms)
         return failed
 
-    async def _summarise(self, summaries: list[tuple[str, str, list[str | int]]]) -> None:
+    async def _summarise(self, summaries: list[_Summary], pexpire_ms: int) -> None:
         """Run the batch's summary calls (`summary.lua`), on the multiplexed connections where
         the store has them (one SCRIPT LOAD, then the EVALSHAs, packed as one request per
         connection), the rest and any that failed there through redis-py. A summary that cannot
         be written is not a lost denial (the stream has it): only logged at debug level."""
         script = self._summary_script
-        retry: list[tuple[str, str, list[str | int]]] = []
+        retry: list[_Summary] = []
         if self._wires is not None:
             wires = self._wires
-            batches: dict[int, tuple[Multiplexer, list[bytes], list[tuple[str, str, list[str | int]]]]] = {}
+            packer = _SummaryPacker(script.sha, pexpire_ms)
+            batches: dict[int, tuple[Multiplexer, list[bytes], list[_Summary]]] = {}
             for call in summaries:
                 wire = wires.for_tag(call[0])
                 if wire is None:
@@ -208,7 +204,7 @@ class DenialStreams:
                 batch = batches.get(id(wire))
                 if batch is None:
                     batch = batches[id(wire)] = (wire, [_pack_command(("SCRIPT", "LOAD", _SUMMARY_LUA))], [])
-                batch[1].append(_pack_command(("EVALSHA", script.sha, 1, call[1], *call[2])))
+                batch[1].append(packer.pack(call[1], call[2], call[3]))
                 batch[2].append(call)
             for wire, data, calls in batches.values():
                 reply = wire.send_packed(b"".join(data), len(calls) + 1)
@@ -233,8 +229,10 @@ class DenialStreams:
             with _store_errors():
                 for attempt in range(2):
                     pipe = self.client.pipeline(transaction=False)
-                    for _, key, args in retry:
-                        pipe.execute_command("EVALSHA", script.sha, 1, key, *args)
+                    for _, key, pairs, left in retry:
+                        pipe.execute_command(
+                            "EVALSHA", script.sha, 1, key, *_summary_args(pairs, left, pexpire_ms)
+                        )
                     replies = await pipe.execute(raise_on_error=False)
                     if attempt or not any(isinstance(one, NoScriptError) for one in replies):
                         break
@@ -523,7 +521,7 @@ def _xadd(key: str, max_length: int, entry: DenialEntry, token: str | None) -> t
 # The most (client, source, seen, origin) pairs a token's summary keeps (`summary.lua`): in Redis
 # (MEMORY USAGE, redis 7.0) ~38-51 KB a token with hosts of ~25 characters, ~182 KB with the
 # longest values the log keeps, for `denial_ttl` after its last denial. A batch passes at most
-# this many pairs a call (`_summary_args`), so the script's work per call is bounded too.
+# this many pairs a call (`_summary_pairs`), so the script's work per call is bounded too.
 SUMMARY_PAIRS = 256
 _US = "\x1f"  # the summary's field separator: never inside a field's parts (`_part`)
 _EVICTED = "-evicted-"
@@ -533,29 +531,40 @@ def _part(text: str) -> str:
     return text.replace(_US, "?") if _US in text else text
 
 
-def _summary_args(entries: Sequence[DenialEntry], cap: int, pexpire_ms: int) -> list[str | int]:
-    """The arguments of one token's `summary.lua` call: the batch's entries summed per (client,
-    source, seen, origin); when there are more than `cap` pairs, those with the most requests
-    (then the newest), and per client how many of its pairs were left out."""
-    pairs: dict[tuple[str, str, str, str], list[int]] = {}
+# One pair of a summary call: a description of it (client, source, seen and origin are what
+# count), requests, first and last time (ms).
+_Pair = tuple[Description, int, int, int]
+# One summary call: the token's hash, its summary's key, its pairs, its clients' pairs left out.
+_Summary = tuple[str, str, list[_Pair], dict[str, int]]
+
+
+def _summary_pairs(entries: Sequence[DenialEntry], cap: int) -> tuple[list[_Pair], dict[str, int]]:
+    """One token's batch for its `summary.lua` call: the entries summed per (client, source,
+    seen, origin); when there are more than `cap` pairs, `cap` of them chosen fairly (a
+    client's by requests, then the newest; the clients in turn), and per client how many of its
+    pairs were left out."""
+    if len(entries) == 1:  # a flood of distinct tokens: nothing to sum
+        _, at, count, first, description = entries[0]
+        return [(description, count, int(first * 1000), int(at * 1000))], {}
+    pairs: dict[tuple[str, str, str, str], list[Any]] = {}
     for _, at, count, first, description in entries:
         key = (description[6], description[0], description[1], description[4])
         found = pairs.get(key)
         if found is None:
-            pairs[key] = [count, int(first * 1000), int(at * 1000)]
+            pairs[key] = [description, count, int(first * 1000), int(at * 1000)]
         else:
-            found[0] += count
-            found[1] = min(found[1], int(first * 1000))
-            found[2] = max(found[2], int(at * 1000))
-    chosen = list(pairs.items())
+            found[1] += count
+            found[2] = min(found[2], int(first * 1000))
+            found[3] = max(found[3], int(at * 1000))
+    chosen: list[_Pair] = [(d, n, a, b) for d, n, a, b in pairs.values()]
     left: dict[str, int] = {}
     if len(chosen) > cap:
-        # Fairly, as the script evicts: a client's pairs by requests (then the newest), the
-        # clients in turn, so that one client's flood in a batch leaves out only its own.
-        chosen.sort(key=lambda pair: (pair[1][0], pair[1][2]), reverse=True)
-        per_client: dict[str, list[tuple[tuple[str, str, str, str], list[int]]]] = {}
+        # Fairly, as the script evicts, so that one client's flood in a batch leaves out only
+        # its own pairs.
+        chosen.sort(key=lambda pair: (pair[1], pair[3]), reverse=True)
+        per_client: dict[str, list[_Pair]] = {}
         for pair in chosen:
-            per_client.setdefault(pair[0][0], []).append(pair)
+            per_client.setdefault(pair[0][6], []).append(pair)
         chosen = []
         for turn in itertools.zip_longest(*per_client.values()):
             chosen += (pair for pair in turn if pair is not None)
@@ -563,19 +572,68 @@ def _summary_args(entries: Sequence[DenialEntry], cap: int, pexpire_ms: int) -> 
                 break
         chosen = chosen[:cap]
         taken: dict[str, int] = {}
-        for (client, *_), _ in chosen:
-            taken[client] = taken.get(client, 0) + 1
+        for pair in chosen:
+            taken[pair[0][6]] = taken.get(pair[0][6], 0) + 1
         for client, its in per_client.items():
             if len(its) > taken.get(client, 0):
                 left[client] = len(its) - taken.get(client, 0)
-    args: list[str | int] = [cap, pexpire_ms]
-    for (client, source, seen, origin), (count, first_ms, last_ms) in chosen:
+    return chosen, left
+
+
+def _summary_args(pairs: list[_Pair], left: dict[str, int], pexpire_ms: int) -> list[str | int]:
+    """The ARGV of a `summary.lua` call (see there)."""
+    args: list[str | int] = [SUMMARY_PAIRS, pexpire_ms]
+    for description, count, first_ms, last_ms in pairs:
+        client, source, seen, origin = description[6], description[0], description[1], description[4]
         args += (_part(client), _part(source), _part(seen), _part(origin), count, first_ms, last_ms)
     if left:
         args.append(_EVICTED)
         for client, n in left.items():
             args += (_part(client), n)
     return args
+
+
+class _SummaryPacker:
+    """The RESP of a batch's `summary.lua` calls (EVALSHA sha 1 key ARGV, as `_summary_args`
+    gives it), a description's four parts packed once per batch: in a flood of distinct stored
+    tokens hiredis.pack_command of the call cost ~1 us per denial more."""
+
+    def __init__(self, sha: str, pexpire_ms: int) -> None:
+        self._head = b"$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % _bulk(sha)
+        self._options = _bulk_int(SUMMARY_PAIRS) + _bulk_int(pexpire_ms)
+        self._parts: dict[Description, bytes] = {}
+
+    def pack(self, key: str, pairs: list[_Pair], left: dict[str, int]) -> bytes:
+        parts = self._parts
+        if len(pairs) == 1 and not left:  # a flood of distinct tokens: one denial each
+            description, count, first_ms, last_ms = pairs[0]
+            packed = parts.get(description)
+            if packed is None:
+                packed = parts[description] = b"".join(_bulk(_part(description[i])) for i in (6, 0, 1, 4))
+            last = _bulk_int(last_ms)
+            return b"*13\r\n%b%b%b%b%b%b%b" % (
+                self._head,
+                _bulk(key),
+                self._options,
+                packed,
+                b"$1\r\n1\r\n" if count == 1 else _bulk_int(count),
+                last if first_ms == last_ms else _bulk_int(first_ms),
+                last,
+            )
+        out = [b"", self._head, _bulk(key), self._options]
+        for description, count, first_ms, last_ms in pairs:
+            packed = parts.get(description)
+            if packed is None:
+                packed = parts[description] = b"".join(_bulk(_part(description[i])) for i in (6, 0, 1, 4))
+            out += (packed, _bulk_int(count), _bulk_int(first_ms), _bulk_int(last_ms))
+        arity = 6 + 7 * len(pairs)  # EVALSHA sha 1 key cap expiry, 7 per pair
+        if left:
+            out.append(_bulk(_EVICTED))
+            for client, n in left.items():
+                out += (_bulk(_part(client)), _bulk_int(n))
+            arity += 1 + 2 * len(left)
+        out[0] = b"*%d\r\n" % arity
+        return b"".join(out)
 
 
 def parse_summary(raw: Mapping[str, str]) -> tuple[list[dict[str, str]], dict[str, tuple[int, int]]]:
