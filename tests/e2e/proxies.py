@@ -222,8 +222,12 @@ class Nginx(Foreground):
                 "listen 80;": f"listen {PROXY_IP}:{self.port};",
                 "server 127.0.0.1:9000;": f"server {PROXY_IP}:{gate_port};",
                 "server 127.0.0.1:8080;": f"server {PROXY_IP}:{app_port};",
+                "/var/log/nginx/access.log": str(self.dir / "access.log"),
             },
         )
+        self.access_log = (
+            self.dir / "access.log"
+        )  # the snippet's own, redacted (tests/e2e/test_access_log.py)
         (self.dir / "site.conf").write_text(site)
         temp = "\n".join(
             f"    {kind}_temp_path {self.dir / kind};"
