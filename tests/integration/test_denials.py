@@ -476,3 +476,18 @@ async def test_the_summary_keeps_every_clients_pairs_under_a_flood_from_one(
         assert (await raw.memory_usage(key) or 0) < 64 * 1024
     finally:
         await store.close()
+
+
+async def test_a_summary_that_cannot_be_written_loses_no_denial(
+    validator: Validator, raw: aioredis.Redis
+) -> None:
+    """The summary's script failing (here its key holds a string: WRONGTYPE) costs only the
+    summary: the stream gets every denial, and the writer goes on."""
+    store = validator.store
+    await restricted(validator)
+    await raw.set(store.denial_summary_key(store.token_hash(TOKEN)), "not a hash")
+    for _ in range(2):
+        assert not (await validator.check(TOKEN, client_ip=CLIENT_IP)).allowed
+        await drained(validator)
+    assert len(await Admin(store).denials(TOKEN)) == 2
+    assert validator.denial_log is not None and validator.denial_log.failed == 0

@@ -240,7 +240,7 @@ class DenialStreams:
             errors = [one for one in replies if isinstance(one, Exception)]
             if errors:
                 _log.debug("denial summary: %d summaries not written: %s", len(errors), errors[0])
-        except StoreUnavailable as error:  # the stream holds the denials: only the summary is lost
+        except Exception as error:  # the stream holds the denials: only the summary is lost, never the writer
             _log.debug("denial summary: %d summaries not written: %s", len(retry), error)
 
     def denial_summary_key(self, token_hash: str) -> str:
