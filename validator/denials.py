@@ -21,6 +21,12 @@ other denial of that token out of its capped stream. Outside floods, and for a d
 not repeated, entries are stored exactly as before (no `count`, no `first`). Benchmarks: `denials` (the
 writer's CPU per denial under a flood, ~22 us before this; see `Store.append_denials`).
 
+Each stored token's denials are also summed in a bounded summary beside its stream (per client
+address and value, at most `SUMMARY_PAIRS` pairs, fair per client: `validator.store.denials`,
+`summary.lua`), one script call per token and batch, so that a flood of distinct values from one
+client cannot push the others out of what `validator-admin suggest` learns from (the stream
+keeps only its last ~1,000 entries). The client address goes with each description for it.
+
 Each entry also holds the `tag` of its request (`validator.store.denial_refs.request_tag`), and
 the log keeps the last denial it took (`last`), so that a 403 can carry an `Access-Denied-Ref`
 (`ref`) that leads `validator-admin denials --ref` to the entry: every denial of a merged group
@@ -478,6 +484,7 @@ class DenialLog:
                 description = described[how] = (
                     *_description(decision, url, client_ip),
                     f"{request_tag(how):04x}",
+                    client_ip[:64] if client_ip else "-",  # for the token's summary only
                 )
             # Times stay floats here: most entries of a flood of invented tokens are never
             # written (`Store.append_denials`), so the store makes milliseconds of those it writes.

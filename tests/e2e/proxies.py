@@ -278,6 +278,7 @@ class Nginx(Foreground):
                 "listen 80;": f"listen {PROXY_IP}:{self.port};",
                 "server 127.0.0.1:9000;": f"server {PROXY_IP}:{gate_port};",
                 "server 127.0.0.1:8080;": f"server {PROXY_IP}:{app_port};",
+                "/var/log/nginx/access.log": str(self.dir / "access.log"),
             },
         )
         blocks = dict(top_level_blocks(site))
@@ -293,6 +294,8 @@ class Nginx(Foreground):
                 + "\n\n"
                 + server.replace("http://api_app", f"http://{name}")
             )
+        # The snippet's own access log, redacted (tests/e2e/test_access_log.py).
+        self.access_log = self.dir / "access.log"
         (self.dir / "site.conf").write_text(site)
         temp = "\n".join(
             f"    {kind}_temp_path {self.dir / kind};"

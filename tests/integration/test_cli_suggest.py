@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import redis
 
 from tests.integration.test_cli_support import SECRET, Cli, Direct, command, environment
 from tests.redis_cluster import Backend
@@ -195,13 +196,14 @@ def test_json_shape(learnt: str, cli: Cli) -> None:
     assert set(s) == {
         "token", "stored", "report_only", "current", "limit", "entries_read", "denials",
         "still_denied", "share_denied", "oldest", "newest", "domains", "ips", "wildcards",
-        "observations", "proposed",
+        "observations", "proposed", "summary", "floods",
     }  # fmt: skip
     assert set(s["domains"]) == {
         "stored", "entries", "added", "enabled", "observed", "still_denied", "share_denied"
     }  # fmt: skip
     assert set(s["observations"][0]) == {
-        "kind", "seen", "count", "first_ms", "last_ms", "first", "last", "status", "entry", "why"
+        "kind", "seen", "count", "first_ms", "last_ms", "first", "last", "status", "entry", "why",
+        "clients", "weight",
     }  # fmt: skip
     assert s["oldest"].endswith("Z") and s["newest"] >= s["oldest"]
     assert s["proposed"]["mode"] == "enforce"
@@ -448,3 +450,88 @@ def test_on_a_terminal_it_asks_first(learnt: str, store: Direct, answer: str, co
     assert stored is not None and stored.mode is mode
     if code:
         assert b"not confirmed: nothing was changed" in err
+
+
+# ------------------------------------------------------------------------------ a flood from the holder
+
+ATTACKER = "192.0.2.66"
+# Legitimate traffic: three browsers on the app's site, the app's server.
+LEGITIMATE: list[Request] = [
+    *[
+        {"origin": "https://app.example.com", "client_ip": f"198.51.100.{n}"}
+        for n in (11, 12, 13)
+        for _ in range(3)
+    ],
+    *[{"client_ip": "203.0.113.7"}] * 4,
+]
+# Whoever holds the token (report-only mode lets every request through): 1,200 distinct Origins
+# from one address, more than the capped stream keeps (1,000).
+FLOOD: list[Request] = [
+    {"origin": f"https://x{n}.attacker.example.net", "client_ip": ATTACKER} for n in range(1200)
+]
+
+
+async def _flood(url: str) -> None:
+    validator = Validator.from_url(url, secret=SECRET)
+    log = validator.denial_log
+    assert log is not None
+    try:
+        for start in range(0, len(FLOOD), 150):  # several batches: the summary's evictions at work
+            for request in FLOOD[start : start + 150]:
+                assert (await validator.check(TOKEN, **request)).allowed
+            await asyncio.wait_for(log.flush(), 10)
+        assert log.dropped == 0
+    finally:
+        await validator.close()
+
+
+@pytest.mark.promise("P-SUGGEST-FLOOD-RESISTANT")
+def test_a_flood_of_distinct_origins_from_the_holder_does_not_steer_the_proposal(
+    initialised: str, cli: Cli
+) -> None:
+    """Issue 23, hole 6: before the flood the proposal is the app's site and server; after 1,200
+    distinct Origins from one address (the capped stream then holds only those) it still is, the
+    flood's values are refused, and the output says the log looks flooded."""
+    set_up_learning(initialised)
+    drive(initialised, LEGITIMATE)
+    before = cli("suggest", TOKEN, "--json").json()
+    assert (before["domains"]["added"], before["ips"]["added"]) == (["app.example.com"], ["203.0.113.7"])
+    assert before["floods"] == []
+
+    asyncio.run(_flood(initialised))
+
+    direct: Any = redis.Redis.from_url(initialised, decode_responses=True)
+    try:
+        # The attack did what the issue says to the capped stream: nothing legitimate is left in it.
+        (stream,) = [k for k in direct.scan_iter("*-denials:{*}") if direct.type(k) == "stream"]
+        seen = {fields["seen"] for _, fields in direct.xrange(stream)}
+        assert direct.xlen(stream) >= 1000
+        assert all(host.endswith(".attacker.example.net") for host in seen)
+        # The summary: bounded, the token nowhere in clear.
+        (summary,) = list(direct.scan_iter("*-denials:{*}:summary"))
+        assert direct.hlen(summary) <= 256 + 5  # pairs, and a counter per client that has some
+        assert direct.memory_usage(summary) < 64 * 1024
+        for key in direct.scan_iter("*"):
+            assert TOKEN not in key
+        assert not any(TOKEN in part for item in direct.hgetall(summary).items() for part in item)
+    finally:
+        direct.close()
+
+    after = cli("suggest", TOKEN, "--json").json()
+    assert after["summary"] is True
+    assert after["domains"]["added"] == ["app.example.com"]
+    assert after["ips"]["added"] == ["203.0.113.7"]
+    assert after["wildcards"] == []
+    assert [(f["client"], f["values"]) for f in after["floods"]] == [(ATTACKER, 1200)]
+    observed = {o["seen"]: o for o in after["observations"]}
+    assert (observed["app.example.com"]["count"], observed["app.example.com"]["clients"]) == (9, 3)
+    assert observed["203.0.113.7"]["count"] == 4
+    flooded = [o for o in after["observations"] if o["seen"].endswith(".attacker.example.net")]
+    assert flooded and all(o["status"] == "refused" and "a flood?" in o["why"] for o in flooded)
+
+    table = cli("suggest", TOKEN)
+    assert table.code == 0, table.err
+    assert f"warning: the log looks flooded: client {ATTACKER} sent 1,200 distinct" in table.out
+    assert "propose app.example.com" in table.out
+    assert "domains  on  [app.example.com*]" in table.out
+    assert "ips      on  [203.0.113.7*]" in table.out

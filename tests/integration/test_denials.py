@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from validator import Admin, ConfigurationError, Reason, Store, Validator
 from validator.metrics import install
 from validator.model import Source, decision
 from validator.store import fingerprint
+from validator.store.denials import SUMMARY_PAIRS, DenialEntry
 
 TOKEN = "tok_live_denials_do_not_print"
 CLIENT_IP = "198.51.100.77"
@@ -132,8 +134,10 @@ async def test_delete_removes_the_denials(validator: Validator) -> None:
     await validator.check(TOKEN, client_ip=CLIENT_IP)
     await drained(validator)
     assert await admin.denials(TOKEN)
+    assert await validator.store.denial_summary(validator.store.token_hash(TOKEN)) is not None
     await admin.delete(TOKEN)
     assert await admin.denials(TOKEN) == []
+    assert await validator.store.denial_summary(validator.store.token_hash(TOKEN)) is None
 
 
 async def test_metrics_count_decisions_with_bounded_labels(validator: Validator) -> None:
@@ -208,9 +212,11 @@ async def test_repeats_merge_into_one_entry_with_one_expiry_per_stream(
     assert not (await denying.check(TOKEN, client_ip="198.51.100.78")).allowed  # another request
     await drained(denying)
     stats: dict[str, Any] = await raw.info("commandstats")
-    # One batch: one entry per distinct request, one expiry per stream.
+    # One batch: one entry per distinct request, one expiry per stream; and the stored token's
+    # summary, one script call, which sets its own expiry (the third PEXPIRE).
     assert stats["cmdstat_xadd"]["calls"] == 3
-    assert stats["cmdstat_pexpire"]["calls"] == 2
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_pexpire"]["calls"] == 2 + 1
     assert denying.denial_log is not None
     assert denying.denial_log.recorded == 2 + 401
     other, merged, single = await admin.denials(TOKEN)  # newest (last denial) first
@@ -443,3 +449,59 @@ async def test_a_refused_xadd_fails_only_its_own_denials(denying: Validator, raw
     assert await raw.get(store.denials_key(token_hash)) == "not a stream"
     listed = await store.unknown_denials(count=10)
     assert {e["token"] for e in listed} == {fingerprint(h) for h in unknown}
+
+
+def _pair(client: str, host: str, at: float) -> DenialEntry:
+    origin = f"https://{host}"
+    return (TOKEN_HASH, at, 1, at, ("front_end", host, "domain_not_listed", "report", origin, "0000", client))
+
+
+TOKEN_HASH = "h" * 22
+
+
+@pytest.mark.promise("P-SUGGEST-FLOOD-RESISTANT")
+async def test_the_summary_keeps_every_clients_pairs_under_a_flood_from_one(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    """The summary (`summary.lua`) is bounded (SUMMARY_PAIRS pairs), and a client spraying
+    distinct values only replaces pairs of its own once it holds the most: two pairs of two
+    other clients, written before and in the middle of 3,000 distinct values from one client,
+    stay; the flooder's let-go pairs are counted."""
+    store = Store.from_url(redis_url, secret=SECRET)
+    try:
+        write = functools.partial(store.append_denials, max_length=1000, unknown_length=1000, ttl=60.0)
+        now = time.time()
+        await write([_pair("198.51.100.1", "app.example.com", now)])
+        for batch in range(10):
+            flood = [_pair("192.0.2.66", f"x{batch}-{n}.attacker.example.net", now) for n in range(300)]
+            if batch == 5:
+                flood.insert(290, _pair("198.51.100.2", "shop.example.com", now))
+            await write(flood)
+        found = await store.denial_summary(TOKEN_HASH)
+        assert found is not None
+        pairs, clients = found
+        assert len(pairs) == SUMMARY_PAIRS
+        kept = {(p["client"], p["seen"]) for p in pairs}
+        assert {("198.51.100.1", "app.example.com"), ("198.51.100.2", "shop.example.com")} <= kept
+        assert clients["192.0.2.66"] == (SUMMARY_PAIRS - 2, 3000 - (SUMMARY_PAIRS - 2))
+        assert clients["198.51.100.1"] == (1, 0)
+        key = store.denial_summary_key(TOKEN_HASH)
+        assert 0 < await raw.pttl(key) <= 60_000
+        assert (await raw.memory_usage(key) or 0) < 64 * 1024
+    finally:
+        await store.close()
+
+
+async def test_a_summary_that_cannot_be_written_loses_no_denial(
+    validator: Validator, raw: aioredis.Redis
+) -> None:
+    """The summary's script failing (here its key holds a string: WRONGTYPE) costs only the
+    summary: the stream gets every denial, and the writer goes on."""
+    store = validator.store
+    await restricted(validator)
+    await raw.set(store.denial_summary_key(store.token_hash(TOKEN)), "not a hash")
+    for _ in range(2):
+        assert not (await validator.check(TOKEN, client_ip=CLIENT_IP)).allowed
+        await drained(validator)
+    assert len(await Admin(store).denials(TOKEN)) == 2
+    assert validator.denial_log is not None and validator.denial_log.failed == 0

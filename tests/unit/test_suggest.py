@@ -544,3 +544,61 @@ def test_what_it_says_is_allowed_is_what_a_validator_allows_once_enforced(name: 
         assert decision.allowed is (observation.status in ("listed", "proposed")), (denial, observation)
         denied += 0 if decision.allowed else int(denial.get("count", 1))
     assert denied == s.still_denied
+
+
+# ------------------------------------------------------------------------------ floods (issue 23, hole 6)
+
+
+def pair(client: str, host: str, count: int = 1, *, at: int = 1_000_000) -> Denial:
+    """A pair of the token's summary: a front-end denial with its client address."""
+    return front(host, count, at=at) | {"client": client, "count": str(count), "first": str(at)}
+
+
+def from_summary(pairs: list[Denial], let_go: dict[str, int] | None = None, *, limit: int = 5) -> Suggestion:
+    return propose(
+        [],
+        None,
+        limit=limit,
+        normalize_ip=functools.partial(normalize_ip, allow_private=False),
+        summary=pairs,
+        let_go=let_go,
+    )
+
+
+@pytest.mark.promise("P-SUGGEST-FLOOD-RESISTANT")
+def test_what_only_a_flooding_client_sent_is_refused_and_said() -> None:
+    legitimate = [pair("198.51.100.1", "app.example.com"), pair("198.51.100.2", "app.example.com")]
+    flood = [pair("192.0.2.66", f"x{n}.attacker.example.net", 3, at=2_000_000) for n in range(30)]
+    s = from_summary([*legitimate, *flood], {"192.0.2.66": 500})
+    assert s.domains.added == ["app.example.com"]
+    assert s.wildcards == []
+    assert [(f.client, f.values, f.requests) for f in s.floods] == [("192.0.2.66", 530, 90)]
+    refused = [o for o in s.observations if o.seen.endswith("attacker.example.net")]
+    assert len(refused) == 30 and all(o.status == "refused" and "a flood?" in o.why for o in refused)
+    (app,) = [o for o in s.observations if o.seen == "app.example.com"]
+    assert (app.clients, app.weight, app.count) == (2, 2.0, 2)
+
+
+@pytest.mark.promise("P-SUGGEST-FLOOD-RESISTANT")
+def test_a_client_spraying_values_weighs_as_one_client() -> None:
+    """Under the flood threshold: 10 values from one client, each with more requests, weigh 1/10
+    each and rank below a site one browser used once; a value seen from the sprayer and others
+    keeps the others' weight."""
+    spray = [pair("192.0.2.66", f"s{n}.example{n}.net", 50, at=2_000_000) for n in range(10)]
+    legitimate = [pair("198.51.100.1", "app.example.com"), pair("198.51.100.3", "s0.example0.net")]
+    s = from_summary([*spray, *legitimate], limit=2)
+    assert s.floods == []
+    assert s.domains.added == ["s0.example0.net", "app.example.com"]
+    (app,) = [o for o in s.observations if o.seen == "app.example.com"]
+    assert (app.weight, app.status) == (1.0, "proposed")
+    assert {o.status for o in s.observations if o.seen.startswith("s") and o.seen != "s0.example0.net"} == {
+        "over_limit"
+    }
+
+
+def test_without_client_addresses_the_ranking_is_by_requests_as_before() -> None:
+    """Stream entries name no client (a log from before summaries, the unknown-token log): every
+    front-end value shares one unknown client, never taken for a flood, so requests decide."""
+    s = suggest([front(f"site{n}.example{n}.org", 30 - n) for n in range(25)])
+    assert s.floods == []
+    assert s.domains.added == [f"site{n}.example{n}.org" for n in range(5)]

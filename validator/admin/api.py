@@ -57,6 +57,14 @@ SUGGEST_READ = 100_000
 NOTHING_STORED = "nothing is stored for this token: nothing was changed (and no record was created)"
 
 
+def _pair_last(pair: Mapping[str, str]) -> int:
+    """When a summary pair was last seen (ms; 0 if unreadable)."""
+    try:
+        return int(pair.get("at", "0"))
+    except ValueError:
+        return 0
+
+
 class Change(msgspec.Struct, kw_only=True):
     """The outcome of one admin write: what is stored now, and what the admin should be told.
 
@@ -573,13 +581,25 @@ class Admin:
         elif since is not None:
             since_ms = int(since.timestamp() * 1000)
         stored = await self.store.read(token_hash)
-        denials = await self.store.denials(token_hash, since_ms=max(0, since_ms), count=SUGGEST_READ)
+        # The token's summary (per client and value, bounded; what the capped stream trimmed
+        # included) when it has one; its stream otherwise (written by validators from before).
+        found = await self.store.denial_summary(token_hash)
+        summary = let_go = None
+        if found is not None:
+            pairs, clients = found
+            summary = [pair for pair in pairs if _pair_last(pair) >= since_ms]
+            let_go = {client: evicted for client, (_, evicted) in clients.items() if evicted}
+        denials = await self.store.denials(
+            token_hash, since_ms=max(0, since_ms), count=SUGGEST_READ, own=found is None
+        )
         return propose(
             denials,
             stored,
             limit=limit,
             normalize_ip=self._normalize_ip(allow_private),
             allow_private=allow_private,
+            summary=summary,
+            let_go=let_go,
         )
 
     async def learn(self, token: str) -> Change:

@@ -20,7 +20,7 @@ from validator.rules.domains import DomainSet
 from validator.rules.entries import Normalized, _public_suffixes, normalize_domain
 from validator.rules.ips import IPSet
 
-__all__ = ["ListProposal", "Observation", "Suggestion", "Wildcard", "propose"]
+__all__ = ["Flood", "ListProposal", "Observation", "Suggestion", "Wildcard", "propose"]
 
 Kind = Literal["domain", "ip", "other"]
 Status = Literal["listed", "proposed", "refused", "over_limit"]
@@ -28,6 +28,14 @@ Status = Literal["listed", "proposed", "refused", "over_limit"]
 NO_DOMAIN = "no domain could be read (Origin null or malformed, or only Sec-Fetch-*): no entry can allow it"
 NO_IP = "no client address was recorded: no entry can allow it"
 NO_SOURCE = "recorded as neither a front-end nor a back-end request: no entry can allow it"
+# A client address that sent more distinct domains and addresses than this (in the token's
+# summary, those it let go included) is taken for a flood: what only such clients sent is shown,
+# never proposed. A browser or server uses a token on a few sites: a list holds at most 5 by default.
+FLOOD_VALUES = 20
+FLOODED = (
+    "seen only from a client that sent {values:,} distinct values (a flood?): not proposed; "
+    "add it by hand if it is yours"
+)
 _KINDS: dict[str, Kind] = {"front_end": "domain", "back_end": "ip"}
 
 
@@ -48,6 +56,20 @@ class Observation(msgspec.Struct, kw_only=True):
     status: Status
     entry: str | None = None
     why: str = ""
+    # Distinct client addresses that sent it (what no client address was recorded for counts
+    # as one), and their weight: each client weighs 1 in all, shared among the distinct values
+    # it sent, so one client spraying many values weighs as one client. Ranked by it first.
+    clients: int = 1
+    weight: float = 1.0
+
+
+class Flood(msgspec.Struct, kw_only=True):
+    """A client address that sent more than FLOOD_VALUES distinct values: `values` (those the
+    summary let go included), `requests` of them kept; what only such clients sent is refused."""
+
+    client: str
+    values: int
+    requests: int
 
 
 class Wildcard(msgspec.Struct, kw_only=True):
@@ -93,6 +115,10 @@ class Suggestion(msgspec.Struct, kw_only=True):
     allow_private: bool = False
     oldest_ms: int | None = None
     newest_ms: int | None = None
+    # Learnt from the token's summary (per client and value, what the capped stream trimmed
+    # included) rather than the stream alone; the clients that look like a flood.
+    summary: bool = False
+    floods: list[Flood] = msgspec.field(default_factory=list)
 
     @property
     def report_only(self) -> bool:
@@ -124,19 +150,22 @@ class Suggestion(msgspec.Struct, kw_only=True):
 class _Seen:
     """The traffic of one domain or address, summed over the log's entries."""
 
-    __slots__ = ("count", "first", "last", "origins")
+    __slots__ = ("clients", "count", "first", "last", "origins", "weight")
 
     def __init__(self) -> None:
         self.count = 0
         self.first = 0
         self.last = 0
         self.origins: dict[str, int] = {}  # front end: scheme://host:port as recorded -> requests
+        self.clients: dict[str, int] = {}  # client address ("-": none recorded) -> requests
+        self.weight = 0.0  # see `Observation.weight` (`_weigh`)
 
-    def add(self, count: int, first: int, last: int, origin: str) -> None:
+    def add(self, count: int, first: int, last: int, origin: str, client: str) -> None:
         self.first = first if not self.count else min(self.first, first)
         self.last = max(self.last, last)
         self.count += count
         self.origins[origin] = self.origins.get(origin, 0) + count
+        self.clients[client] = self.clients.get(client, 0) + count
 
 
 def _int(text: str | None, default: int) -> int:
@@ -160,8 +189,32 @@ def _gather(denials: Iterable[Mapping[str, str]]) -> tuple[dict[tuple[Kind, str]
         found = seen.get(key)
         if found is None:
             found = seen[key] = _Seen()
-        found.add(max(1, _int(entry.get("count"), 1)), first, at, entry.get("origin") or "")
+        # A stream entry names no client: a back-end request's is what it saw; a front-end
+        # request's is unknown ("-", one client for all of them, never taken for a flood).
+        client = entry.get("client") or (key[1] if kind == "ip" else "-")
+        found.add(max(1, _int(entry.get("count"), 1)), first, at, entry.get("origin") or "", client)
     return seen, read
+
+
+def _weigh(seen: dict[tuple[Kind, str], _Seen], let_go: Mapping[str, int]) -> list[Flood]:
+    """Set each value's weight (`Observation.weight`), and return the clients that look like a
+    flood: those that sent more than FLOOD_VALUES distinct values (`let_go`: per client, the
+    values the summary did not keep)."""
+    values: dict[str, int] = dict(let_go)
+    requests: dict[str, int] = {}
+    for traffic in seen.values():
+        for client, count in traffic.clients.items():
+            values[client] = values.get(client, 0) + 1
+            requests[client] = requests.get(client, 0) + count
+    for traffic in seen.values():
+        traffic.weight = round(sum(1 / values[client] for client in traffic.clients), 6)
+    floods = [
+        Flood(client=client, values=n, requests=requests.get(client, 0))
+        for client, n in values.items()
+        if n > FLOOD_VALUES and client != "-"
+    ]
+    floods.sort(key=lambda flood: (-flood.values, flood.client))
+    return floods
 
 
 def _listed_domain(host: str, seen: _Seen, stored: list[tuple[str, DomainSet]]) -> str | None:
@@ -183,8 +236,10 @@ def _listed_ip(address: str, stored: list[tuple[str, IPSet]]) -> str | None:
 _Candidates = dict[str, list[Observation]]  # proposed entry -> the observations it allows
 
 
-def _traffic(observations: list[Observation]) -> tuple[int, int]:
-    return sum(o.count for o in observations), max(o.last_ms for o in observations)
+def _traffic(observations: list[Observation]) -> tuple[float, int, int]:
+    """What ranks candidates: client weight, then requests, then the latest."""
+    weight = round(sum(o.weight for o in observations), 6)
+    return weight, sum(o.count for o in observations), max(o.last_ms for o in observations)
 
 
 def _common_parent(hosts: list[str]) -> str:
@@ -226,10 +281,10 @@ def _wildcards(candidates: _Candidates, room: int) -> list[Wildcard]:
                 considered.append(refused)
     groups = sorted(
         (
-            (hosts, _traffic([o for host in hosts for o in candidates[host]])[0], parent)
+            (hosts, _traffic([o for host in hosts for o in candidates[host]])[:2], parent)
             for parent, hosts in under.items()
         ),
-        key=lambda group: (-len(group[0]), -group[1], group[2]),
+        key=lambda group: (-len(group[0]), *(-t for t in group[1]), group[2]),
     )
     for hosts, _, _registrable in groups:
         if len(candidates) <= room or len(hosts) < 2:
@@ -260,6 +315,7 @@ def _one_list(
     enabled: bool,
     limit: int,
     normalize: Callable[[str], Normalized],
+    flooders: Mapping[str, int],
 ) -> tuple[ListProposal, list[Observation], list[Wildcard]]:
     """One list's proposal, the observations of its kind, and the wildcards considered."""
     out: list[Observation] = []
@@ -279,10 +335,16 @@ def _one_list(
             first_ms=traffic.first,
             last_ms=traffic.last,
             status="refused",
+            clients=len(traffic.clients),
+            weight=traffic.weight,
         )
         out.append(observation)
         if value == "-":
             observation.why = NO_DOMAIN if kind == "domain" else NO_IP
+            continue
+        flooded = [flooders[client] for client in traffic.clients if client in flooders]
+        if len(flooded) == len(traffic.clients):
+            observation.why = FLOODED.format(values=min(flooded))
             continue
         if kind == "domain":
             listed = _listed_domain(value, traffic, stored_domains)
@@ -340,6 +402,8 @@ def propose(
     limit: int,
     normalize_ip: Callable[[str], Normalized],
     allow_private: bool = False,
+    summary: Iterable[Mapping[str, str]] | None = None,
+    let_go: Mapping[str, int] | None = None,
 ) -> Suggestion:
     """The allowlist that the recorded `denials` (stream entries: source, seen, origin, at,
     count, first) suggest for a token holding `stored`, at most `limit` entries a list.
@@ -350,13 +414,31 @@ def propose(
     are kept and take their room first; what they allow is counted under them. Then the rest,
     by traffic (requests, then the latest), up to the limit; when more hosts were seen than
     fit, subdomains of one registrable domain may become one wildcard (`Wildcard`).
+
+    `summary`: the token's summary (its pairs, in the shape of stream entries with their
+    `client`; `let_go`: per client, the pairs the summary did not keep), which counts what the
+    capped stream trimmed: then `denials` are only those of the unknown-token log. Traffic is
+    weighed per client address (`Observation.weight`) before requests, so that a client sending
+    many distinct values (a flood of Origins from one holder of the token) weighs as one client,
+    and what only a client that looks like a flood sent is refused (`Suggestion.floods`).
     """
-    seen, read = _gather(denials)
+    entries = list(denials) if summary is None else [*summary, *denials]
+    seen, read = _gather(entries)
+    floods = _weigh(seen, let_go or {})
+    flooders = {flood.client: flood.values for flood in floods}
     r = stored or Restrictions()
     domains, observations, wildcards = _one_list(
-        "domain", seen, r.domains, enabled=r.domain_enabled, limit=limit, normalize=normalize_domain
+        "domain",
+        seen,
+        r.domains,
+        enabled=r.domain_enabled,
+        limit=limit,
+        normalize=normalize_domain,
+        flooders=flooders,
     )
-    ips, of_ips, _ = _one_list("ip", seen, r.ips, enabled=r.ip_enabled, limit=limit, normalize=normalize_ip)
+    ips, of_ips, _ = _one_list(
+        "ip", seen, r.ips, enabled=r.ip_enabled, limit=limit, normalize=normalize_ip, flooders=flooders
+    )
     observations += of_ips
     for (kind, value), traffic in seen.items():
         if kind == "other":
@@ -369,6 +451,8 @@ def propose(
                     last_ms=traffic.last,
                     status="refused",
                     why=NO_SOURCE,
+                    clients=len(traffic.clients),
+                    weight=traffic.weight,
                 )
             )
     observations.sort(key=lambda o: (-o.count, -o.last_ms, o.kind, o.seen))
@@ -388,4 +472,6 @@ def propose(
         allow_private=allow_private,
         oldest_ms=min((t.first for t in seen.values()), default=None),
         newest_ms=max((t.last for t in seen.values()), default=None),
+        summary=summary is not None,
+        floods=floods,
     )

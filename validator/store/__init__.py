@@ -174,6 +174,7 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         ]
         self._read = client.register_script(_script("read.lua"))
         self._write = client.register_script(_script("write.lua"))
+        self._summary_script = client.register_script(_script("summary.lua"))
 
     @classmethod
     def from_url(

@@ -10,19 +10,29 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import itertools
+import logging
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
 from validator.errors import StoreUnavailable
 from validator.store.denial_refs import DenialRef, DenialRefs
-from validator.store.layout import _store_errors, fingerprint
+from validator.store.layout import _script, _store_errors, fingerprint
 from validator.store.wire import Multiplexer, WireError, Wires
+from validator.store.wire import _pack as _pack_command
+
+_log = logging.getLogger("validator")
+_SUMMARY_LUA = _script("summary.lua")  # the script `Store._summary_script` runs
 
 # What is stored of a denial besides its times, count and token: (source, seen, reason, mode,
-# origin, tag); `tag`: 4 hex digits of the request's tag (`denial_refs.request_tag`), which ties
-# an `Access-Denied-Ref` to its entry.
-Description = tuple[str, str, str, str, str, str]
+# origin, tag, client); `tag`: 4 hex digits of the request's tag (`denial_refs.request_tag`), which
+# ties an `Access-Denied-Ref` to its entry; `client`: the client address ("-": none), which only
+# the token's summary keeps (`summary.lua`), not the stream.
+Description = tuple[str, str, str, str, str, str, str]
 # One denial-log entry: (token hash, at, count, first, description): `count` denials of the same
 # request, the first at `first`, the last at `at` (wall-clock seconds). A plain tuple: the writer
 # makes one per denial in a flood of distinct tokens.
@@ -73,6 +83,7 @@ class DenialStreams:
     key_prefix: str
     _wires: Wires | None
     _hmac: hmac.HMAC
+    _summary_script: AsyncScript
 
     # The unknown-token log is 16 capped streams, one per hash tag below: tag k hashes (CRC16,
     # as Redis Cluster does) into the k-th sixteenth of the 16,384 slots, so on a cluster the
@@ -138,8 +149,14 @@ class DenialStreams:
         per_token: dict[str, list[DenialEntry]] = {}
         for entry in stored:
             per_token.setdefault(entry[0], []).append(entry)
+        # Each stored token's summary (`summary.lua`) takes every denial of the batch, those the
+        # capped stream is about to trim included: one call per token and batch.
+        summaries: list[_Summary] = []
+        pexpire_ms = max(1, int(ttl * 1000))
         for token_hash, entries in per_token.items():
-            streams[f"{own}{token_hash}}}"] = (token_hash, max_length, False, entries[-max_length:])
+            key = f"{own}{token_hash}}}"
+            streams[key] = (token_hash, max_length, False, entries[-max_length:])
+            summaries.append((token_hash, f"{key}:summary", *_summary_pairs(entries, SUMMARY_PAIRS)))
         shards = self.unknown_denials_keys()
         per_shard: list[list[DenialEntry]] = [[] for _ in shards]
         # Newest first, so that once every shard holds its newest `shard_length` the older
@@ -160,10 +177,87 @@ class DenialStreams:
                 streams[shards[shard]] = (self.UNKNOWN_SHARD_TAGS[shard], shard_length, True, entries)
         if not streams:
             return 0
-        pexpire_ms = max(1, int(ttl * 1000))
         if self._wires is None:
-            return await self._append_by_redis_py(streams, pexpire_ms, everything=True)
-        return await self._append_by_wire(self._wires, streams, pexpire_ms)
+            failed = await self._append_by_redis_py(streams, pexpire_ms, everything=True)
+        else:
+            failed = await self._append_by_wire(self._wires, streams, pexpire_ms)
+        if summaries:
+            await self._summarise(summaries, pexpire_ms)
+        return failed
+
+    async def _summarise(self, summaries: list[_Summary], pexpire_ms: int) -> None:
+        """Run the batch's summary calls (`summary.lua`), on the multiplexed connections where
+        the store has them (one SCRIPT LOAD, then the EVALSHAs, packed as one request per
+        connection), the rest and any that failed there through redis-py. A summary that cannot
+        be written is not a lost denial (the stream has it): only logged at debug level."""
+        script = self._summary_script
+        retry: list[_Summary] = []
+        if self._wires is not None:
+            wires = self._wires
+            packer = _SummaryPacker(script.sha, pexpire_ms)
+            batches: dict[int, tuple[Multiplexer, list[bytes], list[_Summary]]] = {}
+            for call in summaries:
+                wire = wires.for_tag(call[0])
+                if wire is None:
+                    retry.append(call)
+                    continue
+                batch = batches.get(id(wire))
+                if batch is None:
+                    batch = batches[id(wire)] = (wire, [_pack_command(("SCRIPT", "LOAD", _SUMMARY_LUA))], [])
+                batch[1].append(packer.pack(call[1], call[2], call[3]))
+                batch[2].append(call)
+            for wire, data, calls in batches.values():
+                reply = wire.send_packed(b"".join(data), len(calls) + 1)
+                if reply is None:
+                    retry += calls
+                    continue
+                try:
+                    replies = await reply
+                except WireError:
+                    retry += calls
+                    continue
+                retry += [
+                    call
+                    for call, one in zip(calls, replies[1:], strict=True)
+                    if isinstance(one, BaseException)
+                ]
+        else:
+            retry = summaries
+        if not retry:
+            return
+        try:
+            with _store_errors():
+                for attempt in range(2):
+                    pipe = self.client.pipeline(transaction=False)
+                    for _, key, pairs, left in retry:
+                        pipe.execute_command(
+                            "EVALSHA", script.sha, 1, key, *_summary_args(pairs, left, pexpire_ms)
+                        )
+                    replies = await pipe.execute(raise_on_error=False)
+                    if attempt or not any(isinstance(one, NoScriptError) for one in replies):
+                        break
+                    await self.client.script_load(_SUMMARY_LUA)  # a server that never saw it
+            errors = [one for one in replies if isinstance(one, Exception)]
+            if errors:
+                _log.debug("denial summary: %d summaries not written: %s", len(errors), errors[0])
+        except Exception as error:  # the stream holds the denials: only the summary is lost, never the writer
+            _log.debug("denial summary: %d summaries not written: %s", len(retry), error)
+
+    def denial_summary_key(self, token_hash: str) -> str:
+        """The stored token's denial summary (`summary.lua`), in its stream's slot."""
+        return f"{self.denials_key(token_hash)}:summary"
+
+    async def denial_summary(
+        self, token_hash: str
+    ) -> tuple[list[dict[str, str]], dict[str, tuple[int, int]]] | None:
+        """The token's denial summary, or None when it has none (expired, or written by a validator
+        from before summaries): its pairs as stream entries are (source, seen, origin, count,
+        first, at, and the `client`), and per client the pairs kept and the pairs let go."""
+        with _store_errors():
+            raw = await self.client.hgetall(self.denial_summary_key(token_hash))
+        if not raw:
+            return None
+        return parse_summary({_text(k): _text(v) for k, v in raw.items()})
 
     async def _append_by_wire(self, wires: Wires, streams: dict[str, _Stream], pexpire_ms: int) -> int:
         # Connect first (a wire is up as soon as a cache miss has read through it), then send
@@ -273,19 +367,24 @@ class DenialStreams:
             raise StoreUnavailable(f"restriction store unavailable: {error}")
         return failed
 
-    async def denials(self, token_hash: str, *, since_ms: int = 0, count: int = 100) -> list[dict[str, str]]:
+    async def denials(
+        self, token_hash: str, *, since_ms: int = 0, count: int = 100, own: bool = True
+    ) -> list[dict[str, str]]:
         """The token's most recent denials (newest first), at or after `since_ms`: those of its
-        own stream, and those it got while it had no stored record (from the unknown-token log)."""
+        own stream (unless not `own`), and those it got while it had no stored record (from the
+        unknown-token log)."""
         low = f"{since_ms}-0" if since_ms else "-"
         with _store_errors():
             pipe = self.client.pipeline(transaction=False)
-            pipe.xrevrange(self.denials_key(token_hash), max="+", min=low, count=count)
+            if own:
+                pipe.xrevrange(self.denials_key(token_hash), max="+", min=low, count=count)
             # The whole shard (bounded by its cap): the token's entries are among the others'.
             pipe.xrevrange(self.unknown_denials_key(token_hash), max="+", min=low)
-            own, shard = await pipe.execute()
+            replies = await pipe.execute()
+        own_entries, shard = replies if own else ([], replies[0])
         name = fingerprint(token_hash)
         unknown = [(id_, fields) for id_, fields in shard or [] if (fields or {}).get("token") == name]
-        entries = _newest_first([own or [], unknown])[:count]
+        entries = _newest_first([own_entries or [], unknown])[:count]
         return [{k: v for k, v in fields.items() if k != "token"} for fields in entries]
 
     async def unknown_denials(self, *, since_ms: int = 0, count: int = 100) -> list[dict[str, str]]:
@@ -299,9 +398,10 @@ class DenialStreams:
         return _newest_first([shard or [] for shard in shards])[:count]
 
     async def delete_denials(self, token_hash: str) -> None:
-        """Delete the token's own stream (its entries in the unknown-token log age out there)."""
+        """Delete the token's own stream and summary (its entries in the unknown-token log age
+        out there)."""
         with _store_errors():
-            await self.client.delete(self.denials_key(token_hash))
+            await self.client.delete(self.denials_key(token_hash), self.denial_summary_key(token_hash))
 
     @functools.cached_property
     def denial_refs(self) -> DenialRefs:
@@ -393,7 +493,7 @@ def _xadd(key: str, max_length: int, entry: DenialEntry, token: str | None) -> t
     `check --replay` read (at, source, seen, reason, mode, origin, tag; `count` and `first` when
     the entry holds repeated denials); the unknown-token log's entries also name their `token`
     (by fingerprint)."""
-    _, at, count, first, (source, seen, reason, mode, origin, tag) = entry
+    _, at, count, first, (source, seen, reason, mode, origin, tag, _) = entry
     head = ("XADD", key, "MAXLEN", "~", max_length, "*") if token is None else (
         "XADD", key, "MAXLEN", "~", max_length, "*", "token", token
     )  # fmt: skip
@@ -416,6 +516,154 @@ def _xadd(key: str, max_length: int, entry: DenialEntry, token: str | None) -> t
     if count == 1:
         return head + fields
     return head + fields + ("count", count, "first", int(first * 1000))
+
+
+# The most (client, source, seen, origin) pairs a token's summary keeps (`summary.lua`): in Redis
+# (MEMORY USAGE, redis 7.0) ~38-51 KB a token with hosts of ~25 characters, ~182 KB with the
+# longest values the log keeps, for `denial_ttl` after its last denial. A batch passes at most
+# this many pairs a call (`_summary_pairs`), so the script's work per call is bounded too.
+SUMMARY_PAIRS = 256
+_US = "\x1f"  # the summary's field separator: never inside a field's parts (`_part`)
+_EVICTED = "-evicted-"
+
+
+def _part(text: str) -> str:
+    return text.replace(_US, "?") if _US in text else text
+
+
+# One pair of a summary call: a description of it (client, source, seen and origin are what
+# count), requests, first and last time (ms).
+_Pair = tuple[Description, int, int, int]
+# One summary call: the token's hash, its summary's key, its pairs, its clients' pairs left out.
+_Summary = tuple[str, str, list[_Pair], dict[str, int]]
+
+
+def _summary_pairs(entries: Sequence[DenialEntry], cap: int) -> tuple[list[_Pair], dict[str, int]]:
+    """One token's batch for its `summary.lua` call: the entries summed per (client, source,
+    seen, origin); when there are more than `cap` pairs, `cap` of them chosen fairly (a
+    client's by requests, then the newest; the clients in turn), and per client how many of its
+    pairs were left out."""
+    if len(entries) == 1:  # a flood of distinct tokens: nothing to sum
+        _, at, count, first, description = entries[0]
+        return [(description, count, int(first * 1000), int(at * 1000))], {}
+    pairs: dict[tuple[str, str, str, str], list[Any]] = {}
+    for _, at, count, first, description in entries:
+        key = (description[6], description[0], description[1], description[4])
+        found = pairs.get(key)
+        if found is None:
+            pairs[key] = [description, count, int(first * 1000), int(at * 1000)]
+        else:
+            found[1] += count
+            found[2] = min(found[2], int(first * 1000))
+            found[3] = max(found[3], int(at * 1000))
+    chosen: list[_Pair] = [(d, n, a, b) for d, n, a, b in pairs.values()]
+    left: dict[str, int] = {}
+    if len(chosen) > cap:
+        # Fairly, as the script evicts, so that one client's flood in a batch leaves out only
+        # its own pairs.
+        chosen.sort(key=lambda pair: (pair[1], pair[3]), reverse=True)
+        per_client: dict[str, list[_Pair]] = {}
+        for pair in chosen:
+            per_client.setdefault(pair[0][6], []).append(pair)
+        chosen = []
+        for turn in itertools.zip_longest(*per_client.values()):
+            chosen += (pair for pair in turn if pair is not None)
+            if len(chosen) >= cap:
+                break
+        chosen = chosen[:cap]
+        taken: dict[str, int] = {}
+        for pair in chosen:
+            taken[pair[0][6]] = taken.get(pair[0][6], 0) + 1
+        for client, its in per_client.items():
+            if len(its) > taken.get(client, 0):
+                left[client] = len(its) - taken.get(client, 0)
+    return chosen, left
+
+
+def _summary_args(pairs: list[_Pair], left: dict[str, int], pexpire_ms: int) -> list[str | int]:
+    """The ARGV of a `summary.lua` call (see there)."""
+    args: list[str | int] = [SUMMARY_PAIRS, pexpire_ms]
+    for description, count, first_ms, last_ms in pairs:
+        client, source, seen, origin = description[6], description[0], description[1], description[4]
+        args += (_part(client), _part(source), _part(seen), _part(origin), count, first_ms, last_ms)
+    if left:
+        args.append(_EVICTED)
+        for client, n in left.items():
+            args += (_part(client), n)
+    return args
+
+
+class _SummaryPacker:
+    """The RESP of a batch's `summary.lua` calls (EVALSHA sha 1 key ARGV, as `_summary_args`
+    gives it), a description's four parts packed once per batch: in a flood of distinct stored
+    tokens hiredis.pack_command of the call cost ~1 us per denial more."""
+
+    def __init__(self, sha: str, pexpire_ms: int) -> None:
+        self._head = b"$7\r\nEVALSHA\r\n%b$1\r\n1\r\n" % _bulk(sha)
+        self._options = _bulk_int(SUMMARY_PAIRS) + _bulk_int(pexpire_ms)
+        self._parts: dict[Description, bytes] = {}
+
+    def pack(self, key: str, pairs: list[_Pair], left: dict[str, int]) -> bytes:
+        parts = self._parts
+        if len(pairs) == 1 and not left:  # a flood of distinct tokens: one denial each
+            description, count, first_ms, last_ms = pairs[0]
+            packed = parts.get(description)
+            if packed is None:
+                packed = parts[description] = b"".join(_bulk(_part(description[i])) for i in (6, 0, 1, 4))
+            last = _bulk_int(last_ms)
+            return b"*13\r\n%b%b%b%b%b%b%b" % (
+                self._head,
+                _bulk(key),
+                self._options,
+                packed,
+                b"$1\r\n1\r\n" if count == 1 else _bulk_int(count),
+                last if first_ms == last_ms else _bulk_int(first_ms),
+                last,
+            )
+        out = [b"", self._head, _bulk(key), self._options]
+        for description, count, first_ms, last_ms in pairs:
+            packed = parts.get(description)
+            if packed is None:
+                packed = parts[description] = b"".join(_bulk(_part(description[i])) for i in (6, 0, 1, 4))
+            out += (packed, _bulk_int(count), _bulk_int(first_ms), _bulk_int(last_ms))
+        arity = 6 + 7 * len(pairs)  # EVALSHA sha 1 key cap expiry, 7 per pair
+        if left:
+            out.append(_bulk(_EVICTED))
+            for client, n in left.items():
+                out += (_bulk(_part(client)), _bulk_int(n))
+            arity += 1 + 2 * len(left)
+        out[0] = b"*%d\r\n" % arity
+        return b"".join(out)
+
+
+def parse_summary(raw: Mapping[str, str]) -> tuple[list[dict[str, str]], dict[str, tuple[int, int]]]:
+    """A summary's HASH (see `summary.lua`) as its pairs, in the shape of stream entries (with
+    their `client`), and per client (pairs kept, pairs let go). What cannot be read is skipped."""
+    pairs: list[dict[str, str]] = []
+    clients: dict[str, tuple[int, int]] = {}
+    for field, value in raw.items():
+        if field.startswith("p"):
+            parts = field[1:].split(_US)
+            numbers = value.split(" ")
+            if len(parts) != 4 or len(numbers) != 3:
+                continue
+            client, source, seen, origin = parts
+            count, first, at = numbers
+            pairs.append(
+                {"client": client, "source": source, "seen": seen, "origin": origin}
+                | {"count": count, "first": first, "at": at}
+            )
+        elif field.startswith("c"):
+            try:
+                kept, evicted = (int(n) for n in value.split(" "))
+            except ValueError:
+                continue
+            clients[field[1:]] = (kept, evicted)
+    return pairs, clients
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _bulk(text: str) -> bytes:
@@ -457,7 +705,7 @@ class _Packer:
         for token_hash, at, count, first, description in entries:
             fields = described.get(description)
             if fields is None:
-                source, seen, reason, mode, origin, tag = description
+                source, seen, reason, mode, origin, tag, _ = description
                 fields = described[description] = b"".join(
                     (
                         b"$6\r\nsource\r\n", _bulk(source), b"$4\r\nseen\r\n", _bulk(seen),

@@ -107,6 +107,8 @@ def suggestion_json(name: str, s: Suggestion) -> dict[str, object]:
         "domains": _list_json(s.domains),
         "ips": _list_json(s.ips),
         "wildcards": msgspec.to_builtins(s.wildcards),
+        "summary": s.summary,
+        "floods": msgspec.to_builtins(s.floods),
         "observations": [
             msgspec.to_builtins(o) | {"first": _when(o.first_ms), "last": _when(o.last_ms)}
             for o in s.observations
@@ -127,7 +129,7 @@ def _show(out: Output, name: str, s: Suggestion, since: str | None, rows: int) -
             for o in s.observations[: max(0, rows)]
         ],
         title=f"token {name}: {s.denials:,} requests denied or reported in {s.entries_read:,} "
-        f"log entries ({window}), by traffic",
+        f"{'summary entries (per client and value)' if s.summary else 'log entries'} ({window}), by traffic",
     )
     hidden = s.observations[max(0, rows) :]
     if hidden:
@@ -135,7 +137,13 @@ def _show(out: Output, name: str, s: Suggestion, since: str | None, rows: int) -
             f"... and {len(hidden):,} more seen, {sum(o.count for o in hidden):,} requests in all "
             "(-n to show more, --json lists every one)"
         )
-    if s.entries_read >= DEFAULTS["denial_stream_length"]:
+    for flood in s.floods:
+        out.line(
+            f"warning: the log looks flooded: client {flood.client} sent {flood.values:,} distinct "
+            f"domains or addresses ({flood.requests:,} requests kept): what only it sent is refused, "
+            "never proposed, and it weighs as one client (a holder of the token spraying Origins?)"
+        )
+    if not s.summary and s.entries_read >= DEFAULTS["denial_stream_length"]:
         out.line(
             f"note: {s.entries_read:,} entries is about all a token's log keeps (validators' "
             f"denial_stream_length, {DEFAULTS['denial_stream_length']:,} by default): older traffic "
