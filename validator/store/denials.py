@@ -401,7 +401,10 @@ class DenialStreams:
         """Delete the token's own stream and summary (its entries in the unknown-token log age
         out there)."""
         with _store_errors():
-            await self.client.delete(self.denials_key(token_hash), self.denial_summary_key(token_hash))
+            # One key per DEL: a multi-key command on a slot being migrated fails (TRYAGAIN) while
+            # its keys sit on both sides, where a single-key one follows the ASK redirection.
+            await self.client.delete(self.denials_key(token_hash))
+            await self.client.delete(self.denial_summary_key(token_hash))
 
     @functools.cached_property
     def denial_refs(self) -> DenialRefs:
