@@ -8,7 +8,8 @@ problem, exiting 1 if there is any:
 - a promise that no test names (`@pytest.mark.promise("P-SOME-ID")`);
 - a promise that applies to a deployment (single, cluster, sentinel) with no test run on it;
 - a test that names an id docs/behaviour.md does not define;
-- a link to a promise docs/behaviour.md does not define (from the README, or within the document).
+- a link to a promise docs/behaviour.md does not define (from the README, the changelog, a page of
+  docs/, or within the document).
 
 A test runs on a deployment when its parameters name it (the `backend` fixture's `standalone`,
 `cluster`, `sentinel`; any parameter id holding `single`, `standalone`, `cluster` or `sentinel`)
@@ -40,7 +41,9 @@ _PROMISE = re.compile(
     r'(?: <a id="(?P<anchor>[^"]*)"></a>)?$'
 )
 _ID_LIKE = re.compile(r"^- \*\*P-")
-_README_LINK = re.compile(r"behaviour\.md#(P-[A-Za-z0-9-]+)")
+# A Markdown link to a promise (`](docs/behaviour.md#P-ID)`, `](behaviour.md#P-ID)` from docs/),
+# not a mention of the form in backquotes.
+_PROMISE_LINK = re.compile(r"\]\((?:[\w./-]*/)?behaviour\.md#(P-[A-Za-z0-9-]+)\)")
 _OWN_LINK = re.compile(r"\]\(#(P-[A-Za-z0-9-]+)\)")
 # Words of a parameter id that name a deployment.
 _PARAM_WORDS = {"standalone": "single", "single": "single", "cluster": "cluster", "sentinel": "sentinel"}
@@ -173,6 +176,13 @@ def collect(paths: Iterable[str] = ("tests",)) -> Coverage:
     return collector.coverage
 
 
+def linking_documents() -> list[tuple[str, str]]:
+    """(path, text) of the documents whose links to promises are checked: the README, the
+    changelog and every page of the documentation site (docs/*.md)."""
+    paths = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [(str(path.relative_to(ROOT)), path.read_text(encoding="utf-8")) for path in paths]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     verbose = "-v" in args
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     document = (ROOT / "docs" / "behaviour.md").read_text()
     promises, problems = parse_promises(document)
     coverage = collect()
-    links = [("README.md", pid) for pid in _README_LINK.findall((ROOT / "README.md").read_text())]
+    links = [(where, pid) for where, text in linking_documents() for pid in _PROMISE_LINK.findall(text)]
     links += [("docs/behaviour.md", pid) for pid in _OWN_LINK.findall(document)]
     problems += problems_of(promises, coverage, links)
     for problem in problems:

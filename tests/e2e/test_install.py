@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 import venv
 import zipfile
 from pathlib import Path
@@ -78,6 +79,9 @@ def test_validator_admin_works_on_a_plain_install(plain: Path, tmp_path: Path) -
         env = {"VALIDATOR_SECRET": "plain-install", "VALIDATOR_STORE_URL": server.url}
         admin = plain / "validator-admin"
         assert run(admin, "--help").returncode == 0
+        # The version of the distribution installed, as pyproject.toml gives it.
+        version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+        assert run(admin, "--version").stdout == f"validator-admin {version}\n"
         assert run(admin, "init", env=env).returncode == 0
         added = run(admin, "ips", "add", "tok_plain_1", "203.0.113.7", env=env)
         assert added.returncode == 0, added.stderr

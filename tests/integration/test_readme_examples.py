@@ -1,12 +1,13 @@
-"""The README's examples run as written: its Python blocks, its `validator-admin` session and its
-import line, against a throwaway redis-server.
+"""The examples of the README and of the manual's pages (docs/, the site) run as written: their
+Python blocks, their `validator-admin` sessions and import lines, against a throwaway redis-server.
 
-Every fenced block of README.md is found here. A block preceded by `<!-- not run: REASON -->` is
-a fragment: its Python is only compiled. Every other `python` and `console` block runs, with the
-README's store URL (`redis://127.0.0.1:6379/0`) swapped for this module's own server, so the
-Redis on port 6379 is never touched. A block that defines `app` is served the way uvicorn serves
-it: lifespan start-up, requests, lifespan shutdown; after every block, no connection of its own
-may be left open on the server (the middleware closes the validator at shutdown).
+Every fenced block of README.md and of the pages in `PAGES` is found here. A block preceded by
+`<!-- not run: REASON -->` is a fragment: its Python is only compiled. Every other `python` and
+`console` block runs, with the examples' store URL (`redis://127.0.0.1:6379/0`) swapped for this
+module's own server, so the Redis on port 6379 is never touched. A block that defines `app` is
+served the way uvicorn serves it: lifespan start-up, requests, lifespan shutdown; after every
+block, no connection of its own may be left open on the server (the middleware closes the
+validator at shutdown).
 """
 
 from __future__ import annotations
@@ -33,7 +34,27 @@ from tests.redis_servers import RedisProcess
 from validator import Admin
 from validator.admin.api import ImportLine
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+# The manual's pages that came out of the README (docs/behaviour.md, benchmarks.md, deploying.md
+# and sizing.md show no Python, console or JSON block; deploying.md's proxy snippets are checked
+# by tests/unit/test_deploying_snippets.py).
+PAGES = (
+    "index.md",
+    "getting-started.md",
+    "python.md",
+    "outages.md",
+    "data-layout.md",
+    "asgi.md",
+    "fastapi.md",
+    "gate.md",
+    "admin-cli.md",
+    "report-only.md",
+    "cluster.md",
+    "compares.md",
+    "architecture.md",
+)
+DOCUMENTS = (README, *(ROOT / "docs" / page for page in PAGES))
 # The store every example names; replaced by the test server's URL before anything runs.
 README_URL = "redis://127.0.0.1:6379/0"
 SECRET = "change-me"
@@ -50,8 +71,9 @@ ASGIApp = Callable[
 
 @dataclass(frozen=True)
 class Block:
-    """One fenced block of the README: where it is, under which heading, and whether it runs."""
+    """One fenced block of a document: where it is, under which heading, and whether it runs."""
 
+    source: str  # the document's path in the repository
     language: str
     code: str
     line: int
@@ -60,10 +82,10 @@ class Block:
 
     @property
     def name(self) -> str:
-        return f"README.md line {self.line} ({self.heading})"
+        return f"{self.source} line {self.line} ({self.heading})"
 
 
-def blocks(text: str) -> list[Block]:
+def blocks(text: str, source: str = "README.md") -> list[Block]:
     """Every fenced block of `text`, with the `<!-- not run: ... -->` mark of the line before it."""
     found: list[Block] = []
     lines = text.splitlines()
@@ -78,10 +100,11 @@ def blocks(text: str) -> list[Block]:
             i += 1
             continue
         end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
-        assert end is not None, f"README.md line {i + 1}: a code block is never closed"
+        assert end is not None, f"{source} line {i + 1}: a code block is never closed"
         mark = NOT_RUN.search(lines[i - 1]) if i > 0 else None
         found.append(
             Block(
+                source=source,
                 language=fence["language"],
                 code="\n".join(lines[i + 1 : end]) + "\n",
                 line=i + 1,
@@ -93,14 +116,21 @@ def blocks(text: str) -> list[Block]:
     return found
 
 
-ALL = blocks(README.read_text(encoding="utf-8"))
+ALL = [
+    block
+    for document in DOCUMENTS
+    for block in blocks(document.read_text(encoding="utf-8"), str(document.relative_to(ROOT)))
+]
 
 
 def of(language: str, *, runnable: bool | None = None) -> list[Any]:
     chosen = [
         b for b in ALL if b.language == language and (runnable is None or (b.not_run is None) == runnable)
     ]
-    return [pytest.param(b, id=re.sub(r"[^a-z0-9]+", "-", f"{b.heading}-{b.line}".lower())) for b in chosen]
+    return [
+        pytest.param(b, id=re.sub(r"[^a-z0-9]+", "-", f"{Path(b.source).stem}-{b.heading}-{b.line}".lower()))
+        for b in chosen
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +174,12 @@ def local(code: str, url: str, block: Block) -> str:
 
 
 def test_the_readme_has_runnable_examples() -> None:
-    names = {b.heading for b in ALL if b.not_run is None and b.language in ("python", "console")}
+    runnable = [b for b in ALL if b.not_run is None and b.language in ("python", "console")]
+    names = {b.heading for b in runnable}
     assert {"Use it from Python", "ASGI middleware", "FastAPI", "Admin command line"} <= names
+    # The landing page's own examples run too: Python, ASGI and FastAPI.
+    in_readme = {b.heading for b in runnable if b.source == "README.md"}
+    assert {"Use it from Python", "ASGI middleware", "FastAPI"} <= in_readme
 
 
 @pytest.mark.parametrize("block", of("python"))
@@ -228,7 +262,11 @@ def test_python_block_runs(block: Block, url: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_the_first_example_prints_what_its_comments_say(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    (block,) = [b for b in ALL if b.heading == "Use it from Python" and b.language == "python"]
+    (block,) = [
+        b
+        for b in ALL
+        if b.source == "README.md" and b.heading == "Use it from Python" and b.language == "python"
+    ]
     exec(compile(local(block.code, url, block), block.name, "exec"), {"__name__": "readme_example"})
     out = capsys.readouterr().out
     assert "stored 'app.example.com'" in out

@@ -99,7 +99,7 @@ DOMAIN_INPUTS: dict[str, str | None] = {
     "*.example.org": "*.example.org",
     "x.example.org": "x.example.org",
     "https://Shop.Example.com/path": "shop.example.com",  # a whole URL keeps its host alone
-    # SPEC "Hardened rules": no wildcard directly over a public suffix, PSL private section too.
+    # docs/behaviour.md, "Hardened rules": no wildcard directly over a public suffix, PSL private section too.
     "*.com": None,
     "*.co.uk": None,
     "*.github.io": None,

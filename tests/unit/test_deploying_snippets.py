@@ -52,11 +52,12 @@ def excerpt_of(block: str, snippet: str) -> bool:
 def shown() -> list[tuple[str, str, str]]:
     """(where, language, text) of every proxy configuration the docs show."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Deploying behind a proxy") :]
+    section = readme[readme.index("## Behind a proxy: `validator-gate`") :]
     section = section[: section.index("\n## ", 1)]
     found = [("README.md", lang, text) for lang, text in code_blocks(section) if lang in FILE_OF]
-    deploying = (ROOT / "docs" / "deploying.md").read_text()
-    found += [("docs/deploying.md", lang, text) for lang, text in code_blocks(deploying) if lang in FILE_OF]
+    for page in ("gate.md", "deploying.md"):
+        text = (ROOT / "docs" / page).read_text()
+        found += [(f"docs/{page}", lang, block) for lang, block in code_blocks(text) if lang in FILE_OF]
     return found
 
 

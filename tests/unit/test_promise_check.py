@@ -110,3 +110,15 @@ def test_the_repository_keeps_its_promises_as_written() -> None:
     promises, problems = parse_promises((ROOT / "docs" / "behaviour.md").read_text())
     assert problems == []
     assert len(promises) >= 50
+
+
+def test_the_pages_of_the_site_are_read_for_promise_links() -> None:
+    # The manual moved from the README to docs/: its links to promises are checked where they are now.
+    from tests.promise_check import _PROMISE_LINK, ROOT, linking_documents
+
+    documents = dict(linking_documents())
+    assert {"README.md", "CHANGELOG.md", "docs/outages.md", "docs/report-only.md"} <= set(documents)
+    promises, _ = parse_promises((ROOT / "docs" / "behaviour.md").read_text())
+    linked = {pid for text in documents.values() for pid in _PROMISE_LINK.findall(text)}
+    assert "P-BREAKER" in linked  # docs/outages.md links to it
+    assert linked <= {p.id for p in promises}

@@ -134,7 +134,7 @@ class TokenRules(Entry):
         if origin or referer is not None or sec_fetch:
             if self.front is not None:
                 return self.front
-            url = origin or referer  # SPEC: the host of Origin if present, else of Referer
+            url = origin or referer  # docs/behaviour.md: the host of Origin if present, else of Referer
             if not url:
                 return _NO_DOMAIN
             # host_key(url), its memo read inline: a call less on every front-end check.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import sys
@@ -119,6 +120,14 @@ def _common_options() -> _Parser:
 _TOKEN_HELP = "the token, or - to read it from standard input"
 
 
+def _installed_version() -> str:
+    """The installed distribution's version (the one `pip show token-access-validator` shows)."""
+    try:
+        return importlib.metadata.version("token-access-validator")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `validator-admin` argument parser."""
     common = _common_options()
@@ -129,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
