@@ -11,7 +11,11 @@ Invariants (each violation names itself in the assertion message):
   decides exactly as the model within one breaker period (`settle`);
 - ADMIN: the admin API and CLI do what SPEC.md says (outcome, exit code, record), and the export
   is the store; ERROR: no 500 and no traceback; LEAK: no token in any log or output;
-- MEMORY: Redis memory is bounded (keys and bytes) whatever the traffic.
+- MEMORY: Redis memory is bounded (keys and bytes) whatever the traffic;
+- AVAILABILITY, STALE-BOUND, SHUTDOWN: decisions cached before an outage are served through it
+  up to `ttl + max_stale` and not past it; `close()` ends within 1 s in any state
+  (`tests.model.lifecycle`; the Cluster profile, `tests.model.cluster`, adds the faults of a
+  Cluster and counts cached checks outside the affected shard that fail).
 """
 
 from __future__ import annotations
@@ -120,6 +124,8 @@ class Stats:
     closes: int = 0
     close_max: float = 0.0
     closes_over_promise: int = 0
+    closes_over_bound: int = 0  # failures of the shutdown rule (counted when lenient)
+    shutdown_failures: list[str] = field(default_factory=list)
     close_max_by_state: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per kind of step

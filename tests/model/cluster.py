@@ -16,7 +16,6 @@ Run by `scripts/soak --cluster` and, in a short profile, by tests/model/test_seq
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -185,7 +184,7 @@ class ClusterSequences(Lifecycle):
     async def _admin(self, op: spec.Op) -> None:
         before = [self._link(seat) for seat in self.seats]
         current = self.model.stored.get(op.token)
-        plan = spec.plans(op, current, up=True, marked=True, redis_between=(time.time() * 1000, math.inf))
+        began_ms = time.time() * 1000
         outcome = "unavailable"
         for _ in range(6):  # a write in a failover window: retried, as an operator would
             try:
@@ -197,6 +196,7 @@ class ClusterSequences(Lifecycle):
                 self.fail("ADMIN", f"{op.describe()} raised {error!r}")
             outcome = "ok" if isinstance(result, bool) or getattr(result, "changed", True) else "noop"
             break
+        plan = spec.plans(op, current, up=True, marked=True, redis_between=(began_ms, time.time() * 1000))
         delivered = await self._sync_all(before)
         self.count(f"admin {outcome}")
         if outcome == "unavailable":
@@ -204,6 +204,9 @@ class ClusterSequences(Lifecycle):
             stored = await self.admin.get(op.token)
             self.model.write(op.token, None if stored is None else _record(stored), delivered, self.now())
             return
+        unchanged = "ok" in plan.outcomes and plan.after_for(frozenset({"ok"})) == current
+        if outcome == "noop" and unchanged:
+            return  # an add of what is there already: nothing changed, reported as such
         if outcome not in plan.outcomes and not (outcome == "ok" and "noop" in plan.outcomes):
             self.fail("ADMIN", f"{op.describe()}: {outcome}, SPEC.md says {sorted(plan.outcomes)}")
         if outcome == "ok" and "ok" in plan.outcomes:
