@@ -11,7 +11,11 @@ Invariants (each violation names itself in the assertion message):
   decides exactly as the model within one breaker period (`settle`);
 - ADMIN: the admin API and CLI do what docs/behaviour.md says (outcome, exit code, record), and the export
   is the store; ERROR: no 500 and no traceback; LEAK: no token in any log or output;
-- MEMORY: Redis memory is bounded (keys and bytes) whatever the traffic.
+- MEMORY: Redis memory is bounded (keys and bytes) whatever the traffic;
+- AVAILABILITY, STALE-BOUND, SHUTDOWN: decisions cached before an outage are served through it
+  up to `ttl + max_stale` and not past it; `close()` ends within 1 s in any state
+  (`tests.model.lifecycle`; the Cluster profile, `tests.model.cluster`, adds the faults of a
+  Cluster and counts cached checks outside the affected shard that fail).
 """
 
 from __future__ import annotations
@@ -108,6 +112,21 @@ class Stats:
     wrong_allows: int = 0
     liveness: int = 0
     other: int = 0
+    # Availability (P-STALE-IF-ERROR): checks of decisions cached before an outage, those that
+    # raised StoreUnavailable, those served past ttl + max_stale; on a Cluster, the unavailable
+    # ones of tokens outside the shard the fault hit.
+    outage_checks: int = 0
+    unavailable_cached: int = 0
+    served_past_window: int = 0
+    outside_checks: int = 0
+    unavailable_outside: int = 0
+    # Shutdown (P-CLOSE-PROMPT): closes, the slowest (s), those over the 1 s promise.
+    closes: int = 0
+    close_max: float = 0.0
+    closes_over_promise: int = 0
+    closes_over_bound: int = 0  # failures of the shutdown rule (counted when lenient)
+    shutdown_failures: list[str] = field(default_factory=list)
+    close_max_by_state: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per kind of step
     calls: collections.Counter[str] = field(default_factory=collections.Counter)  # steps per kind
@@ -202,6 +221,8 @@ class Base(RuleBasedStateMachine):
                 self.stats.wrong_allows += 1
             elif kind == "LIVENESS":
                 self.stats.liveness += 1
+            elif kind in ("AVAILABILITY", "SHUTDOWN", "STALE-BOUND"):
+                pass  # counted where found (`tests.model.lifecycle`)
             else:
                 self.stats.other += 1
             self.stats.failures.append(text)
@@ -306,7 +327,7 @@ class Base(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------------------------- lifecycle
 
-    async def _new_seat(self, name: str, unknown: str) -> Seat:
+    async def _new_seat(self, name: str, unknown: str, *, connect: bool = True) -> Seat:
         v = Validator.from_url(
             self.world.url,
             secret=SECRET,
@@ -324,7 +345,8 @@ class Base(RuleBasedStateMachine):
         )
         if not inject_clock(v, self.clock):
             self.virtual_time = False
-        await v.connect(wait=1.0 if self.serving else 0.3)
+        if connect:
+            await v.connect(wait=1.0 if self.serving else 0.3)
         return Seat(name, unknown, v, middleware(v))
 
     async def _setup(self, start: str) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 from tests.model.admin_rules import AdminRules
 from tests.model.base import Stats
 from tests.model.event_rules import EventRules
+from tests.model.lifecycle import OutageAvailability
 from tests.model.request_rules import RequestRules
 
 __all__ = ["Sequences", "Stats"]
 
 
-class Sequences(AdminRules, EventRules, RequestRules):
-    """Every rule of the three families, on one world (`Base.world`)."""
+class Sequences(AdminRules, EventRules, RequestRules, OutageAvailability):
+    """Every rule of the four families, on one world (`Base.world`)."""

@@ -72,6 +72,15 @@ class ModelStore:
         self.marked = False
         self.corrupt = {}
 
+    def wipe_some(self, tokens: Iterable[str]) -> None:
+        """One Cluster primary flushed: its tokens' records gone, the intent unchanged (the
+        store is unmarked there until `init`)."""
+        if self.lost is None:
+            self.lost = dict(self.stored)
+        for token in tokens:
+            self.stored.pop(token, None)
+        self.corrupt = {}
+
     def mark(self, now: float) -> None:
         """`init` or the end of a restore: the store, as it is, becomes the intent."""
         if self.lost is not None:

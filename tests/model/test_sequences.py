@@ -3,7 +3,11 @@ and requests against real redis-server processes, every decision held to the ref
 
 The normal run uses the small profile of `tests.model.run` (25 sequences of at most 40 steps,
 and no new step after 100 s); `scripts/soak --minutes N` runs the same machine for as long as
-asked.
+asked, `scripts/soak --cluster --minutes N` the Cluster one (`tests.model.cluster`).
+
+The random runs here hold every decision to the model (never a wrong allow) and count the
+availability and shutdown figures; the written-out sequences below assert those (issue 22
+item 6), so that a defect of one promise fails the test named after it. The soak asserts all.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pytest
 
 from tests.model import spec
 from tests.model.base import ISSUED
+from tests.model.cluster import CLUSTER_TOKENS, ClusterSequences, ClusterWorld
 from tests.model.harness import World, secret_in_environment
 from tests.model.machine import Sequences, Stats
 from tests.model.run import run_machine
@@ -29,14 +34,220 @@ def world(tmp_path: Path) -> Iterator[World]:
     world.close()
 
 
+@pytest.fixture
+def lenient_lifecycle() -> Iterator[None]:
+    """The random runs count availability and shutdown, the written-out sequences assert them."""
+    before = [(m, m.enforce_availability, m.enforce_shutdown) for m in (Sequences, ClusterSequences)]
+    for machine, _, _ in before:
+        machine.enforce_availability = machine.enforce_shutdown = False
+    yield
+    for machine, availability, shutdown in before:
+        machine.enforce_availability, machine.enforce_shutdown = availability, shutdown
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
+@pytest.mark.promise("P-NEVER-WRONG-ALLOW")
+@pytest.mark.usefixtures("lenient_lifecycle")
 def test_sequences_keep_the_promises(world: World) -> None:
     stats = run_machine(world, profile="ci")
     assert stats.sequences > 0 and stats.steps > 0
+    assert stats.wrong_allows == 0
+
+
+def _machine(world: World) -> Sequences:
+    Sequences.world = world
+    Sequences.stats = Stats()
+    Sequences.deadline = math.inf
+    machine = Sequences()
+    machine.begin(start="init")
+    return machine
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.promise("P-STALE-IF-ERROR")
+@pytest.mark.parametrize("kind", ["kill, data saved", "kill, data lost", "sigstop"])
+def test_cached_decisions_are_served_through_an_outage(world: World, kind: str) -> None:
+    """Decisions read from a sound store (an allowed IP, a denied one, a browser request, an
+    unknown token on both policies) are served at once after the store fails, 0.1 s later, and
+    past `ttl` within `max_stale`, as they were read; past `ttl + max_stale` none is."""
+    server = spec.FRONT_BY_NAME["server"]
+    token = ISSUED[0]
+    with secret_in_environment():
+        machine = _machine(world)
+        try:
+            machine.step(machine._guarded(spec.Op("enable", token, "ip"), "api"))
+            machine.step(machine._guarded(spec.Op("add", token, "ip", ("203.0.113.7",)), "api"))
+            machine.step(machine._settle())
+            probes = [
+                (0, token, "server", "203.0.113.7"),
+                (1, token, "server", "198.51.100.20"),
+                (1, token, "app", "203.0.113.7"),
+                (0, "tk_Never_000", "server", "203.0.113.7"),
+                (1, "tk_Never_000", "server", "203.0.113.7"),
+            ]
+            machine.step(machine._cached_through_outage(kind, probes))
+            assert machine.stats.outage_checks >= 2 * len(probes)
+            assert machine.stats.unavailable_cached == 0
+            assert machine.seats[0].validator.check_cached(token, client_ip="203.0.113.7") is None
+            assert (
+                machine.run(machine._check(0, token, server, "203.0.113.7")) is None
+            )  # 503: past the window
+            machine.step(machine._outage("start" if kind.startswith("kill") else "sigcont"))
+            if kind == "kill, data lost":
+                machine.step(machine._init("api", False))  # an empty store: the operator's init
+            machine.step(machine._settle())
+        finally:
+            machine.teardown()
+
+
+LINK_CUT_SLOW = pytest.mark.xfail(
+    strict=False,
+    reason="issue 22 item 3: close() just after the invalidation link was cut can take 4 s "
+    "(InvalidationListener._run/_node still running; seen 1 run in 3)",
+)
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.promise("P-CLOSE-PROMPT")
+@pytest.mark.parametrize(
+    ("store", "during"),
+    [
+        *[("up", d) for d in ("idle", "mid-read", "connecting")],
+        pytest.param("up", "link-cut", marks=LINK_CUT_SLOW),
+        *[(s, d) for s in ("dead", "hanging") for d in ("idle", "mid-read", "connecting")],
+    ],
+)
+def test_close_is_prompt_in_every_state(world: World, store: str, during: str) -> None:
+    """`close()` ends within 1 s (the test's bound: `CLOSE_BOUND`) with the store up, dead
+    (SIGKILL, the validator backing off) or hanging (SIGSTOP), the validator idle, mid-read,
+    connecting or just after its invalidation link was cut, and leaves no task of its own
+    running; a fresh one follows and decides as the model once the store is back."""
+    with secret_in_environment():
+        machine = _machine(world)
+        try:
+            if store != "up":
+                machine.step(machine._outage("kill, data saved" if store == "dead" else "sigstop"))
+                machine.step(machine._pass(0.5))  # backing off by now
+            for _ in range(2):
+                for seat in (0, 1):
+                    machine.step(machine._close_in_state(seat, during))
+            assert machine.stats.closes >= 4
+            print(f"max close ({store}, {during}): {machine.stats.close_max:.2f} s")
+            if store != "up":
+                machine.step(machine._outage("start" if store == "dead" else "sigcont"))
+            machine.step(machine._settle())
+        finally:
+            machine.teardown()
+
+
+@pytest.fixture(scope="module")
+def cluster_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterWorld]:
+    world = ClusterWorld(tmp_path_factory.mktemp("cluster-model"))
+    yield world
+    world.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.promise("P-NEVER-WRONG-ALLOW")
+@pytest.mark.promise("P-STALE-IF-ERROR")
+@pytest.mark.promise("P-CLOSE-PROMPT")
+def test_cluster_faults_written_out(cluster_world: ClusterWorld) -> None:
+    """Each Cluster fault once, decisions primed before it: a primary killed (a validator closed
+    while it fails over), a manual failover, a slot migrated, a primary flushed. Cached decisions
+    outside the affected shard are all served, those of the killed primary's tokens too
+    (stale-if-error); never a wrong allow; every validator decides as the model once it is ok."""
+    ClusterSequences.world = cluster_world  # type: ignore[assignment]
+    ClusterSequences.stats = Stats()
+    ClusterSequences.deadline = math.inf
+    with secret_in_environment():
+        machine = ClusterSequences()
+        try:
+            machine.begin()
+            for token in CLUSTER_TOKENS[:6]:
+                machine.step(machine._admin(spec.Op("enable", token, "ip")))
+                machine.step(machine._admin(spec.Op("add", token, "ip", ("203.0.113.7",))))
+            machine.step(machine._settle())
+            for kind in ("kill primary", "manual failover", "migrate slot", "flush primary"):
+                machine.step(machine._fault(kind, 1, 0 if kind == "kill primary" else None))
+                if machine.dead is not None:
+                    machine.step(machine._restart_node())
+                if machine.model.lost is not None:
+                    machine.step(machine._init())
+                machine.step(machine._settle())
+            stats = machine.stats
+            assert stats.outside_checks > 0 and stats.unavailable_outside == 0
+            assert stats.outage_checks > 0 and stats.unavailable_cached == 0
+            assert stats.wrong_allows == 0 and stats.closes >= 1
+            assert {
+                f"fault: {k}" for k in ("kill primary", "manual failover", "migrate slot", "flush primary")
+            } <= set(stats.events)
+        finally:
+            machine.teardown()
+
+
+CLUSTER_CONNECTING_LEAK = pytest.mark.xfail(
+    strict=False,
+    reason="issue 22 item 3: on a Cluster, close() during connect() returns but leaves "
+    "InvalidationListener._node running past 2 s (scripts/soak --cluster: begin(); "
+    "close_in_state(seat=0, during='connecting'))",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.promise("P-CLOSE-PROMPT")
+@pytest.mark.parametrize(
+    ("cluster", "during"),
+    [
+        ("ok", "idle"),
+        ("ok", "mid-read"),
+        pytest.param("ok", "connecting", marks=CLUSTER_CONNECTING_LEAK),
+        ("a primary dead", "idle"),
+        ("a primary dead", "mid-read"),
+        pytest.param("a primary dead", "connecting", marks=CLUSTER_CONNECTING_LEAK),
+    ],
+)
+def test_cluster_close_is_prompt(cluster_world: ClusterWorld, cluster: str, during: str) -> None:
+    """On a Cluster, ok or with a primary just killed (failing over): `close()` ends within the
+    bound and leaves no task of its own; a fresh validator follows."""
+    cluster_world.ensure_up()
+    ClusterSequences.world = cluster_world  # type: ignore[assignment]
+    ClusterSequences.stats = Stats()
+    ClusterSequences.deadline = math.inf
+    with secret_in_environment():
+        machine = ClusterSequences()
+        try:
+            machine.begin()
+            if cluster != "ok":
+                victim = cluster_world.cluster.primaries()[0]
+                victim.kill()
+                machine.dead = victim
+            for _ in range(2):
+                for seat in (0, 1):
+                    machine.step(machine._close_in_state(seat, during))
+            assert machine.stats.closes >= 4
+            print(f"max close (cluster {cluster}, {during}): {machine.stats.close_max:.2f} s")
+        finally:
+            machine.teardown()
+            cluster_world.ensure_up()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.promise("P-NEVER-WRONG-ALLOW")
+@pytest.mark.usefixtures("lenient_lifecycle")
+def test_cluster_sequences_keep_the_promises(cluster_world: ClusterWorld) -> None:
+    """The Cluster machine's short profile: a few random sequences, at most 45 s of them."""
+    cluster_world.ensure_up()
+    stats = run_machine(cluster_world, profile="cluster-ci", machine=ClusterSequences)
+    assert stats.sequences > 0 and stats.steps > 0
+    assert stats.wrong_allows == 0 and stats.unavailable_outside == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.promise("P-NEVER-WRONG-ALLOW")
 def test_an_entry_that_expires_never_matches_again(world: World) -> None:
     """One sequence written out (the random ones reach it seldom): an IP entry added `--until`
     1.5 s ahead (within the 2 s that rules read before an outage stay usable) is served, then
