@@ -48,7 +48,14 @@ _OWN_LINK = re.compile(r"\]\(#(P-[A-Za-z0-9-]+)\)")
 # Words of a parameter id that name a deployment.
 _PARAM_WORDS = {"standalone": "single", "single": "single", "cluster": "cluster", "sentinel": "sentinel"}
 # What a fixture's return annotation holds when it starts a deployment's processes.
-_FIXTURE_TYPES = {"RedisProcess": "single", "LocalCluster": "cluster", "LocalSentinel": "sentinel"}
+# The model test's worlds (tests/model) start a redis-server or a LocalCluster of their own.
+_FIXTURE_TYPES = {
+    "RedisProcess": "single",
+    "LocalCluster": "cluster",
+    "LocalSentinel": "sentinel",
+    "World": "single",
+    "ClusterWorld": "cluster",
+}
 
 
 @dataclass(frozen=True)
