@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -31,7 +31,7 @@ from validator.rules.networks import (
     ip_removals,
     normalize_ip,
 )
-from validator.store import DEFAULT_KEY_PREFIX, List, Store, fingerprint
+from validator.store import DEFAULT_KEY_PREFIX, Kind, ListChange, Store, fingerprint
 from validator.store.denial_refs import LOGGED, DenialRef
 from validator.store.denials import FoundDenial, FoundDenials
 
@@ -49,8 +49,8 @@ __all__ = [
 
 log = logging.getLogger("validator")
 
-Restriction = Literal["domain", "ip"]
-_LIST: dict[str, List] = {"domain": "d", "ip": "i"}
+Restriction = Kind
+_KINDS: dict[str, Kind] = {"domain": "domain", "ip": "ip"}
 # The most denial-log entries `suggest` reads: far above what a stream keeps by default (about
 # `denial_stream_length`, 1,000), so that it reads the whole stream, yet bounded.
 SUGGEST_READ = 100_000
@@ -301,7 +301,7 @@ class Admin:
     async def _list_op(  # noqa: PLR0917
         self,
         token: str,
-        op: str,
+        op: ListChange,
         restriction: Restriction,
         entries: Iterable[str],
         normalize: Callable[[str], Normalized],
@@ -311,8 +311,8 @@ class Admin:
         normalized = _normalize_all(entries, normalize)
         if op in ("add", "remove") and not normalized:
             raise InvalidEntry(f"give at least one {restriction} entry to {op}")
-        stored, changed = await self.store.write(
-            token_hash, op, _LIST[restriction], *(n.stored for n in normalized), options=expiry
+        stored, changed = await self.store.change_entries(
+            token_hash, op, restriction, [n.stored for n in normalized], options=expiry
         )
         notes = [f"{n.entry!r}: {n.note}" for n in normalized if n.note]
         return _change(stored, changed, notes)
@@ -401,11 +401,10 @@ class Admin:
         return await self._list_op(token, "set", "ip", (), normalize_ip)
 
     async def _switch(self, token: str, restriction: str, on: bool) -> Change:
-        if restriction not in _LIST:
+        kind = _KINDS.get(restriction)
+        if kind is None:
             raise InvalidEntry(f"unknown restriction {restriction!r}: use 'domain' or 'ip'")
-        stored, changed = await self.store.write(
-            self._hash(token), "switch", _LIST[restriction], "1" if on else "0"
-        )
+        stored, changed = await self.store.switch(self._hash(token), kind, on)
         return _change(stored, changed)
 
     async def enable(self, token: str, restriction: Restriction) -> Change:
@@ -424,9 +423,7 @@ class Admin:
         ips = _normalize_all(restrictions.ips, self._normalize_ip(allow_private))
         notes = [f"{n.entry!r}: {n.note}" for n in (*domains, *ips) if n.note]
         record = _with_expiry(restrictions, domains, ips, notes)
-        stored, changed = await self.store.write(
-            token_hash, *_put_args(record, record.domains, record.ips), options=_put_options(record)
-        )
+        stored, changed = await self.store.put(token_hash, record, options=_put_options(record))
         return Change(restrictions=stored, changed=changed, notes=notes)
 
     async def set_mode(self, token: str, mode: Mode | str) -> Change:
@@ -436,7 +433,7 @@ class Admin:
             chosen = Mode(mode)
         except ValueError:
             raise InvalidEntry(f"unknown mode {mode!r}: use 'enforce' or 'report'") from None
-        stored, changed = await self.store.write(self._hash(token), "mode", chosen.value)
+        stored, changed = await self.store.set_mode(self._hash(token), chosen.value)
         return _change(stored, changed)
 
     async def init(self, *, force: bool = False) -> bool:
@@ -486,7 +483,7 @@ class Admin:
     async def delete(self, token: str) -> bool:
         """Remove everything stored for the token; True if anything was there."""
         token_hash = self._hash(token)
-        _, changed = await self.store.write(token_hash, "delete")
+        changed = await self.store.delete_record(token_hash)
         await self.store.delete_denials(token_hash)
         return changed
 
@@ -721,11 +718,8 @@ class Admin:
         """Write prepared records in one pipelined round trip; each record is atomic, the batch is
         not. A record already stored as it is is left alone (no new version, no history).
         `restoring`: written into an unmarked store (see `restore`, which marks it at the end)."""
-        replies = await self.store.write_many(
-            [
-                (p.token_hash, _put_args(p.restrictions, p.restrictions.domains, p.restrictions.ips))
-                for p in batch
-            ],
+        replies = await self.store.put_many(
+            [(p.token_hash, p.restrictions) for p in batch],
             marked=not restoring,
             each_options=[_put_options(p.restrictions) for p in batch],
         )
@@ -820,18 +814,6 @@ def _change(stored: Restrictions | None, changed: bool, notes: list[str] | None 
     if stored is None:
         return Change(restrictions=None, changed=False, notes=[*(notes or ()), NOTHING_STORED])
     return Change(restrictions=stored, changed=changed, notes=notes or [])
-
-
-def _put_args(restrictions: Restrictions, domains: Sequence[str], ips: Sequence[str]) -> tuple[str, ...]:
-    return (
-        "put",
-        "1" if restrictions.domain_enabled else "0",
-        "1" if restrictions.ip_enabled else "0",
-        restrictions.mode.value,
-        str(len(domains)),
-        *domains,
-        *ips,
-    )
 
 
 # The longest expiry accepted: beyond it an entry is meant to stay (make it permanent).

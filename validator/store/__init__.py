@@ -49,15 +49,19 @@ from validator.store.bulk import BulkCommands
 from validator.store.denials import DenialStreams
 from validator.store.invalidation import Topology
 from validator.store.layout import (
+    _LIST_CODES,
     _LIST_NAMES,
     DEFAULT_KEY_PREFIX,
+    Kind,
     List,
+    ListChange,
     UnreadableRecord,
     _restrictions,
     _script,
     _store_errors,
     fingerprint,
     parse_read,
+    put_args,
     wrong_type,
 )
 from validator.store.marker import MarkerCommands
@@ -65,7 +69,9 @@ from validator.store.wire import Multiplexer, WireError, Wires
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
+    "Kind",
     "List",
+    "ListChange",
     "Store",
     "UnreadableRecord",
     "fingerprint",
@@ -353,6 +359,51 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         if result[1]:
             self._notify(token_hash)
         return result
+
+    async def put(
+        self, token_hash: str, record: Restrictions, *, options: Mapping[str, Any] | None = None
+    ) -> tuple[Restrictions | None, bool]:
+        """Store a whole record (its lists as given), through `write`."""
+        return await self.write(token_hash, *put_args(record), options=options)
+
+    async def put_many(
+        self,
+        records: Sequence[tuple[str, Restrictions]],
+        *,
+        marked: bool = True,
+        each_options: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[tuple[Restrictions | None, bool] | LimitExceeded]:
+        """Store whole records `(token_hash, record)` pipelined in one round trip (see `write_many`)."""
+        return await self.write_many(
+            [(token_hash, put_args(record)) for token_hash, record in records],
+            marked=marked,
+            each_options=each_options,
+        )
+
+    async def change_entries(
+        self,
+        token_hash: str,
+        change: ListChange,
+        kind: Kind,
+        entries: Sequence[str],
+        *,
+        options: Mapping[str, Any] | None = None,
+    ) -> tuple[Restrictions | None, bool]:
+        """Add, remove or replace (`set`) stored entries of one list, through `write`."""
+        return await self.write(token_hash, change, _LIST_CODES[kind], *entries, options=options)
+
+    async def switch(self, token_hash: str, kind: Kind, on: bool) -> tuple[Restrictions | None, bool]:
+        """Switch one restriction on or off, through `write`."""
+        return await self.write(token_hash, "switch", _LIST_CODES[kind], "1" if on else "0")
+
+    async def set_mode(self, token_hash: str, mode: str) -> tuple[Restrictions | None, bool]:
+        """Set the token's mode (`enforce` or `report`), through `write`."""
+        return await self.write(token_hash, "mode", mode)
+
+    async def delete_record(self, token_hash: str) -> bool:
+        """Remove the token's record; True if there was one."""
+        _, changed = await self.write(token_hash, "delete")
+        return changed
 
     async def _cluster_write(
         self, client: RedisCluster, keys: Sequence[str], argv: Sequence[str | int]

@@ -35,6 +35,11 @@ DEFAULT_KEY_PREFIX = "tav:"
 SLOTS = 16384
 
 List = Literal["d", "i"]
+# A restriction's kind as the admin names it, and the list code the write script knows it by.
+Kind = Literal["domain", "ip"]
+_LIST_CODES: dict[Kind, List] = {"domain": "d", "ip": "i"}
+# The changes to one list the write script knows.
+ListChange = Literal["add", "remove", "set"]
 _LIST_NAMES: dict[str, str] = {"d": "domain", "i": "IP"}
 
 
@@ -200,3 +205,16 @@ def _expiries(
     if unknown:
         raise UnreadableRecord(f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}")
     return expiry[EXPIRY_FIELD["d"]], expiry[EXPIRY_FIELD["i"]]
+
+
+def put_args(record: Restrictions) -> tuple[str, ...]:
+    """The write script's op and arguments that store a whole record (see `lua/write.lua`)."""
+    return (
+        "put",
+        "1" if record.domain_enabled else "0",
+        "1" if record.ip_enabled else "0",
+        record.mode.value,
+        str(len(record.domains)),
+        *record.domains,
+        *record.ips,
+    )
