@@ -238,6 +238,10 @@ def test_cluster_close_is_prompt(cluster_world: ClusterWorld, cluster: str, duri
 @pytest.mark.timeout(180)
 @pytest.mark.promise("P-NEVER-WRONG-ALLOW")
 @pytest.mark.usefixtures("lenient_lifecycle")
+# Issue 22 (open): a validator closed mid-connect on a Cluster with a primary dead may leave a
+# listener task, and its RedisCluster client, past close() (test_cluster_close_is_prompt's xfail).
+# Their unclosed-client warnings would fail this test, whose promise is the wrong-allow count.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_cluster_sequences_keep_the_promises(cluster_world: ClusterWorld) -> None:
     """The Cluster machine's short profile: a few random sequences, at most 45 s of them."""
     cluster_world.ensure_up()

@@ -57,7 +57,9 @@ def test_a_malformed_promise_line_is_one_problem(line: str, says: str) -> None:
         ({}, "", ["Iterator[LocalSentinel]"], {"sentinel"}),
         ({}, "", ["Iterator[TLSRedisProcess]"], set()),  # a TLS server is no deployment kind here
         ({"profile": "sentinel"}, "sentinel-short", [], {"sentinel"}),
-        ({}, "", ["None", "Iterator[World]"], set()),
+        ({}, "", ["None", "Iterator[World]"], {"single"}),  # the model test's world: a redis-server
+        ({}, "", ["Iterator[ClusterWorld]"], {"cluster"}),
+        ({}, "", ["Iterator[Worldly]"], set()),  # a type name that only starts like one
         ({"clusterless": "x"}, "clusterless", [], set()),  # a word, not a part of one
     ],
 )
