@@ -7,7 +7,17 @@ from collections.abc import Iterator
 import pytest
 
 from tests.faults.outage import KINDS, Deployment
-from tests.redis_cluster import LocalSentinel
+from tests.redis_cluster import LocalCluster, LocalSentinel
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    """Three primaries with a replica each, of this test's own (it may kill, fail over or reshard
+    them). A module may override it (test_blast_radius: without full coverage)."""
+    setup = LocalCluster()
+    setup.start()
+    yield setup
+    setup.cleanup()
 
 
 @pytest.fixture

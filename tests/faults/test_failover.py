@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Mapping
 
 import pytest
 from redis.crc import key_slot
@@ -25,14 +25,6 @@ pytestmark = [pytest.mark.promise("P-FAIL-CLOSED")]
 
 FAILOVER: Settings = {**FAST, "topology_interval": 0.5}
 RECOVERY_TIMEOUT = 20.0
-
-
-@pytest.fixture
-def cluster() -> Iterator[LocalCluster]:
-    setup = LocalCluster()
-    setup.start()
-    yield setup
-    setup.cleanup()
 
 
 async def seed(url: str) -> Tokens:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -32,14 +31,6 @@ OTHER_IP = "203.0.113.9"
 FOLLOW_BOUND = 0.75
 SWITCH_BOUND = 0.5
 CHANGE_BOUND = 0.25
-
-
-@pytest.fixture
-def cluster() -> Iterator[LocalCluster]:
-    setup = LocalCluster()
-    setup.start()
-    yield setup
-    setup.cleanup()
 
 
 class Promotion:
