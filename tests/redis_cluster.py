@@ -183,6 +183,25 @@ class LocalCluster:
 
         _wait("replicas to catch up", caught_up, timeout)
 
+    def replica_of(self, primary: RedisProcess, timeout: float = 10.0) -> RedisProcess:
+        """The live replica of `primary`, as `primary` sees it. Waits for it: right after `start`
+        or a failover, the primary may have the replica's replication link before the cluster
+        bus has told it the replica's role."""
+        found: list[RedisProcess] = []
+
+        def known() -> bool:
+            ident = self.node_id(primary)
+            for fields in self._view(primary.port):
+                if len(fields) > 3 and fields[3] == ident and "slave" in fields[2].split(","):
+                    node = self.node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
+                    if node in self.live():
+                        found.append(node)
+                        return True
+            return False
+
+        _wait(f"a replica of {primary.port} in its cluster view", known, timeout)
+        return found[0]
+
     def kill_primary(self, index: int = 0) -> RedisProcess:
         """SIGKILL one primary (by index among `primaries()`); returns it."""
         victim = self.primaries()[index]

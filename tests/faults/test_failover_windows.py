@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from tests.redis_cluster import LocalCluster, LocalSentinel, redis_cli
+from tests.redis_cluster import LocalCluster, LocalSentinel
 from validator import Admin, StoreUnavailable, Validator
 from validator.store import Store
 
@@ -59,15 +59,6 @@ class Promotion:
         self._thread.join(5)
 
 
-def replica_port(cluster: LocalCluster, primary_port: int) -> int:
-    primary_id = cluster.node_id(cluster.node(primary_port))
-    for line in redis_cli(primary_port, "CLUSTER", "NODES").splitlines():
-        fields = line.split()
-        if len(fields) > 3 and fields[3] == primary_id:
-            return int(fields[1].split("@")[0].rsplit(":", 1)[1])
-    raise AssertionError(f"no replica of {primary_port}")
-
-
 async def history_ops(url: str, token: str) -> list[str]:
     admin = Admin.from_url(url, secret=SECRET)
     try:
@@ -102,7 +93,7 @@ async def test_cluster_primary_killed_followed_with_the_defaults(cluster: LocalC
         mine = [token for token in tokens if on_victim(token)]
         read_token, write_token = mine[0], mine[1]
         read_hash = store.token_hash(read_token)
-        promotion = Promotion(replica_port(cluster, victim.port))
+        promotion = Promotion(cluster.replica_of(victim).port)
         killed = time.monotonic()
         victim.kill()
         # An admin write made right after the kill waits for the promotion, then succeeds.

@@ -371,7 +371,7 @@ class ClusterSequences(Lifecycle):
             self.dead = victim
             done = lambda: cluster.healthy() and victim not in cluster.primaries()  # noqa: E731
         elif kind == "manual failover":
-            replica = await self._blocking(self._replica_of, victim)
+            replica = await self._blocking(cluster.replica_of, victim)
             await self._blocking(redis_cli, replica.port, "CLUSTER", "FAILOVER")
             done = lambda: cluster.healthy() and replica in cluster.primaries()  # noqa: E731
         elif kind == "migrate slot":
@@ -400,15 +400,6 @@ class ClusterSequences(Lifecycle):
             await watch("while the cluster recovers")
             await asyncio.sleep(0.1)
         await watch("once the cluster is ok")
-
-    def _replica_of(self, primary: RedisProcess) -> RedisProcess:
-        cluster = self.cluster_world.cluster
-        ident = cluster.node_id(primary)
-        for fields in cluster._view(primary.port):
-            if len(fields) > 3 and fields[3] == ident and "slave" in fields[2]:
-                found: RedisProcess = cluster.node(int(fields[1].split("@")[0].rsplit(":", 1)[1]))
-                return found
-        raise LookupError(f"no replica of {primary.port}")
 
     def _finish_migration(self, slot: int, target: RedisProcess) -> None:
         """The end of a resharding step: the slot assigned to `target`, told to every primary."""
