@@ -46,7 +46,7 @@ from validator.errors import (
     StoreUnavailable,
 )
 from validator.rules.networks import DEFAULT_MIN_PREFIX_V4, DEFAULT_MIN_PREFIX_V6
-from validator.store import DEFAULT_KEY_PREFIX
+from validator.store.options import ADMIN_CLI, store_default
 
 __all__ = ["EXIT_CODES", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
 
@@ -70,17 +70,17 @@ def _common_options() -> _Parser:
         "--key-prefix",
         metavar="PREFIX",
         default=argparse.SUPPRESS,
-        help=f"prefix of every Redis key (default: {DEFAULT_KEY_PREFIX})",
+        help=f"prefix of every Redis key (default: {store_default('key_prefix')})",
     )
     group.add_argument(
-        "--limit", type=int, default=argparse.SUPPRESS, help="entries allowed per list (default: 5)"
+        "--limit", type=int, default=argparse.SUPPRESS, help=f"entries allowed per list (default: {store_default('limit')})"
     )
     group.add_argument(
         "--timeout",
         type=float,
         metavar="SECONDS",
         default=argparse.SUPPRESS,
-        help="Redis connect and socket timeout (default: 5)",
+        help=f"Redis connect and socket timeout (default: {store_default('timeout', ADMIN_CLI):g})",
     )
     for version, default in (("v4", DEFAULT_MIN_PREFIX_V4), ("v6", DEFAULT_MIN_PREFIX_V6)):
         group.add_argument(
@@ -337,7 +337,8 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
         out.warn(
             "--secret on a command line lands in shell history and process lists; prefer VALIDATOR_SECRET"
         )
-    timeout = getattr(args, "timeout", 5.0)
+    timeout = getattr(args, "timeout", store_default("timeout", ADMIN_CLI))
+    given = {name: getattr(args, name) for name in ("key_prefix", "limit") if hasattr(args, name)}
     actor = getattr(args, "actor", None)
     if actor is not None:
         checked_actor(actor, "--actor")
@@ -346,8 +347,6 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
     return Admin.from_url(
         url,
         secret=secret,
-        key_prefix=getattr(args, "key_prefix", DEFAULT_KEY_PREFIX),
-        limit=getattr(args, "limit", 5),
         timeout=timeout,
         connect_timeout=timeout,
         min_prefix_v4=getattr(args, "min_prefix_v4", DEFAULT_MIN_PREFIX_V4),
@@ -355,6 +354,7 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
         actor=actor,
         history_length=retention[0],
         history_max_age=retention[1],
+        **given,
     )
 
 
