@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
 from validator.breaker import BreakerState, CircuitBreaker
 from validator.cache import Cache
@@ -28,8 +28,8 @@ from validator.model import (
     is_token,
     reported,
 )
-from validator.rules.decide import TokenRules, classify, compile_rules
 from validator.options import split
+from validator.rules.decide import TokenRules, classify, compile_rules
 from validator.settings import READ_LATENCY_BUCKETS, Settings, Stats, ValidatorOptions, checked
 from validator.shards import Shard, Shards
 from validator.store import Store, StoreOptions, UnreadableRecord, fingerprint, parse_read, wrong_type
@@ -149,7 +149,7 @@ class Validator:
         must be the same for the validator and the admin tools.
         """
         store_options, settings = split(options, StoreOptions)
-        checked(settings)  # refused before any connection is made
+        checked(cast(Settings, settings))  # refused before any connection is made
         store = Store.from_url(url, **store_options)
         return cls(store, **settings)
 

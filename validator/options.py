@@ -12,15 +12,16 @@ Pure: no I/O, nothing of the project but `errors`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import NoneType, UnionType
 from typing import Any, Literal, TypeVar
 
 from validator.errors import ConfigurationError
 
-__all__ = ["Field", "Option", "fields", "resolved", "split"]
+__all__ = ["Field", "Option", "add_arguments", "fields", "resolved", "split"]
 
 R = TypeVar("R", bound=Mapping[str, Any])
 
@@ -58,6 +59,7 @@ class Field:
     name: str
     type: Any
     option: Option
+    required: bool = False
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -93,14 +95,17 @@ def _fields(record: type) -> tuple[Field, ...]:
     if found is None:
         hints = typing.get_type_hints(record, include_extras=True)
         listed = []
-        for name, hint in hints.items():
+        for name, annotation in hints.items():
+            hint = annotation
             while typing.get_origin(hint) in (typing.Required, typing.NotRequired):
                 hint = typing.get_args(hint)[0]
             if typing.get_origin(hint) is not typing.Annotated:
                 raise TypeError(f"{record.__name__}.{name} has no Option: Annotated[T, Option(...)]")
             base, *extras = typing.get_args(hint)
+            while typing.get_origin(base) in (typing.Required, typing.NotRequired):
+                base = typing.get_args(base)[0]
             option = next(e for e in extras if isinstance(e, Option))
-            listed.append(Field(name, base, option))
+            listed.append(Field(name, base, option, name in getattr(record, "__required_keys__", ())))
         found = _CACHE[record] = tuple(listed)
     return found
 
@@ -124,3 +129,39 @@ def split(given: Mapping[str, Any], record: type[Mapping[str, Any]]) -> tuple[di
     names = {f.name for f in _fields(record)}
     inside = {k: v for k, v in given.items() if k in names}
     return inside, {k: v for k, v in given.items() if k not in names}
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    options: Iterable[Field],
+    environ: Mapping[str, str],
+) -> None:
+    """A flag per option (`Field.flags`), as its type says: a bool a switch, a Literal its
+    choices, an int or a float a number, else text (or `Option.parse`). A flag not given leaves
+    no attribute (so the record's default applies), unless its `Option.env` is set in `environ`."""
+    for f in options:
+        option = f.option
+        default = option.default
+        keywords: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if f.base is bool:
+            keywords["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+        else:
+            keywords["metavar"] = option.metavar
+            keywords["choices"] = f.choices
+            number = f.base if f.base in (int, float) else None
+            keywords["type"] = option.parse or number or str
+        shown = "" if default in (None, False, (), "") else f" (default: {_text(default)})"
+        if option.env is not None:
+            shown += f" (${option.env})"
+            if option.env in environ:
+                keywords["default"] = environ[option.env]
+        if f.required and keywords["default"] is argparse.SUPPRESS:
+            keywords["required"] = True
+        parser.add_argument(*f.flags, help=option.help + shown, **keywords)
+
+
+def _text(value: Any) -> str:
+    """A default as a command line would spell it."""
+    if isinstance(value, tuple | list):
+        return ",".join(map(str, value))
+    return str(value)

@@ -23,6 +23,7 @@ from validator.admin.options import AdminOptions
 from validator.admin.suggest import Suggestion, propose
 from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreNotInitialised
 from validator.model import MAX_TOKEN_LENGTH, Mode, Restrictions, is_token, token_rule
+from validator.options import resolved, split
 from validator.rules.entries import Normalized, canonical_domain, normalize_domain
 from validator.rules.explain import Explanation, explain
 from validator.rules.networks import (
@@ -32,7 +33,6 @@ from validator.rules.networks import (
     ip_removals,
     normalize_ip,
 )
-from validator.options import resolved, split
 from validator.store import Kind, ListChange, Store, StoreOptions, fingerprint
 from validator.store.denial_refs import LOGGED, DenialRef
 from validator.store.denials import FoundDenial, FoundDenials

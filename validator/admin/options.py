@@ -22,7 +22,8 @@ class AdminSettings(TypedDict, total=False):
         str | None, Option(None, "who makes the changes (default: $VALIDATOR_ACTOR, else user@host)")
     ]
     history_length: Annotated[
-        int | None, Option(None, "history entries kept per token (default: $VALIDATOR_HISTORY_LENGTH, else 50)")
+        int | None,
+        Option(None, "history entries kept per token (default: $VALIDATOR_HISTORY_LENGTH, else 50)"),
     ]
     history_max_age: Annotated[
         float | timedelta | str | None,

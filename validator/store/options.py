@@ -40,11 +40,17 @@ class StoreOptions(TypedDict, total=False):
     ]
     key_prefix: Annotated[
         str,
-        Option(DEFAULT_KEY_PREFIX, "prefix of every Redis key; the same for validators and admin tools"),
+        Option(
+            DEFAULT_KEY_PREFIX,
+            "prefix of every Redis key; the same for validators and admin tools",
+            metavar="PREFIX",
+        ),
     ]
     limit: Annotated[int, Option(5, "entries allowed per list (writes beyond it are refused)")]
-    timeout: Annotated[float, Option(0.5, "seconds a Redis command may take", roles=_WAIT)]
-    connect_timeout: Annotated[float, Option(0.5, "seconds a Redis connection may take", roles=_WAIT)]
+    timeout: Annotated[float, Option(0.5, "seconds a Redis command may take", roles=_WAIT, metavar="SECONDS")]
+    connect_timeout: Annotated[
+        float, Option(0.5, "seconds a Redis connection may take", roles=_WAIT, metavar="SECONDS")
+    ]
     write_retry: Annotated[
         float,
         Option(

@@ -73,7 +73,10 @@ def _common_options() -> _Parser:
         help=f"prefix of every Redis key (default: {store_default('key_prefix')})",
     )
     group.add_argument(
-        "--limit", type=int, default=argparse.SUPPRESS, help=f"entries allowed per list (default: {store_default('limit')})"
+        "--limit",
+        type=int,
+        default=argparse.SUPPRESS,
+        help=f"entries allowed per list (default: {store_default('limit')})",
     )
     group.add_argument(
         "--timeout",
