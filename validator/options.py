@@ -33,9 +33,9 @@ class Option:
     `default`: the value when the option is not given; `roles`: the default of a role that
     differs on purpose (`{"admin": 2.0}`), said here so that it is said once; `help`: one line,
     for docs and `--help`. For a command line: `flags` (default `--name-with-dashes`),
-    `metavar`, `env` (an environment variable read when the flag is not given) and `parse` (the
+    `metavar`, `env` (an environment variable read when the flag is not given), `parse` (the
     text to value, when the type does not say it: bool is a switch, int a number, a Literal
-    its choices, anything else text)."""
+    its choices, anything else text) and `choices` (when the type is wider than the flag)."""
 
     default: Any
     help: str
@@ -44,6 +44,7 @@ class Option:
     metavar: str | None = None
     env: str | None = None
     parse: Callable[[str], Any] | None = None
+    choices: tuple[Any, ...] | None = None
 
     def default_for(self, role: str | None) -> Any:
         """The default of `role` (that of every role when it has none of its own)."""
@@ -77,7 +78,9 @@ class Field:
 
     @property
     def choices(self) -> tuple[Any, ...] | None:
-        """The values of a Literal type, else None."""
+        """`Option.choices`, else the values of a Literal type, else None."""
+        if self.option.choices is not None:
+            return self.option.choices
         base = self.base
         return typing.get_args(base) if typing.get_origin(base) is Literal else None
 

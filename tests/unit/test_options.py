@@ -135,7 +135,9 @@ def test_the_gate_command_line_says_each_options_help() -> None:
 
 
 def test_a_gate_command_line_without_its_options_gets_the_records_defaults() -> None:
-    args = _parser().parse_args(["--proxy", "envoy", "--trusted-proxies", "192.0.2.1", "--store", "memory://"])
+    args = _parser().parse_args(
+        ["--proxy", "envoy", "--trusted-proxies", "192.0.2.1", "--store", "memory://"]
+    )
     assert _settings(args) == {"store": "memory://", "proxy": "envoy", "trusted_proxies": "192.0.2.1"}
 
 
@@ -147,7 +149,7 @@ def observed(store: Store, name: str) -> Any:
     if name == "secret":
         return store.token_hash("t")
     if name in ("timeout", "connect_timeout"):
-        kwargs = store.client.connection_pool.connection_kwargs  # type: ignore[union-attr]
+        kwargs = store.client.connection_pool.connection_kwargs
         return kwargs["socket_timeout" if name == "timeout" else "socket_connect_timeout"]
     return getattr(store, name)
 
@@ -174,9 +176,7 @@ async def test_every_from_url_takes_every_store_option(face: str, name: str) -> 
         await given.close()
 
 
-@pytest.mark.parametrize(
-    ("face", "wait"), [("Store", 0.5), ("Validator", 0.5), ("Admin", 2.0)], ids=["Store", "Validator", "Admin"]
-)
+@pytest.mark.parametrize(("face", "wait"), [("Store", 0.5), ("Validator", 0.5), ("Admin", 2.0)])
 async def test_the_admin_role_waits_longer_on_the_store(face: str, wait: float) -> None:
     store = await store_of(face, secret="s")
     try:

@@ -11,6 +11,7 @@ OpenAPI schemes; `GateOptions`, the proxy in front. `HttpOptions` is all of them
 # Not `from __future__ import annotations`: Python 3.11's TypedDict sees `Required` only in
 # evaluated annotations, and `validator-gate`'s parser reads these at run time.
 
+import typing
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Literal, Required, TypedDict
 
@@ -150,7 +151,10 @@ class FastApiOptions(TokenOptions, total=False):
 class GateOptions(CheckOptions, total=False):
     """The gate's: the proxy in front, and the header it names the client in."""
 
-    proxy: Annotated[Required[Proxy], Option(None, "the proxy that calls the gate")]
+    # `| str`: a caller's plain string still type-checks (the gate refuses an unknown one).
+    proxy: Annotated[
+        Required[Proxy | str], Option(None, "the proxy that calls the gate", choices=typing.get_args(Proxy))
+    ]
     client_header: Annotated[
         str | None,
         Option(
