@@ -46,7 +46,7 @@ class StoreOptions(TypedDict, total=False):
             metavar="PREFIX",
         ),
     ]
-    limit: Annotated[int, Option(5, "entries allowed per list (writes beyond it are refused)")]
+    limit: Annotated[int, Option(5, "entries allowed per list (writes beyond it are refused)", metavar="N")]
     timeout: Annotated[float, Option(0.5, "seconds a Redis command may take", roles=_WAIT, metavar="SECONDS")]
     connect_timeout: Annotated[
         float, Option(0.5, "seconds a Redis connection may take", roles=_WAIT, metavar="SECONDS")
@@ -57,6 +57,7 @@ class StoreOptions(TypedDict, total=False):
             WRITE_RETRY,
             "seconds an admin write that met a failover is tried again on the new primary "
             "(a promotion comes 1-3 s after Redis notices the failure)",
+            metavar="SECONDS",
         ),
     ]
 

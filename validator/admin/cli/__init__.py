@@ -45,13 +45,18 @@ from validator.errors import (
     StoreNotInitialised,
     StoreUnavailable,
 )
+from validator.options import add_arguments, fields
 from validator.rules.networks import DEFAULT_MIN_PREFIX_V4, DEFAULT_MIN_PREFIX_V6
-from validator.store.options import ADMIN_CLI, store_default
+from validator.store.options import ADMIN_CLI, StoreOptions, store_default
 
 __all__ = ["EXIT_CODES", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
 
 
 # ------------------------------------------------------------------------------ parser
+
+
+# The store's options with a flag of their own (the secret and the timeouts have theirs, below).
+_STORE_FLAGS = tuple(f for f in fields(StoreOptions) if f.name in ("key_prefix", "limit", "write_retry"))
 
 
 def _common_options() -> _Parser:
@@ -66,18 +71,8 @@ def _common_options() -> _Parser:
         default=argparse.SUPPRESS,
         help="key of the token hash (default: $VALIDATOR_SECRET, better: this lands in shell history)",
     )
-    group.add_argument(
-        "--key-prefix",
-        metavar="PREFIX",
-        default=argparse.SUPPRESS,
-        help=f"prefix of every Redis key (default: {store_default('key_prefix')})",
-    )
-    group.add_argument(
-        "--limit",
-        type=int,
-        default=argparse.SUPPRESS,
-        help=f"entries allowed per list (default: {store_default('limit')})",
-    )
+    # Made from the store's options record (validator/store/options.py): its help and defaults.
+    add_arguments(group, _STORE_FLAGS, {})
     group.add_argument(
         "--timeout",
         type=float,
@@ -341,7 +336,7 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
             "--secret on a command line lands in shell history and process lists; prefer VALIDATOR_SECRET"
         )
     timeout = getattr(args, "timeout", store_default("timeout", ADMIN_CLI))
-    given = {name: getattr(args, name) for name in ("key_prefix", "limit") if hasattr(args, name)}
+    given = {f.name: getattr(args, f.name) for f in _STORE_FLAGS if hasattr(args, f.name)}
     actor = getattr(args, "actor", None)
     if actor is not None:
         checked_actor(actor, "--actor")
