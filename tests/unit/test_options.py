@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from validator import Admin, ConfigurationError, Validator
+from validator.admin.cli import _admin, build_parser
+from validator.admin.cli.output import Output
 from validator.options import Field, fields
 from validator.store import Store, StoreOptions
 from validator.web.fastapi import TokenAccess
@@ -196,3 +198,20 @@ async def test_bad_store_options_are_refused(options: dict[str, Any]) -> None:
     for face in ("Store", "Validator", "Admin"):
         with pytest.raises(ConfigurationError):
             await store_of(face, **options)
+
+
+async def test_the_admin_command_line_takes_its_store_options() -> None:
+    flags = ["--key-prefix", "other:", "--limit", "7", "--write-retry", "1.5", "--timeout", "0.25"]
+    args = build_parser().parse_args(["--store", NOWHERE, "--secret", "s", *flags, "show", "t"])
+    store = _admin(args, Output(as_json=True)).store
+    try:
+        assert (store.key_prefix, store.limit, store.write_retry) == ("other:", 7, 1.5)
+        assert observed(store, "timeout") == observed(store, "connect_timeout") == 0.25
+    finally:
+        await store.close()
+    plain = _admin(build_parser().parse_args(["--store", NOWHERE, "show", "t"]), Output(as_json=True)).store
+    try:
+        assert (plain.key_prefix, plain.limit, plain.write_retry) == ("tav:", 5, 5.0)
+        assert observed(plain, "timeout") == 5.0  # the admin-cli role's
+    finally:
+        await plain.close()
