@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
 from validator.breaker import BreakerState, CircuitBreaker
 from validator.cache import Cache
@@ -28,10 +28,11 @@ from validator.model import (
     is_token,
     reported,
 )
+from validator.options import split
 from validator.rules.decide import TokenRules, classify, compile_rules
-from validator.settings import READ_LATENCY_BUCKETS, Settings, Stats, checked
+from validator.settings import READ_LATENCY_BUCKETS, Settings, Stats, ValidatorOptions, checked
 from validator.shards import Shard, Shards
-from validator.store import DEFAULT_KEY_PREFIX, Store, UnreadableRecord, fingerprint, parse_read, wrong_type
+from validator.store import Store, StoreOptions, UnreadableRecord, fingerprint, parse_read, wrong_type
 from validator.store.invalidation import InvalidationListener
 
 __all__ = ["READ_LATENCY_BUCKETS", "Settings", "Stats", "Validator"]
@@ -140,30 +141,16 @@ class Validator:
         self.shards.whole.breaker = breaker
 
     @classmethod
-    def from_url(
-        cls,
-        url: str = "memory://",
-        *,
-        secret: str | bytes | None = None,
-        key_prefix: str = DEFAULT_KEY_PREFIX,
-        limit: int = 5,
-        timeout: float = 0.5,
-        connect_timeout: float = 0.5,
-        **settings: Unpack[Settings],
-    ) -> Validator:
-        """A validator on the store at `url` (see `Store.from_url`), with `Settings`.
+    def from_url(cls, url: str = "memory://", **options: Unpack[ValidatorOptions]) -> Validator:
+        """A validator on the store at `url` (see `Store.from_url`), with the store's options
+        (`StoreOptions`: `secret`, `key_prefix`, `limit`, timeouts) and `Settings`.
 
         `secret` keys the token hash (default: the VALIDATOR_SECRET environment variable) and
         must be the same for the validator and the admin tools.
         """
-        store = Store.from_url(
-            url,
-            secret=secret,
-            key_prefix=key_prefix,
-            limit=limit,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-        )
+        store_options, settings = split(options, StoreOptions)
+        checked(cast(Settings, settings))  # refused before any connection is made
+        store = Store.from_url(url, **store_options)
         return cls(store, **settings)
 
     async def __aenter__(self) -> Validator:

@@ -8,8 +8,9 @@ import msgspec
 
 from validator.errors import ConfigurationError
 from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision
+from validator.store.options import StoreOptions
 
-__all__ = ["DEFAULTS", "READ_LATENCY_BUCKETS", "Settings", "Stats", "checked"]
+__all__ = ["DEFAULTS", "READ_LATENCY_BUCKETS", "Settings", "Stats", "ValidatorOptions", "checked"]
 
 
 class Stats(msgspec.Struct, frozen=True):
@@ -56,6 +57,10 @@ class Settings(TypedDict, total=False):
     denial_unknown_length: int
     denial_ttl: float
     denial_log_rate: float
+
+
+class ValidatorOptions(StoreOptions, Settings, total=False):
+    """`Validator.from_url`'s keywords: the store's options (`StoreOptions`) and the `Settings`."""
 
 
 DEFAULTS: Settings = {

@@ -14,14 +14,16 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 import msgspec
 
 from validator.admin.audit import checked_actor, default_actor, retention_options
+from validator.admin.options import AdminOptions
 from validator.admin.suggest import Suggestion, propose
 from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreNotInitialised
 from validator.model import MAX_TOKEN_LENGTH, Mode, Restrictions, is_token, token_rule
+from validator.options import resolved, split
 from validator.rules.entries import Normalized, canonical_domain, normalize_domain
 from validator.rules.explain import Explanation, explain
 from validator.rules.networks import (
@@ -31,9 +33,10 @@ from validator.rules.networks import (
     ip_removals,
     normalize_ip,
 )
-from validator.store import DEFAULT_KEY_PREFIX, Kind, ListChange, Store, fingerprint
+from validator.store import Kind, ListChange, Store, StoreOptions, fingerprint
 from validator.store.denial_refs import LOGGED, DenialRef
 from validator.store.denials import FoundDenial, FoundDenials
+from validator.store.options import ADMIN
 
 __all__ = [
     "Admin",
@@ -242,42 +245,19 @@ class Admin:
         return acting
 
     @classmethod
-    def from_url(
-        cls,
-        url: str = "memory://",
-        *,
-        secret: str | bytes | None = None,
-        key_prefix: str = DEFAULT_KEY_PREFIX,
-        limit: int = 5,
-        timeout: float = 2.0,
-        connect_timeout: float = 2.0,
-        min_prefix_v4: int = DEFAULT_MIN_PREFIX_V4,
-        min_prefix_v6: int = DEFAULT_MIN_PREFIX_V6,
-        actor: str | None = None,
-        history_length: int | None = None,
-        history_max_age: float | timedelta | str | None = None,
-    ) -> Admin:
-        """An admin on the store at `url`; use the same `secret` and `key_prefix` as the validators
-        (`actor` and the history retention: see `Admin`)."""
-        check_min_prefixes(min_prefix_v4, min_prefix_v6)
+    def from_url(cls, url: str = "memory://", **options: Unpack[AdminOptions]) -> Admin:
+        """An admin on the store at `url`, with the store's options (`StoreOptions`; the admin
+        role waits longer: timeouts of 2 s) and the admin's own (`actor`, the history retention,
+        the minimum prefixes: see `Admin`); use the same `secret` and `key_prefix` as the
+        validators."""
+        given = resolved(AdminOptions, options, owner="Admin.from_url", role=ADMIN)
+        store_options, settings = split(given, StoreOptions)
         # Refused before any connection is made.
-        actor = default_actor() if actor is None else checked_actor(actor)
-        retention_options(history_length, history_max_age)
-        return cls(
-            Store.from_url(
-                url,
-                secret=secret,
-                key_prefix=key_prefix,
-                limit=limit,
-                timeout=timeout,
-                connect_timeout=connect_timeout,
-            ),
-            min_prefix_v4=min_prefix_v4,
-            min_prefix_v6=min_prefix_v6,
-            actor=actor,
-            history_length=history_length,
-            history_max_age=history_max_age,
-        )
+        check_min_prefixes(settings["min_prefix_v4"], settings["min_prefix_v6"])
+        actor = settings["actor"]
+        settings["actor"] = default_actor() if actor is None else checked_actor(actor)
+        retention_options(settings["history_length"], settings["history_max_age"])
+        return cls(Store.from_url(url, **store_options), **settings)
 
     async def close(self) -> None:
         await self.store.close()

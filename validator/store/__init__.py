@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -65,6 +65,7 @@ from validator.store.layout import (
     wrong_type,
 )
 from validator.store.marker import MarkerCommands
+from validator.store.options import WRITE_RETRY, StoreOptions, checked_store_options
 from validator.store.wire import Multiplexer, WireError, Wires
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "List",
     "ListChange",
     "Store",
+    "StoreOptions",
     "UnreadableRecord",
     "fingerprint",
     "parse_read",
@@ -90,8 +92,7 @@ _READ_TRANSACTION = (
     b"*1\r\n$4\r\nEXEC\r\n"
 )
 
-# `Store.write_retry`'s default, and the pause before a write's first retry and at most between two.
-WRITE_RETRY = 5.0
+# The pause before a write's first retry (`write_retry`), and at most between two.
 _RETRY_FIRST = 0.02
 _RETRY_MAX = 0.1
 
@@ -141,6 +142,7 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         secret: bytes,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         limit: int = 5,
+        write_retry: float = WRITE_RETRY,
         url: str = "",
         topology: Topology | None = None,
         local_listeners: list[Callable[[str], None]] | None = None,
@@ -160,7 +162,7 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         # Seconds for which an admin write that met a failover (the node gone, refusing writes,
         # the cluster reconfiguring) is tried again on the new primary or master: a promotion
         # comes 1-3 s after Redis notices the failure (cluster-node-timeout, down-after).
-        self.write_retry = WRITE_RETRY
+        self.write_retry = write_retry
         self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
         # The Redis nodes whose invalidations keep caches coherent (None: nothing to listen to).
         self.topology = topology
@@ -183,17 +185,9 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         self._summary_script = client.register_script(_script("summary.lua"))
 
     @classmethod
-    def from_url(
-        cls,
-        url: str = "memory://",
-        *,
-        secret: str | bytes | None = None,
-        key_prefix: str = DEFAULT_KEY_PREFIX,
-        limit: int = 5,
-        timeout: float = 0.5,
-        connect_timeout: float = 0.5,
-    ) -> Store:
-        """Build a store from a URL.
+    def from_url(cls, url: str = "memory://", **options: Unpack[StoreOptions]) -> Store:
+        """Build a store from a URL, with `StoreOptions` (validator/store/options.py: secret,
+        key prefix, limit, timeouts, write retry). Raises `ConfigurationError`.
 
         - `memory://[name]`: in-process; stores with the same name share data within a process;
         - `redis://`, `rediss://`, `unix://`: one Redis server (redis-py's URL syntax; over TLS
@@ -207,18 +201,23 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         - `rediss+cluster://`, `rediss+sentinel://`: the same over TLS; options `ssl_cert_reqs`,
           `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`, `ssl_check_hostname`.
         """
+        o = checked_store_options(options, owner="Store.from_url")
         scheme = urlsplit(url).scheme
-        key = _secret_bytes(secret, scheme)
-        if timeout <= 0 or connect_timeout <= 0:
-            raise ConfigurationError("timeouts must be positive")
+        key = _secret_bytes(o["secret"], scheme)
         build = BACKENDS.get(scheme)
         if build is None:
             raise ConfigurationError(
                 f"unsupported store URL {url!r}: use memory://, redis://, rediss://, unix://, "
                 "redis+cluster://, rediss+cluster://, redis+sentinel:// or rediss+sentinel://"
             )
-        common: dict[str, Any] = {"secret": key, "key_prefix": key_prefix, "limit": limit, "url": url}
-        return build(cls, url, common, timeout, connect_timeout)
+        common: dict[str, Any] = {
+            "secret": key,
+            "key_prefix": o["key_prefix"],
+            "limit": o["limit"],
+            "write_retry": o["write_retry"],
+            "url": url,
+        }
+        return build(cls, url, common, o["timeout"], o["connect_timeout"])
 
     # -------------------------------------------------------------------------- keys
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Unpack
 
 try:
     from fastapi import Security
@@ -38,11 +38,13 @@ except ImportError as missing:  # run in a subprocess by tests/unit/test_fastapi
 from validator.core import Validator
 from validator.errors import ConfigurationError
 from validator.model import Decision
-from validator.web.middleware import _TOKEN_SOURCES, ProxyHeader, TokenAccessMiddleware, TokenSource
+from validator.options import resolved, split
+from validator.web.middleware import TokenAccessMiddleware
+from validator.web.options import FastApiOptions, TokenOptions
 from validator.web.responses import _UNAUTHORIZED
 from validator.web.types import Message, Receive, Scope, Send
 
-__all__ = ["Access", "TokenAccess", "TokenAccessError"]
+__all__ = ["Access", "FastApiOptions", "TokenAccess", "TokenAccessError"]
 
 log = logging.getLogger("validator")
 
@@ -123,37 +125,16 @@ class TokenAccess:
 
     __signature__: inspect.Signature
 
-    def __init__(
-        self,
-        validator: Validator,
-        *,
-        token_sources: Sequence[TokenSource] = _TOKEN_SOURCES,
-        token_header: str = "X-API-Key",
-        token_query: str = "api_key",
-        require_token: bool = True,
-        max_token_length: int | None = None,
-        trusted_proxies: Iterable[str] | str = (),
-        proxy_header: ProxyHeader | str = "x-forwarded-for",
-        cors: bool = False,
-        report_only: bool = False,
-        openapi: bool = True,
-    ) -> None:
+    def __init__(self, validator: Validator, **options: Unpack[FastApiOptions]) -> None:
+        """`options`: `FastApiOptions` (validator/web/options.py, which says each one's default).
+        Raises `ConfigurationError` for an unknown or bad one."""
+        o = resolved(FastApiOptions, options, owner="TokenAccess")
+        checked, _ = split(o, TokenOptions)
         # The middleware checks every setting and raises ConfigurationError for a bad one.
-        self._middleware = TokenAccessMiddleware(
-            _reached,
-            validator=validator,
-            token_sources=token_sources,
-            token_header=token_header,
-            token_query=token_query,
-            require_token=require_token,
-            max_token_length=max_token_length,
-            trusted_proxies=trusted_proxies,
-            proxy_header=proxy_header,
-            cors=cors,
-            report_only=report_only,
-        )
+        self._middleware = TokenAccessMiddleware(_reached, validator=validator, **checked)
         self.validator = validator
-        self.require_token = require_token
+        self.require_token = o["require_token"]
+        token_header, token_query = o["token_header"], o["token_query"]
         self._unhandled_logged = False
         # FastAPI reads a dependency's parameters from its signature: the security schemes are
         # sub-dependencies that never refuse (auto_error=False) and whose values are not used;
@@ -199,7 +180,7 @@ class TokenAccess:
                         default=Security(schemes[source][0]),
                         annotation=schemes[source][1],
                     )
-                    for source in (self._middleware.token_sources if openapi else ())
+                    for source in (self._middleware.token_sources if o["openapi"] else ())
                 ),
             ],
             return_annotation=Access,

@@ -25,12 +25,14 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, Final, Literal, NamedTuple, NoReturn
+from typing import Any, Final, NamedTuple, NoReturn, Unpack
 
 from validator.core import Validator
 from validator.errors import ConfigurationError
-from validator.store import fingerprint
-from validator.web.middleware import TokenAccessMiddleware, TokenSource
+from validator.options import add_arguments, fields, resolved, split
+from validator.store import StoreOptions, fingerprint
+from validator.web.middleware import TokenAccessMiddleware
+from validator.web.options import CheckOptions, GateOptions
 from validator.web.proxy_headers import _HTTP_TOKEN, _TrustedHosts
 from validator.web.responses import _FORBIDDEN, _METRICS_TYPE, _metrics
 from validator.web.types import ASGIApp, Receive, Scope, Send
@@ -38,8 +40,6 @@ from validator.web.types import ASGIApp, Receive, Scope, Send
 __all__ = ["PROXIES", "Gate", "build_gate", "main"]
 
 log = logging.getLogger("validator")
-
-Proxy = Literal["nginx", "traefik", "caddy", "envoy"]
 
 
 class _Flavour(NamedTuple):
@@ -87,23 +87,15 @@ _FINGERPRINTS = 4096  # tokens whose fingerprint is kept, each ~100 bytes
 class Gate:
     """The forward-auth ASGI app (`build_gate` builds it; see the module docstring)."""
 
-    def __init__(
-        self,
-        validator: Validator,
-        *,
-        proxy: str,
-        trusted_proxies: Sequence[str] | str,
-        client_header: str | None = None,
-        report_only: bool = False,
-        token_sources: Sequence[TokenSource] = ("bearer", "header", "query"),
-        token_header: str = "X-API-Key",
-        token_query: str = "api_key",
-        cors: bool = False,
-    ) -> None:
+    def __init__(self, validator: Validator, **options: Unpack[GateOptions]) -> None:
+        """`options`: `GateOptions` (validator/web/options.py, which says each one's default;
+        `proxy` and `trusted_proxies` are required). Raises `ConfigurationError` on bad ones."""
+        o = resolved(GateOptions, options, owner="the gate")
+        proxy = o["proxy"]
         flavour = _FLAVOURS.get(proxy)
         if flavour is None:
             raise ConfigurationError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
-        client_header = (client_header or flavour.client_header).lower()
+        client_header = (o["client_header"] or flavour.client_header).lower()
         forward_auth = {flavour.method, flavour.uri, flavour.host, flavour.proto} - {None}
         if client_header.encode("ascii", "replace") in forward_auth:
             raise ConfigurationError(f"client header {client_header!r} already carries the original request")
@@ -111,19 +103,11 @@ class Gate:
         self.proxy = proxy
         # Everything a request decides is decided by the middleware: the token, the source, the
         # client behind the trusted proxies, and the replies (preflights pass, to `_allowed`).
+        # With `cors`, refusals are readable by page script on another origin where the proxy
+        # passes the gate's answer through (Traefik, Envoy, Caddy).
+        checked, _ = split(o, CheckOptions)
         self.check = TokenAccessMiddleware(
-            self._allowed,
-            validator=validator,
-            token_sources=token_sources,
-            token_header=token_header,
-            token_query=token_query,
-            trusted_proxies=trusted_proxies,
-            proxy_header=client_header,
-            preflight="pass",
-            report_only=report_only,
-            # Refusals readable by page script on another origin where the proxy passes the
-            # gate's answer through (Traefik, Envoy, Caddy): Access-Control-Allow-Origin echoed.
-            cors=cors,
+            self._allowed, validator=validator, proxy_header=client_header, preflight="pass", **checked
         )
         self.trusted = self.check.trusted_proxies
         if not self.trusted:
@@ -326,32 +310,12 @@ class Gate:
                 return
 
 
-def build_gate(
-    validator: Validator,
-    *,
-    proxy: str,
-    trusted_proxies: Sequence[str] | str,
-    client_header: str | None = None,
-    report_only: bool = False,
-    token_sources: Sequence[TokenSource] = ("bearer", "header", "query"),
-    token_header: str = "X-API-Key",
-    token_query: str = "api_key",
-    cors: bool = False,
-) -> ASGIApp:
+def build_gate(validator: Validator, **options: Unpack[GateOptions]) -> ASGIApp:
     """The forward-auth app for `proxy` (nginx, traefik, caddy or envoy), believing the client
     address only from `trusted_proxies` (required) in `client_header` (default: nginx
-    `X-Real-IP`, the others `X-Forwarded-For`). Raises `ConfigurationError` on bad settings."""
-    return Gate(
-        validator,
-        proxy=proxy,
-        trusted_proxies=trusted_proxies,
-        client_header=client_header,
-        report_only=report_only,
-        token_sources=token_sources,
-        token_header=token_header,
-        token_query=token_query,
-        cors=cors,
-    )
+    `X-Real-IP`, the others `X-Forwarded-For`); the other `GateOptions` as the middleware's.
+    Raises `ConfigurationError` on bad settings."""
+    return Gate(validator, **options)
 
 
 # ------------------------------------------------------------------------------ command line
@@ -370,6 +334,13 @@ server could not start (the port is taken, say).
 """
 
 
+# The store's options the gate takes on its command line (the secret has a flag of its own).
+_STORE_FLAGS = tuple(
+    f for f in fields(StoreOptions) if f.name in ("key_prefix", "timeout", "connect_timeout")
+)
+_TOKEN_QUERY = next(f.option.default for f in fields(GateOptions) if f.name == "token_query")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -383,32 +354,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--proxy", required=True, choices=PROXIES, help="the proxy that calls the gate")
-    parser.add_argument(
-        "--trusted-proxies",
-        metavar="CIDR[,CIDR...]",
-        default=os.environ.get("VALIDATOR_GATE_TRUSTED_PROXIES"),
-        help="addresses or networks the proxy calls from (required; $VALIDATOR_GATE_TRUSTED_PROXIES)",
-    )
-    parser.add_argument(
-        "--client-header",
-        metavar="NAME",
-        help="header naming the client (default: nginx x-real-ip, the others x-forwarded-for)",
-    )
+    # The check's flags, made from `GateOptions`; then the store's (but the secret, below) and
+    # the server's.
+    add_arguments(parser, sorted(fields(GateOptions), key=lambda f: not f.required), os.environ)
+    add_arguments(parser, _STORE_FLAGS, os.environ)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--store", metavar="URL", default=os.environ.get("VALIDATOR_STORE_URL"))
     parser.add_argument("--secret", help="key of the token hash (better: $VALIDATOR_SECRET)")
-    parser.add_argument(
-        "--report-only", action="store_true", help="let would-be denials through, logged and counted"
-    )
-    parser.add_argument(
-        "--cors",
-        action="store_true",
-        help="echo the Origin in Access-Control-Allow-Origin on refusals (proxies that pass them on)",
-    )
-    parser.add_argument("--token-header", default="X-API-Key", metavar="NAME")
-    parser.add_argument("--token-query", default="api_key", metavar="NAME")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="processes (one per core)")
     parser.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")
@@ -420,30 +373,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """What a gate process is built from (no secret: that goes by the environment)."""
-    return {
-        "store": args.store,
-        "proxy": args.proxy,
-        "trusted_proxies": args.trusted_proxies,
-        "client_header": args.client_header,
-        "report_only": args.report_only,
-        "cors": args.cors,
-        "token_header": args.token_header,
-        "token_query": args.token_query,
+    """What a gate process is built from: the store URL, the options given (no secret: that goes
+    by the environment)."""
+    given = {
+        f.name: getattr(args, f.name) for f in (*fields(GateOptions), *_STORE_FLAGS) if hasattr(args, f.name)
     }
+    return {"store": args.store, **given}
 
 
 def _from_settings(settings: dict[str, Any], secret: str | None = None) -> ASGIApp:
-    return build_gate(
-        Validator.from_url(settings["store"], secret=secret),
-        proxy=settings["proxy"],
-        trusted_proxies=settings["trusted_proxies"],
-        client_header=settings["client_header"],
-        report_only=settings["report_only"],
-        cors=settings.get("cors", False),
-        token_header=settings["token_header"],
-        token_query=settings["token_query"],
-    )
+    store_options, options = split({k: v for k, v in settings.items() if k != "store"}, StoreOptions)
+    return build_gate(Validator.from_url(settings["store"], secret=secret, **store_options), **options)
 
 
 def _worker_app() -> ASGIApp:
@@ -459,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def fail(message: str) -> NoReturn:
         parser.exit(EXIT_USAGE, f"validator-gate: error: {message}\n")
 
-    if not args.trusted_proxies:
+    if not getattr(args, "trusted_proxies", None):
         fail(
             "--trusted-proxies is required: the addresses or networks the proxy calls the gate from "
             "(or set VALIDATOR_GATE_TRUSTED_PROXIES)"
@@ -485,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(str(error))
     from validator.web.redaction import uvicorn_log_config
 
-    log_config = uvicorn_log_config(names=(args.token_query,))
+    log_config = uvicorn_log_config(names=(settings.get("token_query", _TOKEN_QUERY),))
     # The validator's own lines (store unavailable, denials, refused peers) beside uvicorn's.
     log_config["loggers"]["validator"] = {
         "handlers": ["default"],

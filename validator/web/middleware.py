@@ -19,15 +19,16 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
-from typing import Final, Literal
+from typing import Final, Literal, Unpack
 
 from validator.core import Validator
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision, Reason
+from validator.options import resolved
 from validator.store import fingerprint
 from validator.store.denial_refs import AMBIGUOUS, MALFORMED_TOKEN, UNLOGGED, UNREADABLE
 from validator.web.exemption import _Exemption
+from validator.web.options import TOKEN_SOURCES, MiddlewareOptions, ProxyHeader, TokenSource
 from validator.web.proxy_headers import (
     _HTTP_TOKEN,
     _forwarded_hops,
@@ -42,6 +43,8 @@ __all__ = [
     "DEFAULT_MAX_TOKEN_LENGTH",
     "ASGIApp",
     "Message",
+    "MiddlewareOptions",
+    "ProxyHeader",
     "Receive",
     "Scope",
     "Send",
@@ -52,12 +55,6 @@ __all__ = [
 log = logging.getLogger("validator")
 
 
-TokenSource = Literal["bearer", "header", "query"]
-# The client-address headers proxies and CDNs send (any other header name is accepted too).
-ProxyHeader = Literal[
-    "x-forwarded-for", "forwarded", "x-real-ip", "cf-connecting-ip", "true-client-ip", "fly-client-ip"
-]
-_TOKEN_SOURCES: tuple[TokenSource, ...] = ("bearer", "header", "query")
 # What may stand between `Bearer` and the token for an app that reads it with a regex's `\s`.
 _BEARER_SPACE = (b" ", b"\t", b"\x0b", b"\x0c")
 
@@ -143,31 +140,18 @@ class TokenAccessMiddleware:
     `fail_open=True` to allow instead.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        validator: Validator,
-        token_sources: Sequence[TokenSource] = _TOKEN_SOURCES,
-        token_header: str = "X-API-Key",
-        token_query: str = "api_key",
-        require_token: bool = True,
-        max_token_length: int | None = None,
-        trusted_proxies: Iterable[str] | str = (),
-        proxy_header: ProxyHeader | str = "x-forwarded-for",
-        preflight: Literal["pass", "answer"] = "pass",
-        cors: bool = False,
-        cors_allow_methods: Sequence[str] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"),
-        cors_allow_headers: Sequence[str] | None = None,
-        cors_max_age: int = 600,
-        report_only: bool = False,
-        exempt: Iterable[str] | str = (),
-    ) -> None:
-        sources = tuple(token_sources)
-        if not sources or len(set(sources)) != len(sources) or not set(sources) <= set(_TOKEN_SOURCES):
+    def __init__(self, app: ASGIApp, *, validator: Validator, **options: Unpack[MiddlewareOptions]) -> None:
+        """`options`: `MiddlewareOptions` (validator/web/options.py, which says each one's default).
+        Raises `ConfigurationError` for an unknown or bad one."""
+        o = resolved(MiddlewareOptions, options, owner="TokenAccessMiddleware")
+        token_header, token_query = o["token_header"], o["token_query"]
+        proxy_header, max_token_length = o["proxy_header"], o["max_token_length"]
+        cors_allow_methods, cors_allow_headers = o["cors_allow_methods"], o["cors_allow_headers"]
+        sources = tuple(o["token_sources"])
+        if not sources or len(set(sources)) != len(sources) or not set(sources) <= set(TOKEN_SOURCES):
             raise ConfigurationError(
-                f"token_sources must name each of {', '.join(_TOKEN_SOURCES)} at most once, "
-                f"not {token_sources!r}"
+                f"token_sources must name each of {', '.join(TOKEN_SOURCES)} at most once, "
+                f"not {o['token_sources']!r}"
             )
         if not token_query:
             raise ConfigurationError("token_query must not be empty")
@@ -197,24 +181,25 @@ class TokenAccessMiddleware:
                 "forwarded, x-real-ip, cf-connecting-ip, true-client-ip, fly-client-ip or a header "
                 "name of your edge's that no other setting uses"
             )
-        if preflight not in ("pass", "answer"):
-            raise ConfigurationError(f"preflight must be 'pass' or 'answer', not {preflight!r}")
-        if cors_max_age < 0:
+        if o["preflight"] not in ("pass", "answer"):
+            raise ConfigurationError(f"preflight must be 'pass' or 'answer', not {o['preflight']!r}")
+        if o["cors_max_age"] < 0:
             raise ConfigurationError("cors_max_age must not be negative")
+        trusted_proxies = o["trusted_proxies"]
         if isinstance(trusted_proxies, str):
             trusted_proxies = [p for p in trusted_proxies.split(",") if p.strip()]
         self.app = app
         self.validator = validator
         self.token_sources = sources
-        self.require_token = require_token
+        self.require_token = o["require_token"]
         self.max_token_length = max_token_length
         self.trusted_proxies = _TrustedHosts(trusted_proxies)
         self.proxy_header = proxy_header
         self._chain = proxy_header in ("x-forwarded-for", "forwarded")
-        self.answer_preflight = preflight == "answer"
-        self.cors = cors
-        self.report_only = report_only
-        self._exemption = _Exemption(exempt)
+        self.answer_preflight = o["preflight"] == "answer"
+        self.cors = o["cors"]
+        self.report_only = o["report_only"]
+        self._exemption = _Exemption(o["exempt"])
         self._exemption.discover(app)
         self._exempt_paths = self._exemption.paths
         self._query_name = token_query.encode("utf-8")
@@ -238,7 +223,7 @@ class TokenAccessMiddleware:
         self._preflight_headers = (
             (b"access-control-allow-methods", ", ".join(cors_allow_methods).encode("ascii")),
             (b"access-control-allow-headers", ", ".join(cors_allow_headers).encode("ascii")),
-            (b"access-control-max-age", str(cors_max_age).encode()),
+            (b"access-control-max-age", str(o["cors_max_age"]).encode()),
             (b"vary", b"Origin"),
         )
 

@@ -45,13 +45,18 @@ from validator.errors import (
     StoreNotInitialised,
     StoreUnavailable,
 )
+from validator.options import add_arguments, fields
 from validator.rules.networks import DEFAULT_MIN_PREFIX_V4, DEFAULT_MIN_PREFIX_V6
-from validator.store import DEFAULT_KEY_PREFIX
+from validator.store.options import ADMIN_CLI, StoreOptions, store_default
 
 __all__ = ["EXIT_CODES", "EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
 
 
 # ------------------------------------------------------------------------------ parser
+
+
+# The store's options with a flag of their own (the secret and the timeouts have theirs, below).
+_STORE_FLAGS = tuple(f for f in fields(StoreOptions) if f.name in ("key_prefix", "limit", "write_retry"))
 
 
 def _common_options() -> _Parser:
@@ -66,21 +71,14 @@ def _common_options() -> _Parser:
         default=argparse.SUPPRESS,
         help="key of the token hash (default: $VALIDATOR_SECRET, better: this lands in shell history)",
     )
-    group.add_argument(
-        "--key-prefix",
-        metavar="PREFIX",
-        default=argparse.SUPPRESS,
-        help=f"prefix of every Redis key (default: {DEFAULT_KEY_PREFIX})",
-    )
-    group.add_argument(
-        "--limit", type=int, default=argparse.SUPPRESS, help="entries allowed per list (default: 5)"
-    )
+    # Made from the store's options record (validator/store/options.py): its help and defaults.
+    add_arguments(group, _STORE_FLAGS, {})
     group.add_argument(
         "--timeout",
         type=float,
         metavar="SECONDS",
         default=argparse.SUPPRESS,
-        help="Redis connect and socket timeout (default: 5)",
+        help=f"Redis connect and socket timeout (default: {store_default('timeout', ADMIN_CLI):g})",
     )
     for version, default in (("v4", DEFAULT_MIN_PREFIX_V4), ("v6", DEFAULT_MIN_PREFIX_V6)):
         group.add_argument(
@@ -337,7 +335,8 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
         out.warn(
             "--secret on a command line lands in shell history and process lists; prefer VALIDATOR_SECRET"
         )
-    timeout = getattr(args, "timeout", 5.0)
+    timeout = getattr(args, "timeout", store_default("timeout", ADMIN_CLI))
+    given = {f.name: getattr(args, f.name) for f in _STORE_FLAGS if hasattr(args, f.name)}
     actor = getattr(args, "actor", None)
     if actor is not None:
         checked_actor(actor, "--actor")
@@ -346,8 +345,6 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
     return Admin.from_url(
         url,
         secret=secret,
-        key_prefix=getattr(args, "key_prefix", DEFAULT_KEY_PREFIX),
-        limit=getattr(args, "limit", 5),
         timeout=timeout,
         connect_timeout=timeout,
         min_prefix_v4=getattr(args, "min_prefix_v4", DEFAULT_MIN_PREFIX_V4),
@@ -355,6 +352,7 @@ def _admin(args: argparse.Namespace, out: Output) -> Admin:
         actor=actor,
         history_length=retention[0],
         history_max_age=retention[1],
+        **given,
     )
 
 
