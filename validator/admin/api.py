@@ -33,7 +33,7 @@ from validator.rules.networks import (
 )
 from validator.store import DEFAULT_KEY_PREFIX, Kind, ListChange, Store, fingerprint
 from validator.store.denial_refs import LOGGED, DenialRef
-from validator.store.denials import FoundDenial, FoundDenials
+from validator.store.denial_streams import FoundDenial, FoundDenials
 
 __all__ = [
     "Admin",

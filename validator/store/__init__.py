@@ -46,7 +46,7 @@ from validator.store import memory as _memory  # noqa: F401  (registers memory:/
 from validator.store import migration as _migration
 from validator.store.backends import BACKENDS
 from validator.store.bulk import BulkCommands
-from validator.store.denials import DenialStreams
+from validator.store.denial_streams import DenialStreams
 from validator.store.invalidation import Topology
 from validator.store.layout import (
     _LIST_CODES,
