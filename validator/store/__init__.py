@@ -52,6 +52,7 @@ from validator.store.layout import (
     _LIST_CODES,
     _LIST_NAMES,
     DEFAULT_KEY_PREFIX,
+    Expiry,
     Kind,
     List,
     ListChange,
@@ -62,6 +63,7 @@ from validator.store.layout import (
     fingerprint,
     parse_read,
     put_args,
+    put_options,
     wrong_type,
 )
 from validator.store.marker import MarkerCommands
@@ -69,6 +71,7 @@ from validator.store.wire import Multiplexer, WireError, Wires
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
+    "Expiry",
     "Kind",
     "List",
     "ListChange",
@@ -360,24 +363,18 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
             self._notify(token_hash)
         return result
 
-    async def put(
-        self, token_hash: str, record: Restrictions, *, options: Mapping[str, Any] | None = None
-    ) -> tuple[Restrictions | None, bool]:
-        """Store a whole record (its lists as given), through `write`."""
-        return await self.write(token_hash, *put_args(record), options=options)
+    async def put(self, token_hash: str, record: Restrictions) -> tuple[Restrictions | None, bool]:
+        """Store a whole record (its lists and their expiries as given), through `write`."""
+        return await self.write(token_hash, *put_args(record), options=put_options(record))
 
     async def put_many(
-        self,
-        records: Sequence[tuple[str, Restrictions]],
-        *,
-        marked: bool = True,
-        each_options: Sequence[Mapping[str, Any]] | None = None,
+        self, records: Sequence[tuple[str, Restrictions]], *, marked: bool = True
     ) -> list[tuple[Restrictions | None, bool] | LimitExceeded]:
         """Store whole records `(token_hash, record)` pipelined in one round trip (see `write_many`)."""
         return await self.write_many(
             [(token_hash, put_args(record)) for token_hash, record in records],
             marked=marked,
-            each_options=each_options,
+            each_options=[put_options(record) for _, record in records],
         )
 
     async def change_entries(
@@ -387,9 +384,11 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         kind: Kind,
         entries: Sequence[str],
         *,
-        options: Mapping[str, Any] | None = None,
+        expiry: Expiry | None = None,
     ) -> tuple[Restrictions | None, bool]:
-        """Add, remove or replace (`set`) stored entries of one list, through `write`."""
+        """Add, remove or replace (`set`) stored entries of one list, through `write`; `expiry`:
+        when the added or set entries stop matching (None: never)."""
+        options = None if expiry is None else expiry.options()
         return await self.write(token_hash, change, _LIST_CODES[kind], *entries, options=options)
 
     async def switch(self, token_hash: str, kind: Kind, on: bool) -> tuple[Restrictions | None, bool]:

@@ -19,15 +19,12 @@ import binascii
 import contextlib
 from collections.abc import Iterator, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from redis.exceptions import RedisError
 
 from validator.errors import StoreUnavailable
 from validator.model import Mode, Restrictions
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_KEY_PREFIX = "tav:"
 
@@ -41,6 +38,20 @@ _LIST_CODES: dict[Kind, List] = {"domain": "d", "ip": "i"}
 # The changes to one list the write script knows.
 ListChange = Literal["add", "remove", "set"]
 _LIST_NAMES: dict[str, str] = {"d": "domain", "i": "IP"}
+
+
+class Expiry(NamedTuple):
+    """When added or set entries stop matching: at an instant (`at_ms`, ms since the epoch) or
+    after a duration from the store's clock now (`in_ms`); one of the two."""
+
+    at_ms: int | None = None
+    in_ms: int | None = None
+
+    def options(self) -> dict[str, str]:
+        """The write script's options for this expiry (`lua/write.lua`)."""
+        if self.in_ms is not None:
+            return {"expires_in": str(self.in_ms)}
+        return {"expires_at": str(self.at_ms)}
 
 
 def _script(name: str) -> str:
@@ -205,6 +216,18 @@ def _expiries(
     if unknown:
         raise UnreadableRecord(f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}")
     return expiry[EXPIRY_FIELD["d"]], expiry[EXPIRY_FIELD["i"]]
+
+
+def put_options(record: Restrictions) -> dict[str, Any]:
+    """The write script's options for a put: the expiries of the record's entries."""
+    if not (record.domain_expiry or record.ip_expiry):
+        return {}
+    return {
+        "expiry": {
+            "d": {entry: str(at) for entry, at in record.domain_expiry.items()},
+            "i": {entry: str(at) for entry, at in record.ip_expiry.items()},
+        }
+    }
 
 
 def put_args(record: Restrictions) -> tuple[str, ...]:
