@@ -28,9 +28,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -39,13 +39,20 @@ from redis.exceptions import ClusterError, ReadOnlyError, RedisError, TryAgainEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreUnavailable
+from validator.errors import (
+    ConfigurationError,
+    InvalidEntry,
+    LimitExceeded,
+    StoreNotInitialised,
+    StoreUnavailable,
+)
 from validator.model import Restrictions
+from validator.store import bulk
 from validator.store import cluster as _cluster
+from validator.store import marker as _marker
 from validator.store import memory as _memory  # noqa: F401  (registers memory://)
 from validator.store import migration as _migration
 from validator.store.backends import BACKENDS
-from validator.store.bulk import BulkCommands
 from validator.store.denial_streams import DenialStreams
 from validator.store.invalidation import Topology
 from validator.store.layout import (
@@ -53,6 +60,7 @@ from validator.store.layout import (
     _LIST_NAMES,
     DEFAULT_KEY_PREFIX,
     Expiry,
+    KeyLayout,
     Kind,
     List,
     ListChange,
@@ -66,7 +74,7 @@ from validator.store.layout import (
     put_options,
     wrong_type,
 )
-from validator.store.marker import MarkerCommands
+from validator.store.marker import Marker
 from validator.store.wire import Multiplexer, WireError, Wires
 
 __all__ = [
@@ -134,7 +142,7 @@ def _secret_bytes(secret: str | bytes | None, url_scheme: str) -> bytes:
     return secret.encode() if isinstance(secret, str) else secret
 
 
-class Store(MarkerCommands, BulkCommands, DenialStreams):
+class Store(DenialStreams):
     """Restrictions in Redis (or the in-process `memory://` store), chosen by URL."""
 
     def __init__(
@@ -155,6 +163,7 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
             raise ConfigurationError("key_prefix must not contain '{' or '}' (they form the hash tag)")
         self.client = client
         self.key_prefix = key_prefix
+        self.layout = KeyLayout(key_prefix)
         self.limit = limit
         self.url = url
         # Options every `lua/write.lua` call carries (history retention, ...); a call's own
@@ -171,16 +180,17 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         # Cache-miss reads go through `wires` (multiplexed connections) when there are some.
         self._wires = wires
         self.local_listeners = [] if local_listeners is None else local_listeners
-        self.marker_key = f"{key_prefix}marker"
-        # On a Redis Cluster the marker lives in other slots than a token's keys, out of reach of
-        # the write script: writes read it first (see `_require_marker`).
-        self._marker_in_script = not isinstance(client, RedisCluster)
-        self._marker_checked_at: dict[str, float] = {}
-        # The marker's value proves the secret too: a validator configured with another secret
-        # would see every token as unknown (unrestricted), so it must not take the store as sound.
-        self.marker_value = hmac.new(secret, b"token-access-validator marker", hashlib.sha256).hexdigest()[
-            :16
-        ]
+        self.marker = Marker(
+            client,
+            key=f"{key_prefix}marker",
+            # The marker's value proves the secret too: a validator configured with another secret
+            # would see every token as unknown (unrestricted), so it must not take the store as sound.
+            value=hmac.new(secret, b"token-access-validator marker", hashlib.sha256).hexdigest()[:16],
+            cluster=self._cluster,
+            # On a Redis Cluster the marker lives in other slots than a token's keys, out of reach
+            # of the write script: writes read it first (see `Marker.require`).
+            in_script=not isinstance(client, RedisCluster),
+        )
         self._read = client.register_script(_script("read.lua"))
         self._write = client.register_script(_script("write.lua"))
         self._summary_script = client.register_script(_script("summary.lua"))
@@ -233,18 +243,52 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
 
     def keys(self, token_hash: str) -> tuple[str, str, str]:
         """The meta, domain and IP keys of one token, sharing the hash tag `{token_hash}`."""
-        base = f"{self.key_prefix}{{{token_hash}}}:"
-        return base + "m", base + "d", base + "i"
+        return self.layout.record(token_hash)
 
     def hash_of_key(self, key: str) -> str | None:
         """The token hash inside one of our keys (as named by an invalidation message)."""
-        if not key.startswith(self.key_prefix):
-            return None
-        start = len(self.key_prefix)
-        end = key.find("}", start)
-        if key[start : start + 1] != "{" or end == -1:
-            return None
-        return key[start + 1 : end]
+        return self.layout.token_hash_of(key)
+
+    def history_key(self, token_hash: str) -> str:
+        """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
+        return self.layout.history(token_hash)
+
+    # -------------------------------------------------------------------------- the marker
+
+    @property
+    def marker_key(self) -> str:
+        """The marker's key (on a Redis Cluster, the prefix of its keys)."""
+        return self.marker.key
+
+    @property
+    def marker_value(self) -> str:
+        return self.marker.value
+
+    def is_marker_key(self, key: str) -> bool:
+        """Whether `key` is (one of) the store's marker key(s)."""
+        return self.marker.is_key(key)
+
+    def not_initialised(self, state: str) -> StoreNotInitialised:
+        """The error that refuses a write on a store whose marker is "missing" or "mismatch"."""
+        return self.marker.not_initialised(state)
+
+    async def marker_state(
+        self, ranges: tuple[tuple[int, int], ...] | None = None
+    ) -> Literal["ok", "missing", "mismatch"]:
+        """Whether the store carries this deployment's marker (see `Marker.state`)."""
+        return await self.marker.state(ranges)
+
+    async def write_marker(self) -> bool:
+        """Mark the store as initialised for this secret (see `Marker.write`)."""
+        return await self.marker.write()
+
+    async def eviction_risk(self) -> tuple[str | None, str | None]:
+        """(problem, doubt) about Redis's eviction policy (see `marker.eviction_risk`)."""
+        return await _marker.eviction_risk(self.client, self.url)
+
+    async def log_eviction_risk(self) -> None:
+        """Log `eviction_risk`; never raises (see `marker.log_eviction_risk`)."""
+        await _marker.log_eviction_risk(self.client, self.url)
 
     # -------------------------------------------------------------------------- commands
 
@@ -340,7 +384,7 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         delay = _RETRY_FIRST
         while True:
             try:
-                await self._require_marker(token_hash)
+                await self.marker.require(token_hash)
                 keys, argv = self._write_call(token_hash, op, args, options=once)
                 with _store_errors():
                     if isinstance(self.client, RedisCluster):
@@ -466,9 +510,69 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
 
     # -------------------------------------------------------------------------- admin: history, bulk
 
-    def history_key(self, token_hash: str) -> str:
-        """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
-        return f"{self.key_prefix}{{{token_hash}}}:h"
+    async def history(self, token_hash: str, count: int = 50) -> list[str]:
+        """The token's `count` most recent history entries (JSON text), newest first."""
+        return await bulk.history(self.client, self.history_key(token_hash), count)
+
+    def history_since(
+        self, since_ms: int = 0, *, batch: int = 500, page: int = 16
+    ) -> AsyncIterator[tuple[str, int, str]]:
+        """Every token's history entries recorded at or after `since_ms`, as (token hash, at,
+        entry JSON), oldest first across all tokens (see `bulk.history_since`)."""
+        return bulk.history_since(self.client, self.layout, since_ms, batch=batch, page=page)
+
+    async def read_many(self, token_hashes: Sequence[str]) -> list[Restrictions | None]:
+        """Many tokens' restrictions, pipelined in one round trip; None for an unknown token."""
+        return await bulk.read_many(self.client, self._read, self.layout, token_hashes)
+
+    async def scan_hashes(self, count: int = 1000) -> list[str]:
+        """The hash of every stored token, sorted, found with SCAN (never KEYS, which blocks Redis)."""
+        return await bulk.scan_hashes(self.client, self.layout, count)
+
+    async def write_many(
+        self,
+        changes: Sequence[tuple[str, Sequence[str]]],
+        *,
+        marked: bool = True,
+        options: Mapping[str, Any] | None = None,
+        each_options: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[tuple[Restrictions | None, bool] | LimitExceeded]:
+        """Run many `write` changes, each `(token_hash, (op, *args))`, pipelined in one round trip
+        (`options` as `write`'s, for every change; `each_options`, one per change, over them: a
+        put's entry expiries).
+
+        Each change is atomic on its own, the batch is not. A change refused for the limit comes
+        back as its `LimitExceeded` (nothing of it written); raises `StoreNotInitialised` (unless
+        `marked` is False: a restore, which writes into an unmarked store) or `StoreUnavailable`.
+        """
+        results: list[tuple[Restrictions | None, bool] | LimitExceeded] = []
+        if marked:
+            await self.marker.require()
+        with _store_errors():
+            replies = await bulk.evalsha_many(
+                self.client,
+                self._write,
+                [
+                    self._write_call(
+                        token_hash,
+                        op,
+                        args,
+                        marked=marked,
+                        options={**(options or {}), **each_options[n]} if each_options else options,
+                    )
+                    for n, (token_hash, (op, *args)) in enumerate(changes)
+                ],
+            )
+        for (token_hash, _), reply in zip(changes, replies, strict=True):
+            try:
+                result = self._write_result(reply)
+            except LimitExceeded as refused:
+                results.append(refused)
+                continue
+            results.append(result)
+            if result[1]:
+                self._notify(token_hash)
+        return results
 
     def _write_call(
         self,
@@ -484,13 +588,13 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         the script's options, over `write_options`."""
         keys = [*self.keys(token_hash), self.history_key(token_hash)]
         encoded = json.dumps({**self.write_options, **options} if options else self.write_options)
-        if marked and self._marker_in_script:
-            return [*keys, self.marker_key], [op, self.limit, self.marker_value, encoded, *args]
+        if marked and self.marker.in_script:
+            return [*keys, self.marker.key], [op, self.limit, self.marker.value, encoded, *args]
         return keys, [op, self.limit, "", encoded, *args]
 
     def _write_result(self, reply: list[Any]) -> tuple[Restrictions | None, bool]:
         if reply[0] == "marker":
-            raise self.not_initialised(reply[1])
+            raise self.marker.not_initialised(reply[1])
         if reply[0] == "absent":
             return None, False
         if reply[0] == "past":

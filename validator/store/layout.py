@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any, Literal, NamedTuple
@@ -52,6 +53,37 @@ class Expiry(NamedTuple):
         if self.in_ms is not None:
             return {"expires_in": str(self.in_ms)}
         return {"expires_at": str(self.at_ms)}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyLayout:
+    """The key names under one `prefix`: a token's record and history, and SCAN patterns."""
+
+    prefix: str
+
+    def record(self, token_hash: str) -> tuple[str, str, str]:
+        """The meta, domain and IP keys of one token, sharing the hash tag `{token_hash}`."""
+        base = f"{self.prefix}{{{token_hash}}}:"
+        return base + "m", base + "d", base + "i"
+
+    def history(self, token_hash: str) -> str:
+        """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
+        return f"{self.prefix}{{{token_hash}}}:h"
+
+    def token_hash_of(self, key: str) -> str | None:
+        """The token hash inside one of our keys (as named by an invalidation message)."""
+        if not key.startswith(self.prefix):
+            return None
+        start = len(self.prefix)
+        end = key.find("}", start)
+        if key[start : start + 1] != "{" or end == -1:
+            return None
+        return key[start + 1 : end]
+
+    def scan_pattern(self, suffix: str) -> str:
+        """The SCAN pattern of every token's key ending in `:suffix` (the prefix escaped)."""
+        prefix = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return f"{prefix}{{*}}:{suffix}"
 
 
 def _script(name: str) -> str:
