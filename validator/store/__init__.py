@@ -53,7 +53,8 @@ from validator.store import marker as _marker
 from validator.store import memory as _memory  # noqa: F401  (registers memory://)
 from validator.store import migration as _migration
 from validator.store.backends import BACKENDS
-from validator.store.denial_streams import DenialStreams
+from validator.store.denial_refs import DenialRef, DenialRefs
+from validator.store.denial_streams import REF_WINDOW_MS, DenialEntry, DenialStreams, FoundDenials
 from validator.store.invalidation import Topology
 from validator.store.layout import (
     _LIST_CODES,
@@ -142,7 +143,7 @@ def _secret_bytes(secret: str | bytes | None, url_scheme: str) -> bytes:
     return secret.encode() if isinstance(secret, str) else secret
 
 
-class Store(DenialStreams):
+class Store:
     """Restrictions in Redis (or the in-process `memory://` store), chosen by URL."""
 
     def __init__(
@@ -193,7 +194,13 @@ class Store(DenialStreams):
         )
         self._read = client.register_script(_script("read.lua"))
         self._write = client.register_script(_script("write.lua"))
-        self._summary_script = client.register_script(_script("summary.lua"))
+        self.denial_streams = DenialStreams(
+            client,
+            key_prefix=key_prefix,
+            wires=wires,
+            secret_mac=self._hmac,
+            summary_script=client.register_script(_script("summary.lua")),
+        )
 
     @classmethod
     def from_url(
@@ -507,6 +514,73 @@ class Store(DenialStreams):
                 await self.client.nodes_manager.aclose("startup_nodes")
         if self.topology is not None:
             await self.topology.aclose()
+
+    # -------------------------------------------------------------------------- the denial log
+
+    UNKNOWN_SHARD_TAGS = DenialStreams.UNKNOWN_SHARD_TAGS
+
+    def denials_key(self, token_hash: str) -> str:
+        """The stored token's stream of recent denials (see `DenialStreams.denials_key`)."""
+        return self.denial_streams.denials_key(token_hash)
+
+    def unknown_denials_key(self, token_hash: str) -> str:
+        """The shard of the unknown-token log that holds `token_hash`'s denials."""
+        return self.denial_streams.unknown_denials_key(token_hash)
+
+    def unknown_denials_keys(self) -> list[str]:
+        """Every shard of the unknown-token log."""
+        return self.denial_streams.unknown_denials_keys()
+
+    def denial_summary_key(self, token_hash: str) -> str:
+        """The stored token's bounded denial summary (`summary.lua`)."""
+        return self.denial_streams.denial_summary_key(token_hash)
+
+    async def append_denials(
+        self,
+        stored: Sequence[DenialEntry],
+        unknown: Sequence[DenialEntry] = (),
+        *,
+        max_length: int,
+        unknown_length: int,
+        ttl: float,
+    ) -> int:
+        """Append denial-log entries (see `DenialStreams.append_denials`)."""
+        return await self.denial_streams.append_denials(
+            stored, unknown, max_length=max_length, unknown_length=unknown_length, ttl=ttl
+        )
+
+    async def denial_summary(
+        self, token_hash: str
+    ) -> tuple[list[dict[str, str]], dict[str, tuple[int, int]]] | None:
+        """The token's denial summary (see `DenialStreams.denial_summary`)."""
+        return await self.denial_streams.denial_summary(token_hash)
+
+    async def denials(
+        self, token_hash: str, *, since_ms: int = 0, count: int = 100, own: bool = True
+    ) -> list[dict[str, str]]:
+        """The token's recent denials, newest first (see `DenialStreams.denials`)."""
+        return await self.denial_streams.denials(token_hash, since_ms=since_ms, count=count, own=own)
+
+    async def unknown_denials(self, *, since_ms: int = 0, count: int = 100) -> list[dict[str, str]]:
+        """Recent denials of tokens without a record, newest first."""
+        return await self.denial_streams.unknown_denials(since_ms=since_ms, count=count)
+
+    async def delete_denials(self, token_hash: str) -> None:
+        """Remove the token's denial stream and summary."""
+        await self.denial_streams.delete_denials(token_hash)
+
+    @property
+    def denial_refs(self) -> DenialRefs:
+        """The cipher of `Access-Denied-Ref` values (see `DenialStreams.denial_refs`)."""
+        return self.denial_streams.denial_refs
+
+    async def find_denial(self, ref: DenialRef, *, window_ms: int = REF_WINDOW_MS) -> FoundDenials:
+        """The denial-log entries a LOGGED reference names (see `DenialStreams.find_denial`)."""
+        return await self.denial_streams.find_denial(ref, window_ms=window_ms)
+
+    async def hashes_starting(self, fingerprint_: str, count: int = 1000) -> list[str]:
+        """The stored tokens' hashes that start with `fingerprint_` (SCAN)."""
+        return await self.denial_streams.hashes_starting(fingerprint_, count)
 
     # -------------------------------------------------------------------------- admin: history, bulk
 
