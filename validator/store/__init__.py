@@ -254,7 +254,7 @@ class Store:
 
     def hash_of_key(self, key: str) -> str | None:
         """The token hash inside one of our keys (as named by an invalidation message)."""
-        return self.layout.token_hash_of(key)
+        return self.layout.hash_of_key(key)
 
     def history_key(self, token_hash: str) -> str:
         """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""

@@ -104,7 +104,7 @@ async def _history_hashes(client: Any, layout: KeyLayout, batch: int) -> AsyncIt
     with _store_errors():
         async for key in client.scan_iter(match=layout.scan_pattern("h"), count=1000):
             name = key if isinstance(key, str) else key.decode()
-            token_hash = layout.token_hash_of(name)
+            token_hash = layout.hash_of_key(name)
             # SCAN may return a key twice, and the pattern's `*` could span a `}`.
             if token_hash is None or layout.history(token_hash) != name or token_hash in seen:
                 continue
@@ -176,7 +176,7 @@ async def scan_hashes(client: Any, layout: KeyLayout, count: int = 1000) -> list
     found: set[str] = set()
     with _store_errors():
         async for key in client.scan_iter(match=layout.scan_pattern("m"), count=count):
-            token_hash = layout.token_hash_of(key)
+            token_hash = layout.hash_of_key(key)
             # SCAN may return a key twice, and the pattern's `*` could span a `}`.
             if token_hash is not None and layout.record(token_hash)[0] == key:
                 found.add(token_hash)

@@ -70,7 +70,7 @@ class KeyLayout:
         """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
         return f"{self.prefix}{{{token_hash}}}:h"
 
-    def token_hash_of(self, key: str) -> str | None:
+    def hash_of_key(self, key: str) -> str | None:
         """The token hash inside one of our keys (as named by an invalidation message)."""
         if not key.startswith(self.prefix):
             return None
