@@ -3,8 +3,7 @@
 A thin facade: each job lives in a module of its own, over the `AdminContext` this class holds:
 `edits` (lists, switches, mode, whole records, delete), `transfer` (import, export, init,
 restore), `audit` (history), `denial_review` (denials, references, suggest), `explain`.
-Every entry is validated and normalised before anything is written; every refusal is a
-`ValidatorError` subclass with a message for a person, and leaves the stored data untouched.
+A refusal is a `ValidatorError` with a message for a person, and writes nothing (see `edits`).
 """
 
 from __future__ import annotations
