@@ -17,7 +17,7 @@ import msgspec
 from validator.errors import InvalidEntry
 from validator.model import Mode, Restrictions
 from validator.rules.domains import DomainSet
-from validator.rules.entries import Normalized, public_suffixes, normalize_domain
+from validator.rules.entries import Normalized, normalize_domain, public_suffixes
 from validator.rules.ips import IPSet
 
 __all__ = ["Flood", "ListProposal", "Observation", "Suggestion", "Wildcard", "propose"]
