@@ -22,7 +22,7 @@ not repeated, entries are stored exactly as before (no `count`, no `first`). Ben
 writer's CPU per denial under a flood, ~22 us before this; see `Store.append_denials`).
 
 Each stored token's denials are also summed in a bounded summary beside its stream (per client
-address and value, at most `SUMMARY_PAIRS` pairs, fair per client: `validator.store.denials`,
+address and value, at most `SUMMARY_PAIRS` pairs, fair per client: `validator.store.denial_streams`,
 `summary.lua`), one script call per token and batch, so that a flood of distinct values from one
 client cannot push the others out of what `validator-admin suggest` learns from (the stream
 keeps only its last ~1,000 entries). The client address goes with each description for it.
@@ -49,7 +49,7 @@ from validator.model import Decision, DeniedRequest, Entry, Reason, Source
 from validator.rules.request import MAX_URL_LENGTH, request_host, scheme_and_port
 from validator.store import Store, fingerprint
 from validator.store.denial_refs import DROPPED, LOGGED, request_tag
-from validator.store.denials import DenialEntry, Description
+from validator.store.denial_streams import DenialEntry, Description
 from validator.store.tasks import end_if_cancelled
 
 __all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]  # DeniedRequest: a record of `model`

@@ -38,20 +38,20 @@ class StoreUnavailable(ValidatorError):
     """The restriction store could not be reached or answered with an error."""
 
 
-class StoreUnmarked(StoreUnavailable):
-    """A check refused (failed closed): the store answers but carries no marker (never
-    initialised, or wiped) or the marker of another secret. Validators read the marker again
-    until `Admin.init` or a restore (`validator-admin import --restore`) makes the store sound."""
+class StoreNotInitialised(StoreUnavailable):
+    """The store carries no marker of this secret: never initialised, or wiped, or marked for
+    another secret. A check fails closed with it (validators read the marker again until
+    `Admin.init` or a restore, `validator-admin import --restore`, makes the store sound); an
+    admin write is refused with it, and nothing is written.
 
-
-class StoreNotInitialised(ValidatorError):
-    """An admin write refused: the store carries no marker (never initialised, or wiped), or the
-    marker of another secret. Nothing was written.
-
-    `state` is "missing" or "mismatch". Validators fail closed on such a store; initialise a new
-    store (`Admin.init`) or restore a wiped one from an export (`validator-admin import --restore`).
+    `state` is "missing" or "mismatch" (a validator's check says "missing" for both).
     """
 
-    def __init__(self, message: str, *, state: str) -> None:
+    def __init__(self, message: str, *, state: str = "missing") -> None:
         super().__init__(message)
         self.state = state
+
+
+# Deprecated: the same state under its older name, for checks that failed closed. Catch
+# `StoreNotInitialised` (or `StoreUnavailable`); this alias goes in a later minor version.
+StoreUnmarked = StoreNotInitialised

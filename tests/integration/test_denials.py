@@ -20,7 +20,7 @@ from validator import Admin, ConfigurationError, Reason, Store, Validator
 from validator.metrics import install
 from validator.model import Source, decision
 from validator.store import fingerprint
-from validator.store.denials import SUMMARY_PAIRS, DenialEntry
+from validator.store.denial_streams import SUMMARY_PAIRS, DenialEntry
 
 TOKEN = "tok_live_denials_do_not_print"
 CLIENT_IP = "198.51.100.77"

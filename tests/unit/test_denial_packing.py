@@ -5,7 +5,7 @@ from __future__ import annotations
 import hiredis
 import pytest
 
-from validator.store.denials import (
+from validator.store.denial_streams import (
     _FINGERPRINT,
     SUMMARY_PAIRS,
     DenialEntry,

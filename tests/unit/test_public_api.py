@@ -93,3 +93,10 @@ async def test_unmarked_store_fails_closed_with_a_public_error() -> None:
     assert type(raised.value) is StoreUnmarked
     assert type(raised.value).__module__ == "validator.errors"
     assert "no marker" in str(raised.value)
+
+
+def test_store_unmarked_is_the_deprecated_name_of_store_not_initialised() -> None:
+    # One state, one class: code that catches either name, or StoreUnavailable, still catches it.
+    assert StoreUnmarked is package.StoreNotInitialised
+    assert issubclass(package.StoreNotInitialised, StoreUnavailable)
+    assert package.StoreNotInitialised("x").state == "missing"

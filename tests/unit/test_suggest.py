@@ -1,4 +1,4 @@
-"""`validator.admin.suggest.propose`: the allowlist learnt from a token's denial log, as tables.
+"""`validator.admin.proposal.propose`: the allowlist learnt from a token's denial log, as tables.
 
 Ranking by traffic (merged entries count for their repeats), the limit, what the admin-side rules
 refuse (shown, never proposed), wildcards (never over a public suffix), the share still denied,
@@ -11,7 +11,7 @@ import functools
 
 import pytest
 
-from validator.admin.suggest import Observation, Suggestion, propose
+from validator.admin.proposal import Observation, Suggestion, propose
 from validator.model import Mode, Restrictions
 from validator.rules.decide import TokenRules
 from validator.rules.networks import normalize_ip

@@ -1,4 +1,5 @@
-"""Who changed what: the actor recorded with every change, and how long the history is kept.
+"""Who changed what: each token's history of changes (`history`, `history_all`), the actor
+recorded with every change, and how long the history is kept.
 
 Every admin write records its actor in the token's history (`lua/write.lua`): the name given
 (`Admin(actor=...)`, `validator-admin --actor`), else `$VALIDATOR_ACTOR`, else the OS user of the
@@ -13,17 +14,24 @@ import getpass
 import os
 import re
 import socket
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import msgspec
+
+from validator.admin.context import AdminContext
 from validator.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_HISTORY_LENGTH",
     "MAX_ACTOR_LENGTH",
     "MAX_HISTORY_LENGTH",
+    "HistoryEntry",
     "checked_actor",
     "default_actor",
     "duration_seconds",
+    "history",
+    "history_all",
     "retention_options",
 ]
 
@@ -34,6 +42,59 @@ MAX_HISTORY_LENGTH = 10_000
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class HistoryEntry(msgspec.Struct, kw_only=True):
+    """One recorded change to a token (see `lua/write.lua`): when, what, and the version it made.
+
+    `at` is milliseconds since the epoch on the Redis server's clock; `op` is add, remove, set,
+    enable, disable, mode, put, or expire (entries that had lapsed, taken out at the token's next
+    change); `restriction` ("domain"/"ip") and `entries` belong to list and switch changes,
+    `mode` ("enforce"/"report") to a mode change and a put, `domain_enabled` ... `ips` to a put
+    (a whole record, as import and suggest write it). `actor`: who made the change (None in
+    entries recorded before actors were). Every field `lua/write.lua` records is one here, so
+    that `history`, `--json` and `--all` show it (tests/integration/test_history_fields.py).
+    """
+
+    at: int
+    op: str
+    version: int
+    actor: str | None = None
+    restriction: str | None = None
+    entries: list[str] = msgspec.field(default_factory=list)
+    domain_enabled: bool | None = None
+    ip_enabled: bool | None = None
+    domains: list[str] = msgspec.field(default_factory=list)
+    ips: list[str] = msgspec.field(default_factory=list)
+    # mode, put: the mode after the change (report-only lets every request through: an audit
+    # must show the switch).
+    mode: str | None = None
+    # add, set: the instant (ms since the epoch) the entries stop matching; none: permanent.
+    # put: per entry.
+    expires_at: int | None = None
+    domain_expiry: dict[str, int] = msgspec.field(default_factory=dict)
+    ip_expiry: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+async def history(context: AdminContext, token: str, count: int, *, since_ms: int) -> list[HistoryEntry]:
+    """The token's most recent readable changes, newest first, recorded at or after `since_ms`."""
+    entries = (_history_entry(raw) for raw in await context.store.history(context.token_hash(token), count))
+    return [entry for entry in entries if entry is not None and entry.at >= since_ms]
+
+
+async def history_all(context: AdminContext, *, since_ms: int) -> AsyncIterator[tuple[str, HistoryEntry]]:
+    """Every token's readable changes recorded at or after `since_ms`, oldest first, by token hash."""
+    async for token_hash, _, raw in context.store.history_since(since_ms):
+        entry = _history_entry(raw)
+        if entry is not None:
+            yield token_hash, entry
+
+
+def _history_entry(raw: str) -> HistoryEntry | None:
+    try:
+        return msgspec.json.decode(raw, type=HistoryEntry)
+    except msgspec.DecodeError:  # ValidationError included
+        return None
 
 
 def checked_actor(actor: str, what: str = "actor") -> str:

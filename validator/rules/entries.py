@@ -81,7 +81,8 @@ _SPECIAL_USE = frozenset({"example", "internal", "invalid", "local", "localhost"
 
 
 @functools.cache
-def _public_suffixes() -> PublicSuffixList:
+def public_suffixes() -> PublicSuffixList:
+    """The Public Suffix List (private section included), loaded once."""
     # Imported here: loading the list takes ~60 ms, and only the admin side needs it.
     from publicsuffixlist import PublicSuffixList
 
@@ -100,7 +101,7 @@ def _public_suffix_refusal(entry: str, stored: str) -> str | None:
     pattern, _ = _split_entry(stored)
     wildcard = pattern.startswith("*.")
     host = pattern[2:] if wildcard else pattern
-    listed = _public_suffixes().is_public(host)
+    listed = public_suffixes().is_public(host)
     if wildcard and (listed or ("." not in host and host not in _SPECIAL_USE)):
         kind = "a public suffix" if listed else "a top-level domain"
         return f"{entry!r} would admit every site under {host}, {kind}: list the exact host"

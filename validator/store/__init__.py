@@ -28,9 +28,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Unpack
+from typing import Any, Literal, Unpack
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -39,19 +39,29 @@ from redis.exceptions import ClusterError, ReadOnlyError, RedisError, TryAgainEr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreUnavailable
+from validator.errors import (
+    ConfigurationError,
+    InvalidEntry,
+    LimitExceeded,
+    StoreNotInitialised,
+    StoreUnavailable,
+)
 from validator.model import Restrictions
+from validator.store import bulk
 from validator.store import cluster as _cluster
+from validator.store import marker as _marker
 from validator.store import memory as _memory  # noqa: F401  (registers memory://)
 from validator.store import migration as _migration
 from validator.store.backends import BACKENDS
-from validator.store.bulk import BulkCommands
-from validator.store.denials import DenialStreams
+from validator.store.denial_refs import DenialRef, DenialRefs
+from validator.store.denial_streams import REF_WINDOW_MS, DenialEntry, DenialStreams, FoundDenials
 from validator.store.invalidation import Topology
 from validator.store.layout import (
     _LIST_CODES,
     _LIST_NAMES,
     DEFAULT_KEY_PREFIX,
+    Expiry,
+    KeyLayout,
     Kind,
     List,
     ListChange,
@@ -62,14 +72,16 @@ from validator.store.layout import (
     fingerprint,
     parse_read,
     put_args,
+    put_options,
     wrong_type,
 )
-from validator.store.marker import MarkerCommands
+from validator.store.marker import Marker
 from validator.store.options import WRITE_RETRY, StoreOptions, checked_store_options
 from validator.store.wire import Multiplexer, WireError, Wires
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",
+    "Expiry",
     "Kind",
     "List",
     "ListChange",
@@ -132,7 +144,7 @@ def _secret_bytes(secret: str | bytes | None, url_scheme: str) -> bytes:
     return secret.encode() if isinstance(secret, str) else secret
 
 
-class Store(MarkerCommands, BulkCommands, DenialStreams):
+class Store:
     """Restrictions in Redis (or the in-process `memory://` store), chosen by URL."""
 
     def __init__(
@@ -154,6 +166,7 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
             raise ConfigurationError("key_prefix must not contain '{' or '}' (they form the hash tag)")
         self.client = client
         self.key_prefix = key_prefix
+        self.layout = KeyLayout(key_prefix)
         self.limit = limit
         self.url = url
         # Options every `lua/write.lua` call carries (history retention, ...); a call's own
@@ -170,19 +183,26 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         # Cache-miss reads go through `wires` (multiplexed connections) when there are some.
         self._wires = wires
         self.local_listeners = [] if local_listeners is None else local_listeners
-        self.marker_key = f"{key_prefix}marker"
-        # On a Redis Cluster the marker lives in other slots than a token's keys, out of reach of
-        # the write script: writes read it first (see `_require_marker`).
-        self._marker_in_script = not isinstance(client, RedisCluster)
-        self._marker_checked_at: dict[str, float] = {}
-        # The marker's value proves the secret too: a validator configured with another secret
-        # would see every token as unknown (unrestricted), so it must not take the store as sound.
-        self.marker_value = hmac.new(secret, b"token-access-validator marker", hashlib.sha256).hexdigest()[
-            :16
-        ]
+        self.marker = Marker(
+            client,
+            key=f"{key_prefix}marker",
+            # The marker's value proves the secret too: a validator configured with another secret
+            # would see every token as unknown (unrestricted), so it must not take the store as sound.
+            value=hmac.new(secret, b"token-access-validator marker", hashlib.sha256).hexdigest()[:16],
+            cluster=self._cluster,
+            # On a Redis Cluster the marker lives in other slots than a token's keys, out of reach
+            # of the write script: writes read it first (see `Marker.require`).
+            in_script=not isinstance(client, RedisCluster),
+        )
         self._read = client.register_script(_script("read.lua"))
         self._write = client.register_script(_script("write.lua"))
-        self._summary_script = client.register_script(_script("summary.lua"))
+        self.denial_streams = DenialStreams(
+            client,
+            key_prefix=key_prefix,
+            wires=wires,
+            secret_mac=self._hmac,
+            summary_script=client.register_script(_script("summary.lua")),
+        )
 
     @classmethod
     def from_url(cls, url: str = "memory://", **options: Unpack[StoreOptions]) -> Store:
@@ -229,18 +249,52 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
 
     def keys(self, token_hash: str) -> tuple[str, str, str]:
         """The meta, domain and IP keys of one token, sharing the hash tag `{token_hash}`."""
-        base = f"{self.key_prefix}{{{token_hash}}}:"
-        return base + "m", base + "d", base + "i"
+        return self.layout.record(token_hash)
 
     def hash_of_key(self, key: str) -> str | None:
         """The token hash inside one of our keys (as named by an invalidation message)."""
-        if not key.startswith(self.key_prefix):
-            return None
-        start = len(self.key_prefix)
-        end = key.find("}", start)
-        if key[start : start + 1] != "{" or end == -1:
-            return None
-        return key[start + 1 : end]
+        return self.layout.hash_of_key(key)
+
+    def history_key(self, token_hash: str) -> str:
+        """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
+        return self.layout.history(token_hash)
+
+    # -------------------------------------------------------------------------- the marker
+
+    @property
+    def marker_key(self) -> str:
+        """The marker's key (on a Redis Cluster, the prefix of its keys)."""
+        return self.marker.key
+
+    @property
+    def marker_value(self) -> str:
+        return self.marker.value
+
+    def is_marker_key(self, key: str) -> bool:
+        """Whether `key` is (one of) the store's marker key(s)."""
+        return self.marker.is_key(key)
+
+    def not_initialised(self, state: str) -> StoreNotInitialised:
+        """The error that refuses a write on a store whose marker is "missing" or "mismatch"."""
+        return self.marker.not_initialised(state)
+
+    async def marker_state(
+        self, ranges: tuple[tuple[int, int], ...] | None = None
+    ) -> Literal["ok", "missing", "mismatch"]:
+        """Whether the store carries this deployment's marker (see `Marker.state`)."""
+        return await self.marker.state(ranges)
+
+    async def write_marker(self) -> bool:
+        """Mark the store as initialised for this secret (see `Marker.write`)."""
+        return await self.marker.write()
+
+    async def eviction_risk(self) -> tuple[str | None, str | None]:
+        """(problem, doubt) about Redis's eviction policy (see `marker.eviction_risk`)."""
+        return await _marker.eviction_risk(self.client, self.url)
+
+    async def log_eviction_risk(self) -> None:
+        """Log `eviction_risk`; never raises (see `marker.log_eviction_risk`)."""
+        await _marker.log_eviction_risk(self.client, self.url)
 
     # -------------------------------------------------------------------------- commands
 
@@ -336,7 +390,7 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         delay = _RETRY_FIRST
         while True:
             try:
-                await self._require_marker(token_hash)
+                await self.marker.require(token_hash)
                 keys, argv = self._write_call(token_hash, op, args, options=once)
                 with _store_errors():
                     if isinstance(self.client, RedisCluster):
@@ -359,24 +413,18 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
             self._notify(token_hash)
         return result
 
-    async def put(
-        self, token_hash: str, record: Restrictions, *, options: Mapping[str, Any] | None = None
-    ) -> tuple[Restrictions | None, bool]:
-        """Store a whole record (its lists as given), through `write`."""
-        return await self.write(token_hash, *put_args(record), options=options)
+    async def put(self, token_hash: str, record: Restrictions) -> tuple[Restrictions | None, bool]:
+        """Store a whole record (its lists and their expiries as given), through `write`."""
+        return await self.write(token_hash, *put_args(record), options=put_options(record))
 
     async def put_many(
-        self,
-        records: Sequence[tuple[str, Restrictions]],
-        *,
-        marked: bool = True,
-        each_options: Sequence[Mapping[str, Any]] | None = None,
+        self, records: Sequence[tuple[str, Restrictions]], *, marked: bool = True
     ) -> list[tuple[Restrictions | None, bool] | LimitExceeded]:
         """Store whole records `(token_hash, record)` pipelined in one round trip (see `write_many`)."""
         return await self.write_many(
             [(token_hash, put_args(record)) for token_hash, record in records],
             marked=marked,
-            each_options=each_options,
+            each_options=[put_options(record) for _, record in records],
         )
 
     async def change_entries(
@@ -386,9 +434,11 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         kind: Kind,
         entries: Sequence[str],
         *,
-        options: Mapping[str, Any] | None = None,
+        expiry: Expiry | None = None,
     ) -> tuple[Restrictions | None, bool]:
-        """Add, remove or replace (`set`) stored entries of one list, through `write`."""
+        """Add, remove or replace (`set`) stored entries of one list, through `write`; `expiry`:
+        when the added or set entries stop matching (None: never)."""
+        options = None if expiry is None else expiry.options()
         return await self.write(token_hash, change, _LIST_CODES[kind], *entries, options=options)
 
     async def switch(self, token_hash: str, kind: Kind, on: bool) -> tuple[Restrictions | None, bool]:
@@ -464,11 +514,138 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         if self.topology is not None:
             await self.topology.aclose()
 
+    # -------------------------------------------------------------------------- the denial log
+
+    UNKNOWN_SHARD_TAGS = DenialStreams.UNKNOWN_SHARD_TAGS
+
+    def denials_key(self, token_hash: str) -> str:
+        """The stored token's stream of recent denials (see `DenialStreams.denials_key`)."""
+        return self.denial_streams.denials_key(token_hash)
+
+    def unknown_denials_key(self, token_hash: str) -> str:
+        """The shard of the unknown-token log that holds `token_hash`'s denials."""
+        return self.denial_streams.unknown_denials_key(token_hash)
+
+    def unknown_denials_keys(self) -> list[str]:
+        """Every shard of the unknown-token log."""
+        return self.denial_streams.unknown_denials_keys()
+
+    def denial_summary_key(self, token_hash: str) -> str:
+        """The stored token's bounded denial summary (`summary.lua`)."""
+        return self.denial_streams.denial_summary_key(token_hash)
+
+    async def append_denials(
+        self,
+        stored: Sequence[DenialEntry],
+        unknown: Sequence[DenialEntry] = (),
+        *,
+        max_length: int,
+        unknown_length: int,
+        ttl: float,
+    ) -> int:
+        """Append denial-log entries (see `DenialStreams.append_denials`)."""
+        return await self.denial_streams.append_denials(
+            stored, unknown, max_length=max_length, unknown_length=unknown_length, ttl=ttl
+        )
+
+    async def denial_summary(
+        self, token_hash: str
+    ) -> tuple[list[dict[str, str]], dict[str, tuple[int, int]]] | None:
+        """The token's denial summary (see `DenialStreams.denial_summary`)."""
+        return await self.denial_streams.denial_summary(token_hash)
+
+    async def denials(
+        self, token_hash: str, *, since_ms: int = 0, count: int = 100, own: bool = True
+    ) -> list[dict[str, str]]:
+        """The token's recent denials, newest first (see `DenialStreams.denials`)."""
+        return await self.denial_streams.denials(token_hash, since_ms=since_ms, count=count, own=own)
+
+    async def unknown_denials(self, *, since_ms: int = 0, count: int = 100) -> list[dict[str, str]]:
+        """Recent denials of tokens without a record, newest first."""
+        return await self.denial_streams.unknown_denials(since_ms=since_ms, count=count)
+
+    async def delete_denials(self, token_hash: str) -> None:
+        """Remove the token's denial stream and summary."""
+        await self.denial_streams.delete_denials(token_hash)
+
+    @property
+    def denial_refs(self) -> DenialRefs:
+        """The cipher of `Access-Denied-Ref` values (see `DenialStreams.denial_refs`)."""
+        return self.denial_streams.denial_refs
+
+    async def find_denial(self, ref: DenialRef, *, window_ms: int = REF_WINDOW_MS) -> FoundDenials:
+        """The denial-log entries a LOGGED reference names (see `DenialStreams.find_denial`)."""
+        return await self.denial_streams.find_denial(ref, window_ms=window_ms)
+
+    async def hashes_starting(self, fingerprint_: str, count: int = 1000) -> list[str]:
+        """The stored tokens' hashes that start with `fingerprint_` (SCAN)."""
+        return await self.denial_streams.hashes_starting(fingerprint_, count)
+
     # -------------------------------------------------------------------------- admin: history, bulk
 
-    def history_key(self, token_hash: str) -> str:
-        """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
-        return f"{self.key_prefix}{{{token_hash}}}:h"
+    async def history(self, token_hash: str, count: int = 50) -> list[str]:
+        """The token's `count` most recent history entries (JSON text), newest first."""
+        return await bulk.history(self.client, self.history_key(token_hash), count)
+
+    def history_since(
+        self, since_ms: int = 0, *, batch: int = 500, page: int = 16
+    ) -> AsyncIterator[tuple[str, int, str]]:
+        """Every token's history entries recorded at or after `since_ms`, as (token hash, at,
+        entry JSON), oldest first across all tokens (see `bulk.history_since`)."""
+        return bulk.history_since(self.client, self.layout, since_ms, batch=batch, page=page)
+
+    async def read_many(self, token_hashes: Sequence[str]) -> list[Restrictions | None]:
+        """Many tokens' restrictions, pipelined in one round trip; None for an unknown token."""
+        return await bulk.read_many(self.client, self._read, self.layout, token_hashes)
+
+    async def scan_hashes(self, count: int = 1000) -> list[str]:
+        """The hash of every stored token, sorted, found with SCAN (never KEYS, which blocks Redis)."""
+        return await bulk.scan_hashes(self.client, self.layout, count)
+
+    async def write_many(
+        self,
+        changes: Sequence[tuple[str, Sequence[str]]],
+        *,
+        marked: bool = True,
+        options: Mapping[str, Any] | None = None,
+        each_options: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[tuple[Restrictions | None, bool] | LimitExceeded]:
+        """Run many `write` changes, each `(token_hash, (op, *args))`, pipelined in one round trip
+        (`options` as `write`'s, for every change; `each_options`, one per change, over them: a
+        put's entry expiries).
+
+        Each change is atomic on its own, the batch is not. A change refused for the limit comes
+        back as its `LimitExceeded` (nothing of it written); raises `StoreNotInitialised` (unless
+        `marked` is False: a restore, which writes into an unmarked store) or `StoreUnavailable`.
+        """
+        results: list[tuple[Restrictions | None, bool] | LimitExceeded] = []
+        if marked:
+            await self.marker.require()
+        with _store_errors():
+            replies = await bulk.evalsha_many(
+                self.client,
+                self._write,
+                [
+                    self._write_call(
+                        token_hash,
+                        op,
+                        args,
+                        marked=marked,
+                        options={**(options or {}), **each_options[n]} if each_options else options,
+                    )
+                    for n, (token_hash, (op, *args)) in enumerate(changes)
+                ],
+            )
+        for (token_hash, _), reply in zip(changes, replies, strict=True):
+            try:
+                result = self._write_result(reply)
+            except LimitExceeded as refused:
+                results.append(refused)
+                continue
+            results.append(result)
+            if result[1]:
+                self._notify(token_hash)
+        return results
 
     def _write_call(
         self,
@@ -484,13 +661,13 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
         the script's options, over `write_options`."""
         keys = [*self.keys(token_hash), self.history_key(token_hash)]
         encoded = json.dumps({**self.write_options, **options} if options else self.write_options)
-        if marked and self._marker_in_script:
-            return [*keys, self.marker_key], [op, self.limit, self.marker_value, encoded, *args]
+        if marked and self.marker.in_script:
+            return [*keys, self.marker.key], [op, self.limit, self.marker.value, encoded, *args]
         return keys, [op, self.limit, "", encoded, *args]
 
     def _write_result(self, reply: list[Any]) -> tuple[Restrictions | None, bool]:
         if reply[0] == "marker":
-            raise self.not_initialised(reply[1])
+            raise self.marker.not_initialised(reply[1])
         if reply[0] == "absent":
             return None, False
         if reply[0] == "past":

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from redis.exceptions import RedisError
 
 from validator.errors import StoreUnavailable
 from validator.model import Mode, Restrictions
-
-if TYPE_CHECKING:
-    pass
 
 DEFAULT_KEY_PREFIX = "tav:"
 
@@ -41,6 +39,51 @@ _LIST_CODES: dict[Kind, List] = {"domain": "d", "ip": "i"}
 # The changes to one list the write script knows.
 ListChange = Literal["add", "remove", "set"]
 _LIST_NAMES: dict[str, str] = {"d": "domain", "i": "IP"}
+
+
+class Expiry(NamedTuple):
+    """When added or set entries stop matching: at an instant (`at_ms`, ms since the epoch) or
+    after a duration from the store's clock now (`in_ms`); one of the two."""
+
+    at_ms: int | None = None
+    in_ms: int | None = None
+
+    def options(self) -> dict[str, str]:
+        """The write script's options for this expiry (`lua/write.lua`)."""
+        if self.in_ms is not None:
+            return {"expires_in": str(self.in_ms)}
+        return {"expires_at": str(self.at_ms)}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyLayout:
+    """The key names under one `prefix`: a token's record and history, and SCAN patterns."""
+
+    prefix: str
+
+    def record(self, token_hash: str) -> tuple[str, str, str]:
+        """The meta, domain and IP keys of one token, sharing the hash tag `{token_hash}`."""
+        base = f"{self.prefix}{{{token_hash}}}:"
+        return base + "m", base + "d", base + "i"
+
+    def history(self, token_hash: str) -> str:
+        """The token's capped change history: a list of JSON entries, newest first (`lua/write.lua`)."""
+        return f"{self.prefix}{{{token_hash}}}:h"
+
+    def hash_of_key(self, key: str) -> str | None:
+        """The token hash inside one of our keys (as named by an invalidation message)."""
+        if not key.startswith(self.prefix):
+            return None
+        start = len(self.prefix)
+        end = key.find("}", start)
+        if key[start : start + 1] != "{" or end == -1:
+            return None
+        return key[start + 1 : end]
+
+    def scan_pattern(self, suffix: str) -> str:
+        """The SCAN pattern of every token's key ending in `:suffix` (the prefix escaped)."""
+        prefix = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return f"{prefix}{{*}}:{suffix}"
 
 
 def _script(name: str) -> str:
@@ -205,6 +248,18 @@ def _expiries(
     if unknown:
         raise UnreadableRecord(f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}")
     return expiry[EXPIRY_FIELD["d"]], expiry[EXPIRY_FIELD["i"]]
+
+
+def put_options(record: Restrictions) -> dict[str, Any]:
+    """The write script's options for a put: the expiries of the record's entries."""
+    if not (record.domain_expiry or record.ip_expiry):
+        return {}
+    return {
+        "expiry": {
+            "d": {entry: str(at) for entry, at in record.domain_expiry.items()},
+            "i": {entry: str(at) for entry, at in record.ip_expiry.items()},
+        }
+    }
 
 
 def put_args(record: Restrictions) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from validator.admin.cli.output import (
     _when,
 )
 from validator.admin.cli.support import _since_ms
-from validator.admin.suggest import ListProposal, Observation, Suggestion
+from validator.admin.proposal import ListProposal, Observation, Suggestion
 from validator.errors import StoreNotInitialised
 from validator.model import Mode, Restrictions
 from validator.settings import DEFAULTS

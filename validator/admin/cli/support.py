@@ -27,7 +27,7 @@ from validator.admin.cli.output import (
 from validator.errors import InvalidEntry, StoreNotInitialised
 from validator.model import Restrictions
 from validator.store.denial_refs import DROPPED, KINDS, REFUSALS, REFUSED, UNLOGGED, DenialRef
-from validator.store.denials import FoundDenials
+from validator.store.denial_streams import FoundDenials
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

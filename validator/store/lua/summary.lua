@@ -1,4 +1,4 @@
--- The denial summary of one stored token (validator.store.denials: `append_denials`), a HASH
+-- The denial summary of one stored token (validator.store.denial_streams: `append_denials`), a HASH
 -- beside its capped stream: what a flood of distinct values from one client cannot push out.
 --
 -- KEYS[1]: the summary. ARGV: cap (most pairs kept), expiry (ms), then per pair of the batch

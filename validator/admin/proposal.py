@@ -17,7 +17,7 @@ import msgspec
 from validator.errors import InvalidEntry
 from validator.model import Mode, Restrictions
 from validator.rules.domains import DomainSet
-from validator.rules.entries import Normalized, _public_suffixes, normalize_domain
+from validator.rules.entries import Normalized, normalize_domain, public_suffixes
 from validator.rules.ips import IPSet
 
 __all__ = ["Flood", "ListProposal", "Observation", "Suggestion", "Wildcard", "propose"]
@@ -262,7 +262,7 @@ def _wildcards(candidates: _Candidates, room: int) -> list[Wildcard]:
     suffix (`*.github.io` for several `x.github.io` sites) is shown refused."""
     if len(candidates) <= room or room == 0:
         return []
-    psl = _public_suffixes()
+    psl = public_suffixes()
     under: dict[str, list[str]] = {}
     sites: dict[str, list[str]] = {}  # public suffix -> registrable domains seen directly under it
     for entry in candidates:

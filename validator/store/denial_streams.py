@@ -1,8 +1,8 @@
 """The denial streams in Redis (see `validator.denials` for the in-process log that fills them).
 
 A stored token's denials go to a capped, expiring stream of its own; those of tokens without a
-record go to a sharded unknown-token log. `Store` has these commands through `DenialStreams`,
-and the lookup of the entry an `Access-Denied-Ref` names (`find_denial`, see `denial_refs`).
+record go to a sharded unknown-token log. `Store` owns a `DenialStreams` for these commands and
+the lookup of the entry an `Access-Denied-Ref` names (`find_denial`, see `denial_refs`).
 """
 
 from __future__ import annotations
@@ -77,13 +77,23 @@ def _id_ms(id_: object) -> int:
 
 
 class DenialStreams:
-    """The denial-log commands of `Store` (on its `client`, under its `key_prefix`)."""
+    """The denial-log commands of a `Store`: on its `client`, under its `key_prefix`, through its
+    multiplexed `wires` where it has some; `secret_mac` keys the `Access-Denied-Ref` cipher."""
 
-    client: Any
-    key_prefix: str
-    _wires: Wires | None
-    _hmac: hmac.HMAC
-    _summary_script: AsyncScript
+    def __init__(
+        self,
+        client: Any,
+        *,
+        key_prefix: str,
+        wires: Wires | None,
+        secret_mac: hmac.HMAC,
+        summary_script: AsyncScript,
+    ) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self._wires = wires
+        self._hmac = secret_mac
+        self._summary_script = summary_script
 
     # The unknown-token log is 16 capped streams, one per hash tag below: tag k hashes (CRC16,
     # as Redis Cluster does) into the k-th sixteenth of the 16,384 slots, so on a cluster the
