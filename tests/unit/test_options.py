@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from validator import Admin, ConfigurationError, Validator
 from validator.admin.cli import _admin, build_parser
@@ -151,6 +152,7 @@ def observed(store: Store, name: str) -> Any:
     if name == "secret":
         return store.token_hash("t")
     if name in ("timeout", "connect_timeout"):
+        assert isinstance(store.client, Redis), "a one-server URL makes a one-server client"
         kwargs = store.client.connection_pool.connection_kwargs
         return kwargs["socket_timeout" if name == "timeout" else "socket_connect_timeout"]
     return getattr(store, name)
