@@ -56,7 +56,7 @@ async def server() -> AsyncIterator[tuple[App, int]]:
     # Ready once it accepts a connection and answers.
     for _ in range(200):
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
             await asyncio.sleep(0.01)
             continue
@@ -84,7 +84,7 @@ async def exchange(port: int, data: bytes, responses: int = 1) -> tuple[list[byt
             )
             answers.append(head + await reader.readexactly(length))
         closed = await asyncio.wait_for(reader.read(1), 0.5) == b""
-    except asyncio.TimeoutError:
+    except TimeoutError:
         closed = False
     finally:
         writer.close()
@@ -136,7 +136,8 @@ async def test_head_has_no_body_and_http_1_0_closes(server: tuple[App, int]) -> 
         pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 3, 400, id="TLS to plain HTTP"),
         pytest.param(b"GET / HTTP/1.1\r\nX: " + b"a" * (gate_server.MAX_HEAD + 10), 431, id="huge head"),
         pytest.param(
-            b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(gate_server.MAX_HEADERS + 1))
+            b"GET / HTTP/1.1\r\n"
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(gate_server.MAX_HEADERS + 1))
             + b"\r\n",
             431,
             id="too many headers",
@@ -149,7 +150,9 @@ async def test_head_has_no_body_and_http_1_0_closes(server: tuple[App, int]) -> 
         ),
     ],
 )
-async def test_refused_input_never_reaches_the_app(server: tuple[App, int], data: bytes, expected: int) -> None:
+async def test_refused_input_never_reaches_the_app(
+    server: tuple[App, int], data: bytes, expected: int
+) -> None:
     app, port = server
     answers, closed = await exchange(port, data)
     assert [status(a) for a in answers] == [expected]
@@ -158,7 +161,7 @@ async def test_refused_input_never_reaches_the_app(server: tuple[App, int], data
 
 
 async def test_an_app_failure_is_a_500(server: tuple[App, int]) -> None:
-    app, port = server
+    _app, port = server
     answers, closed = await exchange(port, b"GET /fail HTTP/1.1\r\nHost: g\r\n\r\n")
     assert [status(a) for a in answers] == [500]
     assert closed

@@ -315,7 +315,13 @@ class TokenAccessMiddleware:
             ref = self._denial_ref(decision)
             if log.isEnabledFor(logging.DEBUG):
                 self._log_denial(token, decision)
-            await self._reply(scope, send, _FORBIDDEN, origin, ref)
+            if self.cors or scope_type != "http":
+                await self._reply(scope, send, _FORBIDDEN, origin, ref)
+                return
+            # The common 403 written out: `_reply`'s tests of the scope and of CORS cost ~0.3 us.
+            headers = [*_FORBIDDEN.headers, (b"access-denied-ref", ref)]
+            await send({"type": "http.response.start", "status": 403, "headers": headers})
+            await send({"type": "http.response.body", "body": _FORBIDDEN.body})
             return
         # No CORS headers added here, even with `cors`: the app's own policy says who may read
         # its responses (P-CORS-NEVER-WIDENS).
