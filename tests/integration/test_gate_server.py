@@ -165,3 +165,15 @@ async def test_an_app_failure_is_a_500(server: tuple[App, int]) -> None:
     answers, closed = await exchange(port, b"GET /fail HTTP/1.1\r\nHost: g\r\n\r\n")
     assert [status(a) for a in answers] == [500]
     assert closed
+
+
+async def test_an_upgrade_is_answered_as_a_check_and_the_connection_closed(server: tuple[App, int]) -> None:
+    """A handshake (`Connection: upgrade`) is no tunnel here: its head is answered like any other
+    request (never a 101), and whatever follows on the connection is not read."""
+    app, port = server
+    handshake = b"GET /ws HTTP/1.1\r\nHost: g\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    data = handshake + b"GET /next HTTP/1.1\r\n\r\n"
+    answers, closed = await exchange(port, data)
+    assert [status(a) for a in answers] == [200]
+    assert closed
+    assert app.paths == ["/ws"]
