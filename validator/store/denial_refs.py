@@ -91,7 +91,7 @@ class DenialRefs:
 
     def encode(self, kind: int, unknown: bool, at_ms: int, token_hash: str, tag: int) -> bytes:
         """The reference (ASCII) of a denial; `token_hash`: the token's whole hash, or ""."""
-        key = (kind, unknown, at_ms, token_hash[:HASH_CHARS], tag)
+        key = (kind, unknown, at_ms, token_hash, tag)  # the whole hash: no slice per call
         memo = self._memo
         if at_ms == self._memo_ms:
             found = memo.get(key)

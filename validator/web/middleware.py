@@ -82,6 +82,7 @@ _SEC_FETCH_HEADERS = (b"sec-fetch-site", b"sec-fetch-mode", b"sec-fetch-dest", b
 # Only an Origin made of visible ASCII is echoed back in Access-Control-Allow-Origin.
 _ECHOABLE = re.compile(rb"[!-~]+")
 _EXPOSE_REF: Final = (b"access-control-expose-headers", b"Access-Denied-Ref")
+_MALFORMED_TOKEN_REASON: Final = Reason.MALFORMED_TOKEN  # a module name: no enum look-up per 403
 
 
 class _Verdict(enum.Enum):
@@ -554,7 +555,7 @@ class TokenAccessMiddleware:
 
     def _denial_ref(self, decision: Decision) -> bytes:
         """The reference of a denial the check has just returned (see `DenialLog.ref`)."""
-        if decision.reason is Reason.MALFORMED_TOKEN:
+        if decision.reason is _MALFORMED_TOKEN_REASON:
             return self._refused(MALFORMED_TOKEN)  # refused before any look-up: nothing logged
         denials = self.validator.denial_log
         if denials is None:
