@@ -141,7 +141,7 @@ class _Exchange:
                     length = True
                 parts += (name, b": ", value, b"\r\n")
             if not length:
-                raise RuntimeError("the gate's responses carry a content-length")
+                self.keep_alive = False  # the body ends where the connection does
             if not self.keep_alive:
                 parts.append(_CLOSE)
             parts.append(b"\r\n")
