@@ -123,6 +123,21 @@ def test_neighbouring_references_share_nothing_visible(
     assert sum(x == y for x, y in zip(a, b, strict=True)) < 12
 
 
+def test_a_repeated_denial_gets_its_reference_from_the_millisecond_memo() -> None:
+    """A flood pays the cipher once per millisecond: the same input gives the very reference
+    the cipher gives (fresh keys, no memo), any other input its own; the memo stays bounded."""
+    refs, fresh = DenialRefs(b"m" * 32), DenialRefs(b"m" * 32)
+    first = refs.encode(LOGGED, False, AT, HASH, 7)
+    assert refs.encode(LOGGED, False, AT, HASH, 7) is first
+    assert first == fresh._encipher(LOGGED, False, AT, HASH, 7)
+    for n in range(1000):  # many requests within one millisecond, then the next one
+        assert refs.encode(LOGGED, False, AT, HASH, n) == fresh._encipher(LOGGED, False, AT, HASH, n)
+    assert len(refs._memo) <= 256
+    assert refs.encode(LOGGED, False, AT + 1, HASH, 7) == fresh._encipher(LOGGED, False, AT + 1, HASH, 7)
+    assert refs.encode(LOGGED, False, AT, HASH, 7) == first  # an older millisecond: enciphered again
+    assert refs.decode(first.decode()) == DenialRef(LOGGED, False, AT, HASH[:7], 7)
+
+
 # --------------------------------------------------------------------------- the middleware
 
 

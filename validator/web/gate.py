@@ -392,7 +392,7 @@ def _worker_app() -> ASGIApp:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run `validator-gate` under uvicorn (uvloop, httptools)."""
+    """Run `validator-gate` on its own server (uvloop, httptools)."""
     parser = _parser()
     args = parser.parse_args(argv)
 
@@ -409,8 +409,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.workers < 1:
         fail("--workers must be at least 1")
     try:
-        import uvicorn  # the `gate` extra
-        import uvloop  # noqa: F401  # uvicorn runs on it (loop="uvloop")
+        import httptools  # noqa: F401  # the `gate` extra: the server's parser
+        import uvicorn  # noqa: F401  # its log formats
+        import uvloop  # noqa: F401  # the server's loop
     except ImportError:
         fail("the gate needs the `gate` extra: pip install 'token-access-validator[gate]'")
     if args.secret is not None:
@@ -432,27 +433,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         "level": args.log_level.upper(),
         "propagate": False,
     }
-    target: ASGIApp | str = app
+    import logging.config
+
+    from validator.web.gate_server import serve
+
+    logging.config.dictConfig(log_config)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(args.log_level.upper())
     if args.workers > 1:
-        os.environ[_ENVIRONMENT] = json.dumps(settings)
-        target = "validator.web.gate:_worker_app"  # not __name__: "__main__" under -m
-    uvicorn.run(
-        target,
-        factory=args.workers > 1,
+        os.environ[_ENVIRONMENT] = json.dumps(settings)  # each worker builds its own gate
+    # The gate's own server (validator/web/gate_server.py): uvicorn's parser, not its request cycle.
+    status = serve(
+        (lambda: app) if args.workers == 1 else _worker_app,
         host=args.host,
         port=args.port,
         workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        # Client addresses are the gate's business (--trusted-proxies, --client-header).
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        lifespan="on",
         access_log=args.access_log,
-        log_level=args.log_level,
-        log_config=log_config,
     )
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ _COMMON_HEADERS = (
 _SEC_FETCH_HEADERS = (b"sec-fetch-site", b"sec-fetch-mode", b"sec-fetch-dest", b"sec-fetch-user")
 # Only an Origin made of visible ASCII is echoed back in Access-Control-Allow-Origin.
 _ECHOABLE = re.compile(rb"[!-~]+")
+_EXPOSE_REF: Final = (b"access-control-expose-headers", b"Access-Denied-Ref")
+_MALFORMED_TOKEN_REASON: Final = Reason.MALFORMED_TOKEN  # a module name: no enum look-up per 403
 
 
 class _Verdict(enum.Enum):
@@ -513,11 +515,12 @@ class TokenAccessMiddleware:
     ) -> None:
         """Send `reply`; a 403 carries `Access-Denied-Ref` (`ref`, or that of a request refused
         before any check), readable by page script when `cors` is on."""
-        headers = list(reply.headers)
         forbidden = reply is _FORBIDDEN
         if forbidden:
-            headers.append((b"access-denied-ref", ref or self._refused(UNREADABLE)))
-        if scope["type"] == "websocket":
+            headers = [*reply.headers, (b"access-denied-ref", ref or self._refused(UNREADABLE))]
+        else:
+            headers = list(reply.headers)
+        if scope["type"] != "http":
             if "websocket.http.response" in (scope.get("extensions") or {}):
                 await send(
                     {"type": "websocket.http.response.start", "status": reply.status, "headers": headers}
@@ -527,17 +530,17 @@ class TokenAccessMiddleware:
                 # Closing before accepting makes the server refuse the handshake with a 403.
                 await send({"type": "websocket.close", "code": 1008})
             return
-        if self.cors and origin and _ECHOABLE.fullmatch(origin):
-            headers.append((b"access-control-allow-origin", origin))
-            headers.append((b"vary", b"Origin"))
-        if self.cors and forbidden:
-            headers.append((b"access-control-expose-headers", b"Access-Denied-Ref"))
+        if self.cors:
+            if origin and _ECHOABLE.fullmatch(origin):
+                headers += ((b"access-control-allow-origin", origin), (b"vary", b"Origin"))
+            if forbidden:
+                headers.append(_EXPOSE_REF)
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
     def _denial_ref(self, decision: Decision) -> bytes:
         """The reference of a denial the check has just returned (see `DenialLog.ref`)."""
-        if decision.reason is Reason.MALFORMED_TOKEN:
+        if decision.reason is _MALFORMED_TOKEN_REASON:
             return self._refused(MALFORMED_TOKEN)  # refused before any look-up: nothing logged
         denials = self.validator.denial_log
         if denials is None:
