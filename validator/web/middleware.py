@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Final, Literal
 
 from validator.core import Validator
+from validator.denials import Denied
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision, Reason
 from validator.store import fingerprint
@@ -282,23 +283,13 @@ class TokenAccessMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        decision = self.validator.check_cached(
-            token,
-            origin=origin_text,
-            referer=referer_text,
-            sec_fetch=sec_fetch,
-            client_ip=client_ip,
-            report_only=self.report_only,
+        screened = self.validator.screen_cached(
+            token, origin_text, referer_text, sec_fetch, client_ip, self.report_only
         )
-        if decision is None:
+        if screened is None:
             try:
-                decision = await self.validator.check(
-                    token,
-                    origin=origin_text,
-                    referer=referer_text,
-                    sec_fetch=sec_fetch,
-                    client_ip=client_ip,
-                    report_only=self.report_only,
+                screened = await self.validator.screen(
+                    token, origin_text, referer_text, sec_fetch, client_ip, self.report_only
                 )
             except StoreUnavailable:
                 now = time.monotonic()
@@ -308,11 +299,11 @@ class TokenAccessMiddleware:
                     log.warning("restriction store unavailable and nothing cached: answering 503")
                 await self._reply(scope, send, _UNAVAILABLE, origin)
                 return
+        decision = screened.decision if isinstance(screened, Denied) else screened
         state["token_access"] = decision
         state["api_token"] = token
         if not decision.allowed:
-            # Now, before anything is awaited: `DenialLog.ref` reads the denial the check took.
-            ref = self._denial_ref(decision)
+            ref = self._denial_ref(screened)
             if log.isEnabledFor(logging.DEBUG):
                 self._log_denial(token, decision)
             await self._reply(scope, send, _FORBIDDEN, origin, ref)
@@ -550,14 +541,14 @@ class TokenAccessMiddleware:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
-    def _denial_ref(self, decision: Decision) -> bytes:
-        """The reference of a denial the check has just returned (see `DenialLog.ref`)."""
-        if decision.reason is Reason.MALFORMED_TOKEN:
-            return self._refused(MALFORMED_TOKEN)  # refused before any look-up: nothing logged
+    def _denial_ref(self, screened: Decision | Denied) -> bytes:
+        """The reference of a denial, as the check returned it (see `DenialLog.ref`)."""
         denials = self.validator.denial_log
-        if denials is None:
-            return self.validator.store.denial_refs.encode(UNLOGGED, False, int(time.time() * 1000), "", 0)
-        return denials.ref(decision)
+        if isinstance(screened, Denied) and denials is not None:
+            return denials.ref(screened)
+        if screened.reason is Reason.MALFORMED_TOKEN:
+            return self._refused(MALFORMED_TOKEN)  # refused before any look-up: nothing logged
+        return self.validator.store.denial_refs.encode(UNLOGGED, False, int(time.time() * 1000), "", 0)
 
     def _refused(self, why: int) -> bytes:
         """The reference of a request refused before any token check (`REFUSALS`)."""
