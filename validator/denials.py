@@ -53,7 +53,13 @@ from validator.store.denial_refs import DROPPED, LOGGED, request_tag
 from validator.store.denials import DenialEntry, Description
 from validator.store.tasks import end_if_cancelled
 
-__all__ = ["DenialLog", "Denied", "DeniedRequest", "RateLimiter", "Taken"]  # DeniedRequest: a record of `model`
+__all__ = [
+    "DenialLog",
+    "Denied",
+    "DeniedRequest",
+    "RateLimiter",
+    "Taken",
+]  # DeniedRequest: a record of `model`
 
 log = logging.getLogger("validator")
 

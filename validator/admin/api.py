@@ -21,7 +21,7 @@ import msgspec
 from validator.admin.audit import checked_actor, default_actor, retention_options
 from validator.admin.suggest import Suggestion, propose
 from validator.errors import ConfigurationError, InvalidEntry, LimitExceeded, StoreNotInitialised
-from validator.model import MAX_TOKEN_LENGTH, Mode, Restrictions, is_token, token_rule
+from validator.model import MAX_TOKEN_LENGTH, Mode, RestrictionKind, Restrictions, is_token, token_rule
 from validator.rules.entries import Normalized, canonical_domain, normalize_domain
 from validator.rules.explain import Explanation, explain
 from validator.rules.networks import (
@@ -44,12 +44,15 @@ __all__ = [
     "PreparedPut",
     "Record",
     "Restriction",
+    "RestrictionKind",
     "Suggestion",
 ]
 
 log = logging.getLogger("validator")
 
-Restriction = Kind
+# The former name of `RestrictionKind`, kept for compatibility (CHANGELOG, Unreleased): one letter from
+# `Restrictions`, the record.
+Restriction = RestrictionKind
 _KINDS: dict[str, Kind] = {"domain": "domain", "ip": "ip"}
 # The most denial-log entries `suggest` reads: far above what a stream keeps by default (about
 # `denial_stream_length`, 1,000), so that it reads the whole stream, yet bounded.

@@ -38,8 +38,8 @@ except ImportError as missing:  # run in a subprocess by tests/unit/test_fastapi
 from validator.core import Validator
 from validator.errors import ConfigurationError
 from validator.model import Decision
-from validator.web.middleware import _TOKEN_SOURCES, ProxyHeader, TokenAccessMiddleware, TokenSource
-from validator.web.responses import _UNAUTHORIZED
+from validator.web.middleware import TOKEN_SOURCES, ProxyHeader, TokenAccessMiddleware, TokenSource
+from validator.web.responses import UNAUTHORIZED
 from validator.web.types import Message, Receive, Scope, Send
 
 __all__ = ["Access", "TokenAccess", "TokenAccessError"]
@@ -127,7 +127,7 @@ class TokenAccess:
         self,
         validator: Validator,
         *,
-        token_sources: Sequence[TokenSource] = _TOKEN_SOURCES,
+        token_sources: Sequence[TokenSource] = TOKEN_SOURCES,
         token_header: str = "X-API-Key",
         token_query: str = "api_key",
         require_token: bool = True,
@@ -234,13 +234,13 @@ class TokenAccess:
             if "token_access" not in state:
                 # A CORS preflight, which the middleware passes on unchecked: not here.
                 if self.require_token:
-                    self._refuse(connection, _UNAUTHORIZED.status, _UNAUTHORIZED.headers, _UNAUTHORIZED.body)
+                    self._refuse(connection, UNAUTHORIZED.status, UNAUTHORIZED.headers, UNAUTHORIZED.body)
                 return Access(None, None)
             response.raw_headers.extend(sent[0]["headers"])
             return Access(state["token_access"], state["api_token"])
         if not sent:
             # The middleware neither replied nor called its app: nothing says "allowed".
-            self._refuse(connection, _UNAUTHORIZED.status, _UNAUTHORIZED.headers, _UNAUTHORIZED.body)
+            self._refuse(connection, UNAUTHORIZED.status, UNAUTHORIZED.headers, UNAUTHORIZED.body)
         start = sent[0]
         if start["type"] == "websocket.close":
             raise WebSocketException(code=start.get("code", 1008))

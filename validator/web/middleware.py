@@ -28,15 +28,15 @@ from validator.errors import ConfigurationError, StoreUnavailable
 from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision, Reason
 from validator.store import fingerprint
 from validator.store.denial_refs import AMBIGUOUS, MALFORMED_TOKEN, UNLOGGED, UNREADABLE
-from validator.web.exemption import _Exemption
+from validator.web.exemption import Exemption
 from validator.web.proxy_headers import (
-    _HTTP_TOKEN,
-    _forwarded_hops,
-    _one_address,
-    _TrustedHosts,
-    _x_forwarded_for_hops,
+    HTTP_TOKEN,
+    TrustedHosts,
+    forwarded_hops,
+    one_address,
+    x_forwarded_for_hops,
 )
-from validator.web.responses import _FORBIDDEN, _UNAUTHORIZED, _UNAVAILABLE, _Reply
+from validator.web.responses import FORBIDDEN, UNAUTHORIZED, UNAVAILABLE, Reply
 from validator.web.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -58,7 +58,7 @@ TokenSource = Literal["bearer", "header", "query"]
 ProxyHeader = Literal[
     "x-forwarded-for", "forwarded", "x-real-ip", "cf-connecting-ip", "true-client-ip", "fly-client-ip"
 ]
-_TOKEN_SOURCES: tuple[TokenSource, ...] = ("bearer", "header", "query")
+TOKEN_SOURCES: tuple[TokenSource, ...] = ("bearer", "header", "query")
 # What may stand between `Bearer` and the token for an app that reads it with a regex's `\s`.
 _BEARER_SPACE = (b" ", b"\t", b"\x0b", b"\x0c")
 
@@ -149,7 +149,7 @@ class TokenAccessMiddleware:
         app: ASGIApp,
         *,
         validator: Validator,
-        token_sources: Sequence[TokenSource] = _TOKEN_SOURCES,
+        token_sources: Sequence[TokenSource] = TOKEN_SOURCES,
         token_header: str = "X-API-Key",
         token_query: str = "api_key",
         require_token: bool = True,
@@ -165,9 +165,9 @@ class TokenAccessMiddleware:
         exempt: Iterable[str] | str = (),
     ) -> None:
         sources = tuple(token_sources)
-        if not sources or len(set(sources)) != len(sources) or not set(sources) <= set(_TOKEN_SOURCES):
+        if not sources or len(set(sources)) != len(sources) or not set(sources) <= set(TOKEN_SOURCES):
             raise ConfigurationError(
-                f"token_sources must name each of {', '.join(_TOKEN_SOURCES)} at most once, "
+                f"token_sources must name each of {', '.join(TOKEN_SOURCES)} at most once, "
                 f"not {token_sources!r}"
             )
         if not token_query:
@@ -175,7 +175,7 @@ class TokenAccessMiddleware:
         if cors_allow_headers is None:
             cors_allow_headers = ("Authorization", token_header, "Content-Type")
         for name in (token_header, *cors_allow_methods, *cors_allow_headers):
-            if not _HTTP_TOKEN.fullmatch(name):
+            if not HTTP_TOKEN.fullmatch(name):
                 raise ConfigurationError(f"{name!r} is not an HTTP header or method name")
         reserved = ("origin", "referer", "authorization", "x-forwarded-for", "forwarded")
         if token_header.lower() in reserved or token_header.lower().startswith(
@@ -189,7 +189,7 @@ class TokenAccessMiddleware:
         proxy_header = proxy_header.lower()
         taken = ("origin", "referer", "authorization", token_header.lower())
         if (
-            not _HTTP_TOKEN.fullmatch(proxy_header)
+            not HTTP_TOKEN.fullmatch(proxy_header)
             or proxy_header in taken
             or proxy_header.startswith(("sec-fetch-", "access-control-"))
         ):
@@ -209,13 +209,13 @@ class TokenAccessMiddleware:
         self.token_sources = sources
         self.require_token = require_token
         self.max_token_length = max_token_length
-        self.trusted_proxies = _TrustedHosts(trusted_proxies)
+        self.trusted_proxies = TrustedHosts(trusted_proxies)
         self.proxy_header = proxy_header
         self._chain = proxy_header in ("x-forwarded-for", "forwarded")
         self.answer_preflight = preflight == "answer"
         self.cors = cors
         self.report_only = report_only
-        self._exemption = _Exemption(exempt)
+        self._exemption = Exemption(exempt)
         self._exemption.discover(app)
         self._exempt_paths = self._exemption.paths
         self._query_name = token_query.encode("utf-8")
@@ -260,11 +260,11 @@ class TokenAccessMiddleware:
         except Exception:
             # Input no server should hand us; whatever it was, it is not let through.
             log.warning("request could not be read; denied", exc_info=True)
-            await self._reply(scope, send, _FORBIDDEN, None)
+            await self._reply(scope, send, FORBIDDEN, None)
             return
         if token is _MALFORMED:
             log.debug("ambiguous or oversized origin, referer or token: denied")
-            await self._reply(scope, send, _FORBIDDEN, origin, self._refused(AMBIGUOUS))
+            await self._reply(scope, send, FORBIDDEN, origin, self._refused(AMBIGUOUS))
             return
         if token is _PREFLIGHT_REQUEST:
             # A preflight never carries the token: the browser checks the real request's reply.
@@ -279,17 +279,27 @@ class TokenAccessMiddleware:
         if token is None:
             state["token_access"] = state["api_token"] = None
             if self.require_token:
-                await self._reply(scope, send, _UNAUTHORIZED, origin)
+                await self._reply(scope, send, UNAUTHORIZED, origin)
             else:
                 await self.app(scope, receive, send)
             return
         screened = self.validator.screen_cached(
-            token, origin_text, referer_text, sec_fetch, client_ip, self.report_only
+            token,
+            origin=origin_text,
+            referer=referer_text,
+            sec_fetch=sec_fetch,
+            client_ip=client_ip,
+            report_only=self.report_only,
         )
         if screened is None:
             try:
                 screened = await self.validator.screen(
-                    token, origin_text, referer_text, sec_fetch, client_ip, self.report_only
+                    token,
+                    origin=origin_text,
+                    referer=referer_text,
+                    sec_fetch=sec_fetch,
+                    client_ip=client_ip,
+                    report_only=self.report_only,
                 )
             except StoreUnavailable:
                 now = time.monotonic()
@@ -297,7 +307,7 @@ class TokenAccessMiddleware:
                 if now - self._unavailable_logged > 10.0:
                     self._unavailable_logged = now
                     log.warning("restriction store unavailable and nothing cached: answering 503")
-                await self._reply(scope, send, _UNAVAILABLE, origin)
+                await self._reply(scope, send, UNAVAILABLE, origin)
                 return
         decision = screened.decision if isinstance(screened, Denied) else screened
         state["token_access"] = decision
@@ -306,7 +316,7 @@ class TokenAccessMiddleware:
             ref = self._denial_ref(screened)
             if log.isEnabledFor(logging.DEBUG):
                 self._log_denial(token, decision)
-            await self._reply(scope, send, _FORBIDDEN, origin, ref)
+            await self._reply(scope, send, FORBIDDEN, origin, ref)
             return
         # No CORS headers added here, even with `cors`: the app's own policy says who may read
         # its responses (P-CORS-NEVER-WIDENS).
@@ -506,21 +516,21 @@ class TokenAccessMiddleware:
                 return None
             value = proxy[0].decode("latin-1")
             # Only values an address can fill are remembered (P-PARSE-CACHE-BOUNDED).
-            return _one_address(value) if len(value) <= 128 else _one_address.__wrapped__(value)
+            return one_address(value) if len(value) <= 128 else one_address.__wrapped__(value)
         merged = ",".join(value.decode("latin-1") for value in proxy)
         if self.proxy_header == "forwarded":
-            return self.trusted_proxies.client(_forwarded_hops(merged))
-        return self.trusted_proxies.client(_x_forwarded_for_hops(merged))
+            return self.trusted_proxies.client(forwarded_hops(merged))
+        return self.trusted_proxies.client(x_forwarded_for_hops(merged))
 
     # -------------------------------------------------------------------------- answering
 
     async def _reply(
-        self, scope: Scope, send: Send, reply: _Reply, origin: bytes | None, ref: bytes | None = None
+        self, scope: Scope, send: Send, reply: Reply, origin: bytes | None, ref: bytes | None = None
     ) -> None:
         """Send `reply`; a 403 carries `Access-Denied-Ref` (`ref`, or that of a request refused
         before any check), readable by page script when `cors` is on."""
         headers = list(reply.headers)
-        forbidden = reply is _FORBIDDEN
+        forbidden = reply is FORBIDDEN
         if forbidden:
             headers.append((b"access-denied-ref", ref or self._refused(UNREADABLE)))
         if scope["type"] == "websocket":
@@ -544,8 +554,10 @@ class TokenAccessMiddleware:
     def _denial_ref(self, screened: Decision | Denied) -> bytes:
         """The reference of a denial, as the check returned it (see `DenialLog.ref`)."""
         denials = self.validator.denial_log
-        if isinstance(screened, Denied) and denials is not None:
-            return denials.ref(screened)
+        if isinstance(screened, Denied):
+            if denials is not None:
+                return denials.ref(screened)
+            screened = screened.decision
         if screened.reason is Reason.MALFORMED_TOKEN:
             return self._refused(MALFORMED_TOKEN)  # refused before any look-up: nothing logged
         return self.validator.store.denial_refs.encode(UNLOGGED, False, int(time.time() * 1000), "", 0)
