@@ -195,7 +195,7 @@ class Validator:
         are those of `check`.
         """
         result = self._hit(token, origin, referer, sec_fetch, client_ip, report_only)
-        return result.decision if isinstance(result, Denied) else result
+        return result[0] if isinstance(result, tuple) else result
 
     async def check(
         self,
@@ -223,7 +223,7 @@ class Validator:
         result = self._hit(token, origin, referer, sec_fetch, client_ip, report_only)
         if result is None:
             result = await self._miss(token, origin, referer, sec_fetch, client_ip, report_only)
-        return result.decision if isinstance(result, Denied) else result
+        return result[0] if isinstance(result, tuple) else result
 
     def screen_cached(
         self,
@@ -249,8 +249,8 @@ class Validator:
         report_only: bool = False,
     ) -> Decision | Denied:
         """`check`, for a face that answers the request: a decision the denial log took (a
-        denial, or a reported one) comes back as `Denied`, with what the log took of it, which
-        the reply's `Access-Denied-Ref` is made of (`DenialLog.ref`)."""
+        denial, or a reported one) comes back as `Denied`, the pair (decision, what the log took
+        of it), which the reply's `Access-Denied-Ref` is made of (`DenialLog.ref`)."""
         result = self._hit(token, origin, referer, sec_fetch, client_ip, report_only)
         if result is None:
             result = await self._miss(token, origin, referer, sec_fetch, client_ip, report_only)
@@ -348,8 +348,8 @@ class Validator:
             # What `record` would do (a full queue, no log line due), without the call: ~150 ns
             # of a denied check in a flood (`DenialLog.dropping`).
             denials.dropped += 1
-            return Denied(result, token)
-        return Denied(result, denials.record(token, result, url, client_ip))
+            return result, token
+        return result, denials.record(token, result, url, client_ip)
 
     # ------------------------------------------------------------------ statistics
 

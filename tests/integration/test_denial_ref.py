@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 
 from tests.integration.test_cli_support import SECRET, Cli, environment
 from validator import Admin, Validator
-from validator.denials import Denied
 from validator.model import Decision
 from validator.store.denial_refs import DROPPED, LOGGED, REFUSED, UNLOGGED
 
@@ -50,10 +49,11 @@ async def denied(
 ) -> tuple[Decision, str]:
     """A denied check and its reference, built from what the check returned as the middleware does."""
     screened = await validator.screen(token, origin=origin, client_ip=client_ip)
-    assert isinstance(screened, Denied)
-    assert not screened.decision.allowed
+    assert isinstance(screened, tuple)
+    decision, _ = screened
+    assert not decision.allowed
     assert validator.denial_log is not None
-    return screened.decision, validator.denial_log.ref(screened).decode()
+    return decision, validator.denial_log.ref(screened).decode()
 
 
 async def drained(validator: Validator) -> None:
@@ -70,7 +70,7 @@ async def main() -> None:
     url, secret, token, ip = sys.argv[1:]
     async with Validator.from_url(url, secret=secret, unknown_token="deny") as validator:
         screened = await validator.screen(token, client_ip=ip)
-        assert not screened.decision.allowed
+        assert not screened[0].allowed
         print(validator.denial_log.ref(screened).decode())
         await asyncio.wait_for(validator.denial_log.flush(), 10)
 

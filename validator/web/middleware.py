@@ -309,7 +309,7 @@ class TokenAccessMiddleware:
                     log.warning("restriction store unavailable and nothing cached: answering 503")
                 await self._reply(scope, send, UNAVAILABLE, origin)
                 return
-        decision = screened.decision if isinstance(screened, Denied) else screened
+        decision = screened[0] if isinstance(screened, tuple) else screened
         state["token_access"] = decision
         state["api_token"] = token
         if not decision.allowed:
@@ -554,10 +554,10 @@ class TokenAccessMiddleware:
     def _denial_ref(self, screened: Decision | Denied) -> bytes:
         """The reference of a denial, as the check returned it (see `DenialLog.ref`)."""
         denials = self.validator.denial_log
-        if isinstance(screened, Denied):
+        if isinstance(screened, tuple):
             if denials is not None:
                 return denials.ref(screened)
-            screened = screened.decision
+            screened = screened[0]
         if screened.reason is Reason.MALFORMED_TOKEN:
             return self._refused(MALFORMED_TOKEN)  # refused before any look-up: nothing logged
         return self.validator.store.denial_refs.encode(UNLOGGED, False, int(time.time() * 1000), "", 0)
