@@ -16,7 +16,7 @@ from validator.web.middleware import ASGIApp
 
 __all__ = ["base_http", "none", "ours"]
 
-_FORBIDDEN = {"error": "Access denied. You don't have permission to access this."}
+FORBIDDEN = {"error": "Access denied. You don't have permission to access this."}
 
 
 def none() -> ASGIApp:
@@ -57,7 +57,7 @@ def base_http() -> ASGIApp:
                 client_ip=request.client.host if request.client else None,
             )
             if not decision.allowed:
-                return JSONResponse(_FORBIDDEN, status_code=403)
+                return JSONResponse(FORBIDDEN, status_code=403)
             return await call_next(request)
 
     validator = Validator.from_url("memory://bench")

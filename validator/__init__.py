@@ -19,7 +19,7 @@ from validator.errors import (
     StoreUnmarked,
     ValidatorError,
 )
-from validator.model import Decision, Mode, Reason, Restrictions, Source
+from validator.model import Decision, Mode, Reason, RestrictionKind, Restrictions, Source
 from validator.store import Store
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "LimitExceeded",
     "Mode",
     "Reason",
+    "RestrictionKind",
     "Restrictions",
     "Settings",
     "Source",

@@ -1,49 +1,37 @@
-"""The Validator: `check()` = local cache -> store -> rules, kept coherent and fail-closed."""
+"""The Validator: `check()` = local cache -> store -> rules, kept coherent and fail-closed.
+
+This module is the check itself: the hit path (`_hit`, written once: `check_cached`, `check`,
+`screen_cached` and `screen` go through it), the miss path (`_miss`: a read, then the rules) and the
+answer while the store fails (`_unavailable`). Its parts have rooms of their own: the store
+reads (`validator.reads`), what runs beside the checks and how it starts and stops
+(`validator.lifecycle`), the denial log (`validator.denials`).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import bisect
-import collections
-import contextlib
 import functools
-import logging
 import math
-import time
-import uuid
-from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any, Unpack, cast
+from typing import Unpack, cast
 
-from validator.breaker import BreakerState, CircuitBreaker
+from validator.breaker import CircuitBreaker
 from validator.cache import Cache
-from validator.denials import DenialLog
-from validator.errors import StoreUnavailable, StoreUnmarked
-from validator.model import (
-    ALL_DECISIONS,
-    Decision,
-    Reason,
-    Restrictions,
-    decision,
-    is_token,
-    reported,
-)
+from validator.denials import DenialLog, Denied
+from validator.errors import StoreUnavailable
+from validator.lifecycle import Lifecycle
+from validator.model import ALL_DECISIONS, Decision, Entry, Reason, decision, is_token, reported
 from validator.options import split
-from validator.rules.decide import TokenRules, classify, compile_rules
+from validator.reads import Reads
+from validator.rules.decide import TokenRules, classify
 from validator.settings import READ_LATENCY_BUCKETS, Settings, Stats, ValidatorOptions, checked
-from validator.shards import Shard, Shards
-from validator.store import Store, StoreOptions, UnreadableRecord, fingerprint, parse_read, wrong_type
+from validator.shards import Shards
+from validator.store import Store, StoreOptions
 from validator.store.invalidation import InvalidationListener
 
-__all__ = ["READ_LATENCY_BUCKETS", "Settings", "Stats", "Validator"]
-
-log = logging.getLogger("validator")
+__all__ = ["READ_LATENCY_BUCKETS", "Denied", "Settings", "Stats", "Validator"]
 
 _MALFORMED = decision(False, Reason.MALFORMED_TOKEN)
 _NEVER = math.inf
-# How long `close()` waits for a background read to end after cancelling it, and for the
-# connections to close.
-_CLOSE_WAIT = 0.2
 
 
 class Validator:
@@ -77,27 +65,17 @@ class Validator:
             require_marker=self.require_marker,
             marker_interval=s["marker_interval"],
         )
-        self._unknown_rules = TokenRules(None, unknown_allowed=s["unknown_token"] == "allow")
-        # Distinct cold tokens each need a read; this bounds how many run at once, so a flood
-        # of random tokens queues here instead of piling onto Redis.
-        self._load_slots = asyncio.Semaphore(s["max_concurrent_loads"])
-        self._max_loads = s["max_concurrent_loads"]
-        self._fast_reads = 0
-        # Fast reads waiting for one of the `max_concurrent_loads` fast slots, started as others
-        # finish (`_finish_read`). Sending them down the general path instead cost its task,
-        # coroutine and semaphore to every read beyond the bound: with 100 concurrent cold checks,
-        # a third of them (benchmarks: miss).
-        self._queued_reads: collections.deque[tuple[str, Shard, asyncio.Future[tuple[TokenRules, bool]]]] = (
-            collections.deque()
+        self.reads = Reads(
+            store,
+            self.shards,
+            unknown_rules=TokenRules(None, unknown_allowed=s["unknown_token"] == "allow"),
+            max_loads=s["max_concurrent_loads"],
+            require_marker=self.require_marker,
         )
-        self._read_loop: asyncio.AbstractEventLoop  # that of the fast reads in flight
         # Statistics, read by `validator.metrics` (plain ints: the hot path can afford those).
         self._counts: dict[int, int] = dict.fromkeys(map(id, ALL_DECISIONS), 0)
         self._misses = 0
         self._failed_closed = 0
-        self._store_errors = 0
-        self._read_latency_sum = 0.0
-        self._read_latency_counts = [0] * (len(READ_LATENCY_BUCKETS) + 1)
         self.denial_log: DenialLog | None = None
         if s["denial_log"]:
             self.denial_log = DenialLog(
@@ -108,26 +86,12 @@ class Validator:
                 ttl=s["denial_ttl"],
                 log_rate=s["denial_log_rate"],
             )
-        self.listener: InvalidationListener | None = None
-        if s["invalidation"] and store.topology is not None:
-            self.listener = InvalidationListener(
-                store.topology,
-                store.key_prefix,
-                on_keys=self._on_keys,
-                on_layout=self.shards.on_layout,
-                on_up=self._on_up,
-                on_down=self.shards.on_down,
-                ping_interval=s["ping_interval"],
-                ping_timeout=s["ping_timeout"],
-                topology_interval=s["topology_interval"],
-            )
-            self.cache.coherent_for = lambda token_hash: self.shards.of(token_hash).coherent
-        self._barriers: dict[str, asyncio.Future[None]] = {}
-        self._started = False
-        self._closed = False
-        self._eviction_check: asyncio.Future[None] | None = None
-        # Hashes of tokens whose unreadable record was logged: once each, until read again.
-        self._unreadable_logged: set[str] = set()
+        self.lifecycle = Lifecycle(store, self.cache, self.shards, self.denial_log, s)
+
+    @property
+    def listener(self) -> InvalidationListener | None:
+        """The invalidation listener (None without invalidation, or on the memory:// store)."""
+        return self.lifecycle.listener
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -153,6 +117,8 @@ class Validator:
         store = Store.from_url(url, **store_options)
         return cls(store, **settings)
 
+    # ------------------------------------------------------------------ lifecycle
+
     async def __aenter__(self) -> Validator:
         await self.connect()
         return self
@@ -170,20 +136,7 @@ class Validator:
         the eviction-policy check. Idempotent and synchronous, so the first `check()` calls it
         itself and a thousand concurrent first requests cannot race: nobody has to remember it.
         Needs a running event loop."""
-        if self._started:
-            return
-        if self._closed:
-            self.store.reopen()
-            self._closed = False
-        self._started = True
-        self.store.local_listeners.append(self.cache.invalidate)
-        if self.denial_log is not None:
-            self.denial_log.start()
-        if self.listener is not None:
-            self.listener.start()
-        # An evicted record is a token left unrestricted: say so at start ("eviction is a wipe").
-        self._eviction_check = asyncio.ensure_future(self.store.log_eviction_risk())
-        self._eviction_check.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self.lifecycle.start()
 
     async def connect(self, *, wait: float | None = 1.0) -> None:
         """`start()`, then wait up to `wait` seconds for the invalidation listener (and the
@@ -192,69 +145,14 @@ class Validator:
         Optional: `check()` starts the validator itself. An unreachable store is not an error
         here: checks fail closed until it answers.
         """
-        self.start()
-        if self._eviction_check is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._eviction_check)
-        if self.listener is not None and wait:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.listener.connected.wait(), wait)
+        await self.lifecycle.connect(wait)
 
     async def close(self) -> None:
         """Stop listening and release connections (a later `check()` starts again).
 
         Returns within 1 s whatever Redis does (docs/behaviour.md, "Lifecycle"): the background
         tasks are stopped together, each within its own bound, then the connections are cut."""
-        self._started = False
-        self._closed = True
-        with contextlib.suppress(ValueError):
-            self.store.local_listeners.remove(self.cache.invalidate)
-        # Background reads must end before the connections they would open are released:
-        # a marker check still running after `store.close()` would leave its connections open.
-        background = [t for t in (self._eviction_check,) if t is not None and not t.done()]
-        self._eviction_check = None
-        for task in background:
-            task.cancel()
-        stopping: list[Awaitable[object]] = [self.shards.close()]  # its marker reads: ~0.2 s at most
-        if background:
-            stopping.append(asyncio.wait(background, timeout=_CLOSE_WAIT))
-        if self.listener is not None:
-            stopping.append(self.listener.stop())  # at most ~0.4 s
-        if self.denial_log is not None:
-            stopping.append(self.denial_log.stop())  # at most ~0.4 s: what is queued, then cancelled
-        await asyncio.gather(*stopping)
-        closing = asyncio.ensure_future(self.store.close())
-        done, _ = await asyncio.wait({closing}, timeout=_CLOSE_WAIT)
-        if not done:
-            # Connections to a frozen server that do not close politely: left to their timeouts.
-            closing.add_done_callback(lambda t: t.cancelled() or t.exception())
-            log.debug("store connections did not close within %.1f s; leaving them", _CLOSE_WAIT)
-        else:
-            closing.result()
-
-    # ------------------------------------------------------------------ invalidation events
-
-    def _on_keys(self, keys: list[str]) -> None:
-        for key in keys:
-            token_hash = self.store.hash_of_key(key)
-            if token_hash is not None:
-                # Only the restriction keys matter; the history list changes with them anyway.
-                if not key.endswith(":h"):
-                    self.cache.invalidate(token_hash)
-            elif key in self._barriers:
-                barrier = self._barriers.pop(key)
-                if not barrier.done():
-                    barrier.set_result(None)
-            elif self.require_marker and self.store.is_marker_key(key):
-                # Which primaries a change of the marker concerns does not matter: each shard
-                # reads its own again (one read each, shared).
-                self.shards.marker_changed()
-                for shard in self.shards.all():
-                    self.shards.schedule_verify(shard)
-
-    def _on_up(self, node: str) -> None:
-        assert self.listener is not None
-        self.shards.on_up(node, self.listener.connected.is_set())
+        await self.lifecycle.close()
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Wait until every change stored before this call has reached this process's cache.
@@ -264,26 +162,7 @@ class Validator:
         waiting for their invalidations is a barrier. Raises `StoreUnavailable` when the
         invalidation connection is down or the barrier does not come back within `timeout`.
         """
-        if self.listener is None:
-            return
-        if not self.listener.connected.is_set():
-            raise StoreUnavailable("no invalidation connection: the cache cannot be synchronised")
-        name = f"{self.store.key_prefix}sync:{uuid.uuid4().hex}"
-        keys = [name + tag for tag in await self.store.shard_tags(self.listener.nodes)]
-        if not keys:
-            raise StoreUnavailable("no invalidation connection: the cache cannot be synchronised")
-        loop = asyncio.get_running_loop()
-        barriers = {key: loop.create_future() for key in keys}
-        self._barriers.update(barriers)
-        try:
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(*(self.store.touch(key) for key in keys))
-                await asyncio.gather(*barriers.values())
-        except TimeoutError:
-            raise StoreUnavailable(f"invalidations did not arrive within {timeout}s") from None
-        finally:
-            for key in keys:
-                self._barriers.pop(key, None)
+        await self.lifecycle.sync(timeout)
 
     # ------------------------------------------------------------------ checks
 
@@ -302,27 +181,8 @@ class Validator:
         Synchronous: the fast path for callers that can skip an `await` on a hit. The arguments
         are those of `check`.
         """
-        entry = self.cache.fresh(token)
-        if entry is None:
-            return None
-        # The hit path, written out here and in `check` (it is `_decided` for an entry): a call
-        # less is ~50 ns, ~5-8% of a cached check (benchmarks: hotpath).
-        result = entry.decide(origin, referer, sec_fetch, client_ip)
-        if not result.allowed or result.reported:
-            if report_only and not result.allowed:
-                result = reported(result)
-            denials = self.denial_log
-            if denials is not None:
-                if denials.dropping:
-                    # What `record` would do (a full queue, no log line due), without the call:
-                    # ~150 ns of a denied check in a flood (`DenialLog.dropping`).
-                    denials.dropped += 1
-                    denials.last = entry  # for the reply's reference (`DenialLog.ref`)
-                else:
-                    denials.record(entry, result, origin or referer, client_ip)
-        # Counting by id: a Decision is a shared constant, and hashing the Struct costs more.
-        self._counts[id(result)] += 1
-        return result
+        result = self._hit(token, origin, referer, sec_fetch, client_ip, report_only)
+        return result[0] if isinstance(result, tuple) else result
 
     async def check(
         self,
@@ -345,25 +205,79 @@ class Validator:
         Raises `StoreUnavailable` when the store cannot be read and nothing usable is cached
         (unless `fail_open`).
         """
+        # Not `await self.screen(...)`: a coroutine less on every cached `await check()`
+        # (~200 ns, benchmarks: hotpath).
+        result = self._hit(token, origin, referer, sec_fetch, client_ip, report_only)
+        if result is None:
+            result = await self._miss(token, origin, referer, sec_fetch, client_ip, report_only)
+        return result[0] if isinstance(result, tuple) else result
+
+    def screen_cached(
+        self,
+        token: str,
+        *,
+        origin: str | None = None,
+        referer: str | None = None,
+        sec_fetch: bool = False,
+        client_ip: str | None = None,
+        report_only: bool = False,
+    ) -> Decision | Denied | None:
+        """`check_cached`, for a face that answers the request: see `screen`."""
+        return self._hit(token, origin, referer, sec_fetch, client_ip, report_only)
+
+    async def screen(
+        self,
+        token: str,
+        *,
+        origin: str | None = None,
+        referer: str | None = None,
+        sec_fetch: bool = False,
+        client_ip: str | None = None,
+        report_only: bool = False,
+    ) -> Decision | Denied:
+        """`check`, for a face that answers the request: a decision the denial log took (a
+        denial, or a reported one) comes back as `Denied`, the pair (decision, what the log took
+        of it), which the reply's `Access-Denied-Ref` is made of (`DenialLog.ref`)."""
+        result = self._hit(token, origin, referer, sec_fetch, client_ip, report_only)
+        if result is None:
+            result = await self._miss(token, origin, referer, sec_fetch, client_ip, report_only)
+        return result
+
+    # The request's fields by position, unlike the public methods (a call by keyword cost ~25-90 ns
+    # more, timeit on CPython 3.11): every check makes one of these calls.
+    def _hit(  # noqa: PLR0917
+        self,
+        token: str,
+        origin: str | None,
+        referer: str | None,
+        sec_fetch: bool,
+        client_ip: str | None,
+        report_only: bool,
+    ) -> Decision | Denied | None:
+        """The hit path, the one copy of it: the decision from a fresh cache entry, or None."""
         entry = self.cache.fresh(token)
-        if entry is not None:
-            result = entry.decide(origin, referer, sec_fetch, client_ip)  # check_cached's hit path
-            if not result.allowed or result.reported:
-                if report_only and not result.allowed:
-                    result = reported(result)
-                denials = self.denial_log
-                if denials is not None:
-                    if denials.dropping:
-                        denials.dropped += 1  # as in `check_cached`
-                        denials.last = entry
-                    else:
-                        denials.record(entry, result, origin or referer, client_ip)
+        if entry is None:
+            return None
+        result = entry.decide(origin, referer, sec_fetch, client_ip)
+        if result.allowed and not result.reported:
+            # Counting by id: a Decision is a shared constant, and hashing the Struct costs more.
             self._counts[id(result)] += 1
             return result
+        return self._decided(entry, result, report_only, origin or referer, client_ip)
+
+    async def _miss(  # noqa: PLR0917  # as `_hit`
+        self,
+        token: str,
+        origin: str | None,
+        referer: str | None,
+        sec_fetch: bool,
+        client_ip: str | None,
+        report_only: bool,
+    ) -> Decision | Denied:
         self._misses += 1
-        if not self._started:
+        if not self.lifecycle.started:
             # Only a miss can be a first use (a hit needs an earlier miss), so hits pay nothing.
-            self.start()
+            self.lifecycle.start()
         if not is_token(token, self.max_token_length):
             # No such token was ever issued (docs/behaviour.md): no read, nothing cached, nothing for the
             # denial log to keep. Only misses pay this: a cached token passed it to be cached.
@@ -379,10 +293,9 @@ class Validator:
             if not shard.breaker.blocked():
                 try:
                     # A partial, not a lambda: a closure made `self`, `token_hash` and `shard`
-                    # cells of this coroutine, built on every call, hits included (~200 ns of a
-                    # cached `await check()`, benchmarks: hotpath).
+                    # cells of this coroutine, built on every call.
                     rules = await self.cache.load(
-                        token, token_hash, functools.partial(self._start_read, token_hash, shard)
+                        token, token_hash, functools.partial(self.reads.start, token_hash, shard)
                     )
                 except StoreUnavailable as failure:
                     error = failure
@@ -392,38 +305,6 @@ class Validator:
                     result = rules.decide(origin, referer, sec_fetch, client_ip)
                     return self._decided(token_hash, result, report_only, origin or referer, client_ip)
         # The store is failing (if the breaker is open: answered now, without a read or a timeout).
-        return self._unavailable(
-            token,
-            error,
-            report_only,
-            origin=origin,
-            referer=referer,
-            sec_fetch=sec_fetch,
-            client_ip=client_ip,
-        )
-
-    def _decided(
-        self, token_hash: str, result: Decision, report_only: bool, url: str | None, client_ip: str | None
-    ) -> Decision:
-        if not result.allowed or result.reported:
-            if report_only and not result.allowed:
-                result = reported(result)
-            if self.denial_log is not None:
-                self.denial_log.record(token_hash, result, url, client_ip)
-        self._counts[id(result)] += 1
-        return result
-
-    def _unavailable(
-        self,
-        token: str,
-        error: StoreUnavailable | None,
-        report_only: bool,
-        *,
-        origin: str | None,
-        referer: str | None,
-        sec_fetch: bool,
-        client_ip: str | None,
-    ) -> Decision:
         stale = self.cache.usable(token)
         if stale is not None:
             # Past its freshness: without the entries that have lapsed since (an outage never
@@ -439,207 +320,35 @@ class Validator:
             error = StoreUnavailable("restriction store failing: circuit open, not waiting for it")
         raise error
 
+    def _decided(
+        self, token: str | Entry, result: Decision, report_only: bool, url: str | None, client_ip: str | None
+    ) -> Decision | Denied:
+        """Count `result`, the rules' decision for `token` (its hash, or its cache entry); a
+        denial (or a reported one) goes to the denial log, and comes back `Denied`."""
+        if report_only and not result.allowed:
+            result = reported(result)
+        self._counts[id(result)] += 1
+        denials = self.denial_log
+        if denials is None or (result.allowed and not result.reported):
+            return result
+        if denials.dropping:
+            # What `record` would do (a full queue, no log line due), without the call: ~150 ns
+            # of a denied check in a flood (`DenialLog.dropping`).
+            denials.dropped += 1
+            return result, token
+        return result, denials.record(token, result, url, client_ip)
+
     # ------------------------------------------------------------------ statistics
 
     @property
     def stats(self) -> Stats:
         """A read-only snapshot of this validator's counters (`validator.metrics` exports them)."""
+        reads = self.reads
         return Stats(
             decisions={d: self._counts[id(d)] for d in ALL_DECISIONS},
             misses=self._misses,
             failed_closed=self._failed_closed,
-            store_errors=self._store_errors,
-            read_latency_sum=self._read_latency_sum,
-            read_latency_counts=tuple(self._read_latency_counts),
+            store_errors=reads.errors,
+            read_latency_sum=reads.latency_sum,
+            read_latency_counts=tuple(reads.latency_counts),
         )
-
-    def _observe_read(self, started: float) -> None:
-        elapsed = time.monotonic() - started
-        self._read_latency_sum += elapsed
-        self._read_latency_counts[bisect.bisect_left(READ_LATENCY_BUCKETS, elapsed)] += 1
-
-    def _start_read(self, token_hash: str, shard: Shard) -> Awaitable[tuple[TokenRules, bool]]:
-        # The common case, a sound shard whose invalidations arrive and whose breaker is closed,
-        # reads through a plain future chained to the multiplexed connection: no task, no
-        # coroutine (benchmarks: miss). Everything else takes the general path, `_read`.
-        if self._fast_reads >= self._max_loads and self._fast_eligible(shard):
-            # Every fast slot taken: wait for one (bounded, as the general path's semaphore is).
-            # On the loop of the fast reads in flight (there are some): `asyncio.get_running_loop()`
-            # makes a getpid() call on 3.11, ~5% of a miss here.
-            result: asyncio.Future[tuple[TokenRules, bool]] = self._read_loop.create_future()
-            self._queued_reads.append((token_hash, shard, result))
-            return result
-        fast = self._fast_read(token_hash, shard)
-        return fast if fast is not None else self._read(token_hash, shard)
-
-    @staticmethod
-    def _fast_eligible(shard: Shard) -> bool:
-        return shard.coherent and shard.sound is True and shard.breaker.state is BreakerState.CLOSED
-
-    def _fast_read(
-        self,
-        token_hash: str,
-        shard: Shard,
-        result: asyncio.Future[tuple[TokenRules, bool]] | None = None,
-    ) -> asyncio.Future[tuple[TokenRules, bool]] | None:
-        """Start a fast read settling `result` (default: a new future, returned), or None if the
-        read cannot be fast (the shard is not sound, no slot, no connection): `_read` then."""
-        if self._fast_reads >= self._max_loads or not self._fast_eligible(shard):
-            return None
-        try:
-            raw = self.store.read_now(token_hash)
-        except Exception as error:  # a transport closed under us: the general path reports it
-            log.debug("fast read not started: %r", error)
-            return None
-        if raw is None:
-            return None
-        self._fast_reads += 1
-        # The reply's loop, not `asyncio.get_running_loop()`: a getpid() call on 3.11.
-        self._read_loop = raw.get_loop()
-        if result is None:
-            result = self._read_loop.create_future()
-        raw.add_done_callback(
-            functools.partial(self._finish_read, token_hash, shard, result, time.monotonic())
-        )
-        return result
-
-    def _start_queued(self) -> None:
-        """Start the oldest queued read, now that a fast slot is free (the general path if it
-        can no longer be fast)."""
-        token_hash, shard, result = self._queued_reads.popleft()
-        if self._fast_read(token_hash, shard, result) is None:
-            fallback = asyncio.ensure_future(self._read(token_hash, shard))
-            fallback.add_done_callback(functools.partial(_copy_outcome, result))
-
-    def _finish_read(
-        self,
-        token_hash: str,
-        shard: Shard,
-        result: asyncio.Future[tuple[TokenRules, bool]],
-        started: float,
-        raw: asyncio.Future[Any],
-    ) -> None:
-        self._fast_reads -= 1
-        self._observe_read(started)
-        if self._queued_reads:
-            self._start_queued()
-        if raw.cancelled():
-            # No answer and no trial taken (fast reads start only with the breaker closed):
-            # nothing to report to the breaker.
-            _settle(result, StoreUnavailable("restriction store read cancelled"))
-            return
-        error = raw.exception()
-        if error is not None and self.store.read_again(token_hash, error):
-            # A restarted Redis lost the script, or the cluster or the sentinels sent the
-            # read elsewhere: the general path loads the script again, or uses redis-py.
-            fallback = asyncio.ensure_future(self._read(token_hash, shard))
-            fallback.add_done_callback(functools.partial(_copy_outcome, result))
-            return
-        try:
-            if error is not None:
-                raise StoreUnavailable(f"restriction store unavailable: {error}") from error
-            outcome = self._outcome(token_hash, parse_read(raw.result()))
-        except Exception as failure:
-            _settle(result, self._read_failed(token_hash, shard, failure))
-        else:
-            shard.breaker.success()
-            _settle(result, outcome)
-
-    async def _read(self, token_hash: str, shard: Shard) -> tuple[TokenRules, bool]:
-        async with self._load_slots:
-            if not shard.breaker.allow():
-                raise StoreUnavailable("restriction store failing: circuit open, not waiting for it")
-            started = time.monotonic()
-            # Every way out settles the breaker: a trial that reported nothing would leave it
-            # half-open, failing every uncached check closed until the process restarts.
-            try:
-                await self.shards.ensure_sound(shard)
-                outcome = self._outcome(token_hash, await self.store.read(token_hash))
-            except Exception as error:
-                failure = self._read_failed(token_hash, shard, error)
-                if failure is error:
-                    raise
-                raise failure from error
-            except BaseException as error:
-                current = asyncio.current_task()
-                if isinstance(error, asyncio.CancelledError) and current and not current.cancelling():
-                    # Cancelled inside the store client, not by our caller: a failed read.
-                    raise self._read_failed(token_hash, shard, error) from error
-                # Cancelled: no outcome. If this was the trial, the next read may be one at once.
-                shard.breaker.release()
-                raise
-            else:
-                shard.breaker.success()
-                return outcome
-            finally:
-                self._observe_read(started)
-
-    def _outcome(self, token_hash: str, restrictions: Restrictions | None) -> tuple[TokenRules, bool]:
-        if restrictions is None:
-            return self._unknown_rules, False
-        try:
-            rules = compile_rules(restrictions)
-        except Exception as error:
-            # An entry edited by hand into something no admin command stores (`host:port` with
-            # a port that is not a number): the record cannot be enforced as meant.
-            raise UnreadableRecord(f"an entry does not parse: {error}", token_hash) from error
-        if self._unreadable_logged:
-            self._unreadable_logged.discard(token_hash)
-        return rules, True
-
-    def _read_failed(self, token_hash: str, shard: Shard, error: BaseException) -> StoreUnavailable:
-        """Report a failed read to the shard's breaker; the error for the caller."""
-        if isinstance(error, StoreUnmarked):
-            # The store answered, so the circuit has nothing to open for: the marker check
-            # alone fails checks closed, and re-reads the marker until an `init` or a restore.
-            shard.breaker.success()
-            return error
-        self._store_errors += 1
-        if isinstance(error, UnreadableRecord) or wrong_type(error):
-            # One token's record, not the store: one bad record must not open the circuit for
-            # every token.
-            shard.breaker.success()
-            return self._unreadable(token_hash, error)
-        shard.breaker.failure()
-        if self.require_marker:
-            # The node may come back wiped (restarted without persistence): read its marker
-            # again before trusting its next answer.
-            self.shards.marker_changed(shard)
-        if isinstance(error, StoreUnavailable):
-            return error
-        log.error("unexpected error reading the restriction store", exc_info=error)
-        return StoreUnavailable(f"unexpected error reading the restriction store: {error!r}")
-
-    def _unreadable(self, token_hash: str, error: BaseException) -> UnreadableRecord:
-        reason = error.reason if isinstance(error, UnreadableRecord) else "a key of another type: WRONGTYPE"
-        if token_hash not in self._unreadable_logged:
-            if len(self._unreadable_logged) >= _UNREADABLE_LOG_MEMORY:
-                self._unreadable_logged.clear()
-            self._unreadable_logged.add(token_hash)
-            log.error(
-                "unreadable record of token %s in the restriction store (%s): its checks are "
-                "refused as on a store failure until the record is fixed, or deleted and stored again",
-                fingerprint(token_hash),
-                reason,
-            )
-        return UnreadableRecord(reason, token_hash)
-
-
-# How many tokens with an unreadable record are remembered as logged (beyond: logged again).
-_UNREADABLE_LOG_MEMORY = 1000
-
-
-def _settle(target: asyncio.Future[Any], outcome: Any) -> None:
-    if target.done():
-        return
-    if isinstance(outcome, BaseException):
-        target.set_exception(outcome)
-    else:
-        target.set_result(outcome)
-
-
-def _copy_outcome(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
-    if source.cancelled():
-        _settle(target, StoreUnavailable("restriction store read cancelled"))
-    else:
-        _settle(target, source.exception() or source.result())

@@ -28,9 +28,10 @@ client cannot push the others out of what `validator-admin suggest` learns from 
 keeps only its last ~1,000 entries). The client address goes with each description for it.
 
 Each entry also holds the `tag` of its request (`validator.store.denial_refs.request_tag`), and
-the log keeps the last denial it took (`last`), so that a 403 can carry an `Access-Denied-Ref`
-(`ref`) that leads `validator-admin denials --ref` to the entry: every denial of a merged group
-shares its request's tag, and its time lies in the entry's `first`..`at`.
+`record` returns what it took of the denial (`Taken`), which the check hands its caller with the
+decision (`Denied`), so that a 403 can carry an `Access-Denied-Ref` (`ref`) that leads
+`validator-admin denials --ref` to the entry: every denial of a merged group shares its request's
+tag, and its time lies in the entry's `first`..`at`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,13 @@ from validator.store.denial_refs import DROPPED, LOGGED, request_tag
 from validator.store.denial_streams import DenialEntry, Description
 from validator.store.tasks import end_if_cancelled
 
-__all__ = ["DenialLog", "DeniedRequest", "RateLimiter"]  # DeniedRequest: a record of `model`
+__all__ = [
+    "DenialLog",
+    "Denied",
+    "DeniedRequest",
+    "RateLimiter",
+    "Taken",
+]  # DeniedRequest: a record of `model`
 
 log = logging.getLogger("validator")
 
@@ -67,6 +74,18 @@ _UNKNOWN = Reason.UNKNOWN_TOKEN
 # into wall-clock time (`_wall_offset`), so a record's time is off only by a wall-clock step
 # between the request and its write (milliseconds later).
 _Queued = tuple[float, str | Entry, Decision, str | None, str | None]
+
+# What the log took of one denial (`DenialLog.record`): what was queued, or the token (its hash,
+# or its cache entry) of one dropped for a full queue.
+Taken = _Queued | str | Entry
+
+# A decision the denial log took (a denial, or a report-only one let through) and what the log
+# took of it: what `Validator.screen` returns for it, so that the reply can carry its reference
+# (`DenialLog.ref`) without reading anything shared after the check. A plain pair, told from a
+# `Decision` by `isinstance(x, tuple)`: a NamedTuple cost 6-10x as much to build (timeit, CPython
+# 3.11, a loaded 2-vCPU machine: 0.5-1.2 us against 0.05-0.12 us), which every denied check (~2-5 us,
+# benchmarks: hotpath) would pay.
+Denied = tuple[Decision, Taken]
 
 
 def _origin(url: str, host: str) -> str:
@@ -213,17 +232,14 @@ class DenialLog:
         self.recorded = 0  # written to the store (merged repeats included: each counts)
         self.dropped = 0  # refused because the queue was full
         self.failed = 0  # lost because the store refused a batch
-        # The last denial taken: what was queued (a tuple), or the token (its hash, or its cache
-        # entry) of one dropped for a full queue. `ref` reads it right after the check that took
-        # the denial (see there); one attribute store per denial, nothing allocated.
-        self.last: _Queued | str | Entry | None = None
 
     def __len__(self) -> int:
         return len(self._queue)
 
-    def record(self, token: str | Entry, decision: Decision, url: str | None, client_ip: str | None) -> None:
+    def record(self, token: str | Entry, decision: Decision, url: str | None, client_ip: str | None) -> Taken:
         """Queue one denial (`token`: the token's hash, or its cache entry; `url`: its Origin or
-        Referer); never blocks, never raises.
+        Referer); never blocks, never raises. Returns what was taken of it, for its reference
+        (`ref`): what was queued, or `token` when the queue was full.
 
         Only a tuple is queued here: what was seen is worked out by the writer, off the request
         path. A cache entry is queued as it is, and its `token_hash` read by the writer: the hash
@@ -239,12 +255,11 @@ class DenialLog:
             # of `record` with the clock read, the rate limit counted and the hash fetched, and
             # costs ~100-150 ns so; a queued one ~450 ns, now ~300 ns (A/B in one process).
             self.dropped += 1
-            self.last = token
             if self._line_due:
                 self._log_dropped(token, decision, url, client_ip)
             else:
                 self.dropping = True  # the next ones are only counted, by the caller
-            return
+            return token
         # One clock read for the rate limit and the record; the limit is one float compared
         # when the line is not due (a flood: nearly every denial), and nothing is counted: how
         # many were not logged is worked out when a line is (`_log`).
@@ -263,35 +278,26 @@ class DenialLog:
             url = _NO_HOST  # described alike, without holding what a client sent (megabytes?)
         if client_ip is not None and len(client_ip) > _SEEN_LENGTH:
             client_ip = client_ip[:_SEEN_LENGTH]  # as much as the record keeps of it
-        self.last = denial = (now, token, decision, url, client_ip)
+        denial = (now, token, decision, url, client_ip)
         queue.append(denial)
+        return denial
 
-    def ref(self, decision: Decision) -> bytes:
-        """The `Access-Denied-Ref` of the denial the last check took (`decision`, which it
-        returned): its time, its token, its request's tag, and whether it was queued or dropped.
+    def ref(self, denied: Denied) -> bytes:
+        """The `Access-Denied-Ref` of a denial this log took (as `Validator.screen` returned
+        it): its time, its token, its request's tag, and whether it was queued or dropped.
 
-        Call it right after the check returned, before anything is awaited: a check records its
-        denial (`record`, or counts it dropped and sets `last`) and returns without awaiting in
-        between, and `await check()` resumes its caller without passing through the event loop,
-        so no other task can have taken a denial in between (a hit of `check_cached` is all
-        synchronous). Costs ~5 us on a busy 2-vCPU machine (the cipher, `DenialRefs.encode`),
-        on 403 replies only: nothing is computed while recording."""
-        last = self.last
+        Costs ~5 us on a busy 2-vCPU machine (the cipher, `DenialRefs.encode`), on 403 replies
+        only: nothing is computed while recording."""
+        decision, taken = denied
         unknown = decision.reason is _UNKNOWN
         refs = self.store.denial_refs
-        dropped = ""
-        if isinstance(last, tuple):
-            at, token, recorded, url, client_ip = last
-            if recorded is decision:
-                token_hash = token if isinstance(token, str) else token.token_hash
-                at_ms = int((at + _wall_offset()) * 1000)  # as the writer makes the entry's `at`
-                tag = request_tag((id(decision), url, client_ip))
-                return refs.encode(LOGGED, unknown, at_ms, token_hash, tag)
-            # Not this denial's (a caller that did not ask right after the check): no token.
-        elif isinstance(last, Entry):
-            dropped = last.token_hash
-        elif last is not None:
-            dropped = last
+        if isinstance(taken, tuple):
+            at, token, recorded, url, client_ip = taken
+            token_hash = token if isinstance(token, str) else token.token_hash
+            at_ms = int((at + _wall_offset()) * 1000)  # as the writer makes the entry's `at`
+            tag = request_tag((id(recorded), url, client_ip))
+            return refs.encode(LOGGED, unknown, at_ms, token_hash, tag)
+        dropped = taken.token_hash if isinstance(taken, Entry) else taken
         return refs.encode(DROPPED, unknown, int(time.time() * 1000), dropped, 0)
 
     def _log_dropped(

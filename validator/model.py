@@ -6,7 +6,7 @@ import enum
 import math
 import re
 import time
-from typing import NamedTuple, Self
+from typing import Literal, NamedTuple, Self
 
 import msgspec
 
@@ -19,6 +19,7 @@ __all__ = [
     "Entry",
     "Mode",
     "Reason",
+    "RestrictionKind",
     "Restrictions",
     "Source",
     "decision",
@@ -125,6 +126,11 @@ def decision(allowed: bool, reason: Reason, source: Source | None = None) -> Dec
 def reported(denial: Decision) -> Decision:
     """The report-only twin of a denial: allowed, with the same reason and source."""
     return _DECISIONS[True, denial.reason, denial.source, True]
+
+
+# The kind of a restriction: its list of domains (for browsers) or of IPs (for servers). Not to be
+# confused with `Restrictions`, the record of one token's restrictions of every kind.
+RestrictionKind = Literal["domain", "ip"]
 
 
 class Restrictions(msgspec.Struct, kw_only=True):

@@ -325,7 +325,7 @@ async def test_a_marker_read_overtaken_by_a_wipe_does_not_count(
     check = asyncio.ensure_future(validator.check(DENIED, client_ip=CLIENT_IP))
     await read_before_the_wipe.wait()
     await validator.store.client.flushall()
-    validator._on_keys([validator.store.marker_key])  # the invalidation of the wipe
+    validator.lifecycle.on_keys([validator.store.marker_key])  # the invalidation of the wipe
     wiped.set()
     # DENIED is now unknown (allowed by default): only failing closed is right.
     with pytest.raises(StoreUnavailable):
@@ -410,14 +410,14 @@ async def test_an_unreadable_record_fails_its_token_closed_and_heals(
     async with validator_on(server.url, invalidation=path == "fast") as validator:
         assert not (await validator.check(DENIED, client_ip=CLIENT_IP)).allowed  # warms the wire
         general_reads = 0
-        read = validator._read
+        read = validator.reads.read
 
         async def counting_read(token_hash: str, shard: Any) -> Any:
             nonlocal general_reads
             general_reads += 1
             return await read(token_hash, shard)
 
-        monkeypatch.setattr(validator, "_read", counting_read)
+        monkeypatch.setattr(validator.reads, "read", counting_read)
         for _ in range(2 * validator.breaker.failure_threshold):
             with pytest.raises(UnreadableRecord):
                 await validator.check(ALLOWED, client_ip=CLIENT_IP)

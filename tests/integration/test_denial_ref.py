@@ -47,11 +47,13 @@ async def validator(redis_url: str) -> AsyncIterator[Validator]:
 async def denied(
     validator: Validator, token: str = TOKEN, *, origin: str | None = None, client_ip: str | None = None
 ) -> tuple[Decision, str]:
-    """A denied check and its reference, read right after it as the middleware does."""
-    decision = await validator.check(token, origin=origin, client_ip=client_ip)
+    """A denied check and its reference, built from what the check returned as the middleware does."""
+    screened = await validator.screen(token, origin=origin, client_ip=client_ip)
+    assert isinstance(screened, tuple)
+    decision, _ = screened
     assert not decision.allowed
     assert validator.denial_log is not None
-    return decision, validator.denial_log.ref(decision).decode()
+    return decision, validator.denial_log.ref(screened).decode()
 
 
 async def drained(validator: Validator) -> None:
@@ -67,9 +69,9 @@ from validator import Validator
 async def main() -> None:
     url, secret, token, ip = sys.argv[1:]
     async with Validator.from_url(url, secret=secret, unknown_token="deny") as validator:
-        decision = await validator.check(token, client_ip=ip)
-        assert not decision.allowed
-        print(validator.denial_log.ref(decision).decode())
+        screened = await validator.screen(token, client_ip=ip)
+        assert not screened[0].allowed
+        print(validator.denial_log.ref(screened).decode())
         await asyncio.wait_for(validator.denial_log.flush(), 10)
 
 asyncio.run(main())

@@ -394,24 +394,24 @@ async def test_cold_checks_beyond_the_load_bound_queue_for_a_fast_read(redis_url
     validator = Validator.from_url(redis_url, secret="w", max_concurrent_loads=4)
     async with validator:
         widest = 0
-        start_read = validator._start_read
+        start_read = validator.reads.start
 
         def watched(token_hash: str, shard: Any) -> Any:
             nonlocal widest
             read = start_read(token_hash, shard)
-            widest = max(widest, validator._fast_reads)
+            widest = max(widest, validator.reads.in_flight)
             return read
 
         general = 0
-        read = validator._read
+        read = validator.reads.read
 
         async def counted(token_hash: str, shard: Any) -> Any:
             nonlocal general
             general += 1
             return await read(token_hash, shard)
 
-        validator._start_read = watched  # type: ignore[method-assign]
-        validator._read = counted  # type: ignore[method-assign]
+        validator.reads.start = watched  # type: ignore[method-assign]
+        validator.reads.read = counted  # type: ignore[method-assign]
         await validator.check(tokens[0], origin="https://app.example.com")  # connects the wire
         validator.cache.clear()
         general = 0
@@ -421,7 +421,7 @@ async def test_cold_checks_beyond_the_load_bound_queue_for_a_fast_read(redis_url
         assert all(d.allowed for d in decisions)
         assert widest == 4
         assert general == 0
-        assert validator._fast_reads == 0 and not validator._queued_reads
+        assert validator.reads.in_flight == 0 and not validator.reads.queued
 
 
 def _packed(*commands: tuple[str | int, ...]) -> bytes:

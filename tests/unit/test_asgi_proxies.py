@@ -12,7 +12,7 @@ from tests.unit.test_asgi import Headers, Recorder, call, key
 from validator import Admin, ConfigurationError, Reason, Restrictions, Source, Validator
 from validator.web import proxy_headers
 from validator.web.middleware import TokenAccessMiddleware
-from validator.web.proxy_headers import _forwarded_hops, _TrustedHosts, _x_forwarded_for_hops
+from validator.web.proxy_headers import TrustedHosts, forwarded_hops, x_forwarded_for_hops
 
 pytestmark = [pytest.mark.promise("P-TRUSTED-PROXIES")]
 
@@ -44,11 +44,11 @@ MEMBERSHIP = [
 
 @pytest.mark.parametrize(("host", "trusted"), MEMBERSHIP)
 def test_trusted_hosts_membership(host: str | None, trusted: bool) -> None:
-    assert (host in _TrustedHosts(TRUSTED)) is trusted
+    assert (host in TrustedHosts(TRUSTED)) is trusted
 
 
 def test_no_ipaddress_parsing_where_a_literal_decides(monkeypatch: pytest.MonkeyPatch) -> None:
-    trusted = _TrustedHosts(["127.0.0.1", "2001:db8::1"])
+    trusted = TrustedHosts(["127.0.0.1", "2001:db8::1"])
 
     def fail(text: str) -> None:
         raise AssertionError(f"parsed {text!r}")
@@ -57,7 +57,7 @@ def test_no_ipaddress_parsing_where_a_literal_decides(monkeypatch: pytest.Monkey
     assert "127.0.0.1" in trusted
     assert "2001:db8::1" in trusted
     assert "198.51.100.1" not in trusted
-    assert not _TrustedHosts([])
+    assert not TrustedHosts([])
 
 
 # --------------------------------------------------------------------------- X-Forwarded-For
@@ -86,7 +86,7 @@ X_FORWARDED_FOR = [
 
 @pytest.mark.parametrize(("header", "client"), X_FORWARDED_FOR)
 def test_x_forwarded_for_client(header: str, client: str | None) -> None:
-    assert _TrustedHosts(TRUSTED).client(_x_forwarded_for_hops(header)) == client
+    assert TrustedHosts(TRUSTED).client(x_forwarded_for_hops(header)) == client
 
 
 # --------------------------------------------------------------------------- Forwarded (RFC 7239)
@@ -115,7 +115,7 @@ FORWARDED = [
 
 @pytest.mark.parametrize(("header", "client"), FORWARDED)
 def test_forwarded_client(header: str, client: str | None) -> None:
-    assert _TrustedHosts(TRUSTED).client(_forwarded_hops(header)) == client
+    assert TrustedHosts(TRUSTED).client(forwarded_hops(header)) == client
 
 
 # --------------------------------------------------------------------------- through the middleware

@@ -645,7 +645,7 @@ async def test_lifespan_connects_and_closes_the_validator() -> None:
 
     await gate({"type": "lifespan"}, receive, send)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
-    assert validator._closed
+    assert validator.lifecycle.closed
 
 
 async def test_websocket_to_the_gate_is_closed(validator: Validator) -> None:

@@ -11,6 +11,7 @@ from validator.admin.api import (
     PreparedPut,
     Record,
     Restriction,
+    RestrictionKind,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "PreparedPut",
     "Record",
     "Restriction",
+    "RestrictionKind",
 ]

@@ -22,10 +22,10 @@ from validator.admin.explain import Explanation, replayed_request
 from validator.admin.options import AdminOptions
 from validator.admin.proposal import Suggestion
 from validator.admin.transfer import ImportLine, PreparedPut, Record
-from validator.model import Mode, Restrictions
+from validator.model import Mode, RestrictionKind, Restrictions
 from validator.options import resolved, split
 from validator.rules.networks import DEFAULT_MIN_PREFIX_V4, DEFAULT_MIN_PREFIX_V6, check_min_prefixes
-from validator.store import Kind, Store, StoreOptions, fingerprint
+from validator.store import Store, StoreOptions, fingerprint
 from validator.store.denial_refs import DenialRef
 from validator.store.denial_streams import FoundDenial, FoundDenials
 from validator.store.options import ADMIN
@@ -39,11 +39,14 @@ __all__ = [
     "PreparedPut",
     "Record",
     "Restriction",
+    "RestrictionKind",
     "Suggestion",
     "replayed_request",
 ]
 
-Restriction = Kind
+# The former name of `RestrictionKind`, kept for compatibility (CHANGELOG, Unreleased): one letter from
+# `Restrictions`, the record.
+Restriction = RestrictionKind
 
 
 class Admin:
@@ -226,11 +229,11 @@ class Admin:
     async def clear_ips(self, token: str) -> Change:
         return await edits.change_list(self._context, token, "set", "ip", ())
 
-    async def enable(self, token: str, restriction: Restriction) -> Change:
+    async def enable(self, token: str, restriction: RestrictionKind) -> Change:
         """Switch a restriction on; with an empty list it then denies every request of its kind."""
         return await edits.switch(self._context, token, restriction, True)
 
-    async def disable(self, token: str, restriction: Restriction) -> Change:
+    async def disable(self, token: str, restriction: RestrictionKind) -> Change:
         return await edits.switch(self._context, token, restriction, False)
 
     async def put(self, token: str, restrictions: Restrictions, *, allow_private: bool = False) -> Change:

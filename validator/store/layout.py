@@ -25,7 +25,7 @@ from typing import Any, Literal, NamedTuple
 from redis.exceptions import RedisError
 
 from validator.errors import StoreUnavailable
-from validator.model import Mode, Restrictions
+from validator.model import Mode, RestrictionKind, Restrictions
 
 DEFAULT_KEY_PREFIX = "tav:"
 
@@ -33,8 +33,9 @@ DEFAULT_KEY_PREFIX = "tav:"
 SLOTS = 16384
 
 List = Literal["d", "i"]
-# A restriction's kind as the admin names it, and the list code the write script knows it by.
-Kind = Literal["domain", "ip"]
+# A restriction's kind (`validator.model.RestrictionKind`), and the list code the write script
+# knows it by.
+Kind = RestrictionKind
 _LIST_CODES: dict[Kind, List] = {"domain": "d", "ip": "i"}
 # The changes to one list the write script knows.
 ListChange = Literal["add", "remove", "set"]

@@ -22,7 +22,7 @@ from validator.errors import ConfigurationError
 from validator.model import Restrictions
 from validator.web.middleware import ASGIApp, Receive, Scope, Send, TokenAccessMiddleware
 from validator.web.redaction import uvicorn_log_config
-from validator.web.responses import _METRICS_TYPE, _metrics, _with_cors
+from validator.web.responses import METRICS_TYPE, metrics_renderer, with_cors
 
 __all__ = ["SEED", "DemoApp", "main"]
 
@@ -76,7 +76,7 @@ async def api(scope: Scope, receive: Receive, send: Send) -> None:
             # may read it. The middleware adds CORS headers to its refusals only
             # (P-CORS-NEVER-WIDENS).
             if _READABLE_ORIGIN.fullmatch(value):
-                send = _with_cors(send, value)
+                send = with_cors(send, value)
             break
     if scope["path"] == "/v1/hello" and scope["method"] in ("GET", "HEAD"):
         await _respond(send, 200, _HELLO)
@@ -183,7 +183,7 @@ class DemoApp:
                 report_only=report_only,
             )
         self.page = page(SEED if seed else ())
-        self.metrics = _metrics(validator)
+        self.metrics = metrics_renderer(validator)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -195,7 +195,7 @@ class DemoApp:
         elif scope["path"] == "/":
             await _respond(send, 200, self.page, b"text/html; charset=utf-8")
         elif scope["path"] == "/metrics" and self.metrics is not None:
-            await _respond(send, 200, self.metrics(), _METRICS_TYPE)
+            await _respond(send, 200, self.metrics(), METRICS_TYPE)
         else:
             await _respond(send, 404, _NOT_FOUND)
 

@@ -93,7 +93,7 @@ def _marked_paths(routes: list[Any], prefix: str = "", depth: int = 0) -> set[st
     return found
 
 
-class _Exemption:
+class Exemption:
     """The exempt paths of one middleware: `path in exemption` on the hot path, `applies(scope)`
     (the routing check) only for the few requests whose path is listed."""
 

@@ -41,7 +41,7 @@ from validator.model import Decision
 from validator.options import resolved, split
 from validator.web.middleware import TokenAccessMiddleware
 from validator.web.options import FastApiOptions, TokenOptions
-from validator.web.responses import _UNAUTHORIZED
+from validator.web.responses import UNAUTHORIZED
 from validator.web.types import Message, Receive, Scope, Send
 
 __all__ = ["Access", "FastApiOptions", "TokenAccess", "TokenAccessError"]
@@ -215,13 +215,13 @@ class TokenAccess:
             if "token_access" not in state:
                 # A CORS preflight, which the middleware passes on unchecked: not here.
                 if self.require_token:
-                    self._refuse(connection, _UNAUTHORIZED.status, _UNAUTHORIZED.headers, _UNAUTHORIZED.body)
+                    self._refuse(connection, UNAUTHORIZED.status, UNAUTHORIZED.headers, UNAUTHORIZED.body)
                 return Access(None, None)
             response.raw_headers.extend(sent[0]["headers"])
             return Access(state["token_access"], state["api_token"])
         if not sent:
             # The middleware neither replied nor called its app: nothing says "allowed".
-            self._refuse(connection, _UNAUTHORIZED.status, _UNAUTHORIZED.headers, _UNAUTHORIZED.body)
+            self._refuse(connection, UNAUTHORIZED.status, UNAUTHORIZED.headers, UNAUTHORIZED.body)
         start = sent[0]
         if start["type"] == "websocket.close":
             raise WebSocketException(code=start.get("code", 1008))

@@ -33,8 +33,8 @@ from validator.options import add_arguments, fields, resolved, split
 from validator.store import StoreOptions, fingerprint
 from validator.web.middleware import TokenAccessMiddleware
 from validator.web.options import CheckOptions, GateOptions
-from validator.web.proxy_headers import _HTTP_TOKEN, _TrustedHosts
-from validator.web.responses import _FORBIDDEN, _METRICS_TYPE, _metrics
+from validator.web.proxy_headers import HTTP_TOKEN, TrustedHosts
+from validator.web.responses import FORBIDDEN, METRICS_TYPE, metrics_renderer
 from validator.web.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["PROXIES", "Gate", "build_gate", "main"]
@@ -126,7 +126,7 @@ class Gate:
         self._fingerprints: dict[str, bytes] = {}
         self._logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
-        self.metrics = _metrics(validator)
+        self.metrics = metrics_renderer(validator)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -142,7 +142,7 @@ class Gate:
             self._warn(
                 "untrusted", "request from %s, which is not in the trusted proxies: refused (403)", client
             )
-            await self.check._reply(scope, send, _FORBIDDEN, None)
+            await self.check._reply(scope, send, FORBIDDEN, None)
             return
         try:
             original = self._original(scope) if self._rebuilt else self._as_sent(scope)
@@ -159,7 +159,7 @@ class Gate:
                 original,
                 self.proxy,
             )
-            await self.check._reply(scope, send, _FORBIDDEN, None)
+            await self.check._reply(scope, send, FORBIDDEN, None)
             return
         await self.check(original, receive, send)
 
@@ -200,7 +200,7 @@ class Gate:
         method_text = _COMMON_METHODS.get(method)
         if method_text is None:
             method_text = method.decode("latin-1")
-            if not _HTTP_TOKEN.fullmatch(method_text):
+            if not HTTP_TOKEN.fullmatch(method_text):
                 return "the original method is not a method"
         if not _TARGET.fullmatch(uri):
             return "the original URI is empty or holds whitespace or control characters"
@@ -270,7 +270,7 @@ class Gate:
     async def _own(self, path: str, send: Send) -> None:
         status, body, content_type = 200, b"ok", b"text/plain; charset=utf-8"
         if path == "/metrics" and self.metrics is not None:
-            body, content_type = self.metrics(), _METRICS_TYPE
+            body, content_type = self.metrics(), METRICS_TYPE
         elif path == "/metrics":
             status, body = 404, b"metrics need prometheus-client (the `metrics` extra)"
         elif not self._rebuilt:
@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["VALIDATOR_SECRET"] = args.secret  # for the --workers processes
     settings = _settings(args)
     try:
-        _TrustedHosts(p for p in args.trusted_proxies.split(",") if p.strip())  # before the store speaks
+        TrustedHosts(p for p in args.trusted_proxies.split(",") if p.strip())  # before the store speaks
         app = _from_settings(settings, args.secret)
     except ConfigurationError as error:
         fail(str(error))

@@ -22,21 +22,22 @@ import time
 from typing import Final, Literal, Unpack
 
 from validator.core import Validator
+from validator.denials import Denied
 from validator.errors import ConfigurationError, StoreUnavailable
 from validator.model import DEFAULT_MAX_TOKEN_LENGTH, MAX_TOKEN_LENGTH, Decision, Reason
 from validator.options import resolved
 from validator.store import fingerprint
 from validator.store.denial_refs import AMBIGUOUS, MALFORMED_TOKEN, UNLOGGED, UNREADABLE
-from validator.web.exemption import _Exemption
+from validator.web.exemption import Exemption
 from validator.web.options import TOKEN_SOURCES, MiddlewareOptions, ProxyHeader, TokenSource
 from validator.web.proxy_headers import (
-    _HTTP_TOKEN,
-    _forwarded_hops,
-    _one_address,
-    _TrustedHosts,
-    _x_forwarded_for_hops,
+    HTTP_TOKEN,
+    TrustedHosts,
+    forwarded_hops,
+    one_address,
+    x_forwarded_for_hops,
 )
-from validator.web.responses import _FORBIDDEN, _UNAUTHORIZED, _UNAVAILABLE, _Reply
+from validator.web.responses import FORBIDDEN, UNAUTHORIZED, UNAVAILABLE, Reply
 from validator.web.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -160,7 +161,7 @@ class TokenAccessMiddleware:
         if cors_allow_headers is None:
             cors_allow_headers = ("Authorization", token_header, "Content-Type")
         for name in (token_header, *cors_allow_methods, *cors_allow_headers):
-            if not _HTTP_TOKEN.fullmatch(name):
+            if not HTTP_TOKEN.fullmatch(name):
                 raise ConfigurationError(f"{name!r} is not an HTTP header or method name")
         reserved = ("origin", "referer", "authorization", "x-forwarded-for", "forwarded")
         if token_header.lower() in reserved or token_header.lower().startswith(
@@ -174,7 +175,7 @@ class TokenAccessMiddleware:
         proxy_header = proxy_header.lower()
         taken = ("origin", "referer", "authorization", token_header.lower())
         if (
-            not _HTTP_TOKEN.fullmatch(proxy_header)
+            not HTTP_TOKEN.fullmatch(proxy_header)
             or proxy_header in taken
             or proxy_header.startswith(("sec-fetch-", "access-control-"))
         ):
@@ -195,13 +196,13 @@ class TokenAccessMiddleware:
         self.token_sources = sources
         self.require_token = o["require_token"]
         self.max_token_length = max_token_length
-        self.trusted_proxies = _TrustedHosts(trusted_proxies)
+        self.trusted_proxies = TrustedHosts(trusted_proxies)
         self.proxy_header = proxy_header
         self._chain = proxy_header in ("x-forwarded-for", "forwarded")
         self.answer_preflight = o["preflight"] == "answer"
         self.cors = o["cors"]
         self.report_only = o["report_only"]
-        self._exemption = _Exemption(o["exempt"])
+        self._exemption = Exemption(o["exempt"])
         self._exemption.discover(app)
         self._exempt_paths = self._exemption.paths
         self._query_name = token_query.encode("utf-8")
@@ -246,11 +247,11 @@ class TokenAccessMiddleware:
         except Exception:
             # Input no server should hand us; whatever it was, it is not let through.
             log.warning("request could not be read; denied", exc_info=True)
-            await self._reply(scope, send, _FORBIDDEN, None)
+            await self._reply(scope, send, FORBIDDEN, None)
             return
         if token is _MALFORMED:
             log.debug("ambiguous or oversized origin, referer or token: denied")
-            await self._reply(scope, send, _FORBIDDEN, origin, self._refused(AMBIGUOUS))
+            await self._reply(scope, send, FORBIDDEN, origin, self._refused(AMBIGUOUS))
             return
         if token is _PREFLIGHT_REQUEST:
             # A preflight never carries the token: the browser checks the real request's reply.
@@ -265,11 +266,11 @@ class TokenAccessMiddleware:
         if token is None:
             state["token_access"] = state["api_token"] = None
             if self.require_token:
-                await self._reply(scope, send, _UNAUTHORIZED, origin)
+                await self._reply(scope, send, UNAUTHORIZED, origin)
             else:
                 await self.app(scope, receive, send)
             return
-        decision = self.validator.check_cached(
+        screened = self.validator.screen_cached(
             token,
             origin=origin_text,
             referer=referer_text,
@@ -277,9 +278,9 @@ class TokenAccessMiddleware:
             client_ip=client_ip,
             report_only=self.report_only,
         )
-        if decision is None:
+        if screened is None:
             try:
-                decision = await self.validator.check(
+                screened = await self.validator.screen(
                     token,
                     origin=origin_text,
                     referer=referer_text,
@@ -293,16 +294,16 @@ class TokenAccessMiddleware:
                 if now - self._unavailable_logged > 10.0:
                     self._unavailable_logged = now
                     log.warning("restriction store unavailable and nothing cached: answering 503")
-                await self._reply(scope, send, _UNAVAILABLE, origin)
+                await self._reply(scope, send, UNAVAILABLE, origin)
                 return
+        decision = screened[0] if isinstance(screened, tuple) else screened
         state["token_access"] = decision
         state["api_token"] = token
         if not decision.allowed:
-            # Now, before anything is awaited: `DenialLog.ref` reads the denial the check took.
-            ref = self._denial_ref(decision)
+            ref = self._denial_ref(screened)
             if log.isEnabledFor(logging.DEBUG):
                 self._log_denial(token, decision)
-            await self._reply(scope, send, _FORBIDDEN, origin, ref)
+            await self._reply(scope, send, FORBIDDEN, origin, ref)
             return
         # No CORS headers added here, even with `cors`: the app's own policy says who may read
         # its responses (P-CORS-NEVER-WIDENS).
@@ -502,20 +503,20 @@ class TokenAccessMiddleware:
                 return None
             value = proxy[0].decode("latin-1")
             # Only values an address can fill are remembered (P-PARSE-CACHE-BOUNDED).
-            return _one_address(value) if len(value) <= 128 else _one_address.__wrapped__(value)
+            return one_address(value) if len(value) <= 128 else one_address.__wrapped__(value)
         merged = ",".join(value.decode("latin-1") for value in proxy)
         if self.proxy_header == "forwarded":
-            return self.trusted_proxies.client(_forwarded_hops(merged))
-        return self.trusted_proxies.client(_x_forwarded_for_hops(merged))
+            return self.trusted_proxies.client(forwarded_hops(merged))
+        return self.trusted_proxies.client(x_forwarded_for_hops(merged))
 
     # -------------------------------------------------------------------------- answering
 
     async def _reply(
-        self, scope: Scope, send: Send, reply: _Reply, origin: bytes | None, ref: bytes | None = None
+        self, scope: Scope, send: Send, reply: Reply, origin: bytes | None, ref: bytes | None = None
     ) -> None:
         """Send `reply`; a 403 carries `Access-Denied-Ref` (`ref`, or that of a request refused
         before any check), readable by page script when `cors` is on."""
-        forbidden = reply is _FORBIDDEN
+        forbidden = reply is FORBIDDEN
         if forbidden:
             headers = [*reply.headers, (b"access-denied-ref", ref or self._refused(UNREADABLE))]
         else:
@@ -538,14 +539,16 @@ class TokenAccessMiddleware:
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
-    def _denial_ref(self, decision: Decision) -> bytes:
-        """The reference of a denial the check has just returned (see `DenialLog.ref`)."""
-        if decision.reason is _MALFORMED_TOKEN_REASON:
-            return self._refused(MALFORMED_TOKEN)  # refused before any look-up: nothing logged
+    def _denial_ref(self, screened: Decision | Denied) -> bytes:
+        """The reference of a denial, as the check returned it (see `DenialLog.ref`)."""
         denials = self.validator.denial_log
-        if denials is None:
-            return self.validator.store.denial_refs.encode(UNLOGGED, False, int(time.time() * 1000), "", 0)
-        return denials.ref(decision)
+        if isinstance(screened, tuple):
+            if denials is not None:
+                return denials.ref(screened)
+            screened = screened[0]
+        if screened.reason is _MALFORMED_TOKEN_REASON:
+            return self._refused(MALFORMED_TOKEN)  # refused before any look-up: nothing logged
+        return self.validator.store.denial_refs.encode(UNLOGGED, False, int(time.time() * 1000), "", 0)
 
     def _refused(self, why: int) -> bytes:
         """The reference of a request refused before any token check (`REFUSALS`)."""

@@ -1,7 +1,7 @@
 """The client address behind trusted proxies: `Forwarded` (RFC 7239), `X-Forwarded-For`, and the
 single-address headers edges set (`X-Real-IP`, `CF-Connecting-IP`, ...).
 
-Shaped like uvicorn's `middleware/proxy_headers.py`: `_TrustedHosts` parses the trusted
+Shaped like uvicorn's `middleware/proxy_headers.py`: `TrustedHosts` parses the trusted
 addresses and networks once, and the hop lists are read right to left, stopping at the first
 address that is not a trusted proxy.
 """
@@ -17,13 +17,13 @@ from validator.errors import ConfigurationError
 from validator.rules.ips import IPAddress, IPNetwork, parse_ip
 
 # RFC 9110 `token`: what a header field name or a method may be made of.
-_HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _IP_CHARS = frozenset("0123456789abcdefABCDEF.:")
 _DOTTED = frozenset("0123456789.")
 
 
-class _TrustedHosts:
+class TrustedHosts:
     """Proxy addresses and networks, parsed once; `host in trusted` is the call site."""
 
     def __init__(self, entries: Iterable[str]) -> None:
@@ -101,9 +101,9 @@ def _host_of_node(node: str) -> str | None:
 # forward-auth check cost in process (~20 us before, ~9 after on a loaded machine; measured as
 # the in-process case of benchmarks/gate.py does). Values come from trusted edges only (the
 # client addresses they saw), and the cache is bounded: in entries here, in bytes by its caller,
-# which calls `_one_address.__wrapped__` for a value longer than 128 (P-PARSE-CACHE-BOUNDED).
+# which calls `one_address.__wrapped__` for a value longer than 128 (P-PARSE-CACHE-BOUNDED).
 @functools.lru_cache(maxsize=4096)
-def _one_address(value: str) -> str | None:
+def one_address(value: str) -> str | None:
     """The address in a single-address header (`X-Real-IP`, `CF-Connecting-IP`, ...): the value
     must be exactly one IPv4 or IPv6 address, nothing else (no port, no list); its canonical form."""
     value = value.strip()
@@ -155,9 +155,9 @@ def _forwarded_for(element: str) -> str | None:
     return None if found is None else _host_of_node(found)
 
 
-def _x_forwarded_for_hops(value: str) -> list[str | None]:
+def x_forwarded_for_hops(value: str) -> list[str | None]:
     return [_host_of_node(node) for node in value.split(",")]
 
 
-def _forwarded_hops(value: str) -> list[str | None]:
+def forwarded_hops(value: str) -> list[str | None]:
     return [_forwarded_for(element) for element in _split_unquoted(value, ",")]

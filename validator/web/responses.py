@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from validator.core import Validator
 
 
-class _Reply:
+class Reply:
     """A fixed JSON error response, serialised once at import."""
 
     __slots__ = ("body", "headers", "status")
@@ -29,13 +29,13 @@ class _Reply:
         )
 
 
-_FORBIDDEN = _Reply(403, "Access denied. You don't have permission to access this.")
-_UNAUTHORIZED = _Reply(401, "API token required.", (b"www-authenticate", b"Bearer"))
-_UNAVAILABLE = _Reply(503, "Access check unavailable. Try again later.")
-_METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+FORBIDDEN = Reply(403, "Access denied. You don't have permission to access this.")
+UNAUTHORIZED = Reply(401, "API token required.", (b"www-authenticate", b"Bearer"))
+UNAVAILABLE = Reply(503, "Access check unavailable. Try again later.")
+METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
-def _metrics(validator: Validator) -> Callable[[], bytes] | None:
+def metrics_renderer(validator: Validator) -> Callable[[], bytes] | None:
     """Prometheus text of the validator's metrics, if prometheus-client is installed."""
     try:
         from prometheus_client import CollectorRegistry, generate_latest
@@ -48,7 +48,7 @@ def _metrics(validator: Validator) -> Callable[[], bytes] | None:
     return lambda: generate_latest(registry)
 
 
-def _with_cors(send: Send, origin: bytes) -> Send:
+def with_cors(send: Send, origin: bytes) -> Send:
     """`send`, with the response start carrying `Access-Control-Allow-Origin: origin` and
     `Origin` in `Vary` (replacing an allow-origin set before): an app's own CORS policy, as the
     demo's API uses it. Never put around an app by the middleware (P-CORS-NEVER-WIDENS)."""

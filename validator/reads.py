@@ -1,0 +1,260 @@
+"""The validator's store reads: a cold token's record read, compiled and classified.
+
+Two paths. The fast one, for a sound shard whose invalidations arrive and whose breaker is
+closed, reads through a plain future chained to the multiplexed connection: no task, no
+coroutine (benchmarks: miss), at most `max_loads` at once, the rest queued. The general one
+(`Reads.read`) is a coroutine behind a semaphore that also asks the breaker, checks the shard's
+marker and reloads the script. Both end in the same failure classification (`Reads.failed`):
+what a failed read tells the shard's breaker, and what the caller raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import functools
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from validator.breaker import BreakerState
+from validator.errors import StoreUnavailable, StoreUnmarked
+from validator.model import Restrictions
+from validator.rules.decide import TokenRules, compile_rules
+from validator.settings import READ_LATENCY_BUCKETS
+from validator.shards import Shard, Shards
+from validator.store import Store, UnreadableRecord, fingerprint, parse_read, wrong_type
+
+__all__ = ["Outcome", "Reads"]
+
+log = logging.getLogger("validator")
+
+# What a read gives the cache: the token's rules, and whether the token has a stored record.
+Outcome = tuple[TokenRules, bool]
+
+# How many tokens with an unreadable record are remembered as logged (beyond: logged again).
+_UNREADABLE_LOG_MEMORY = 1000
+
+
+class Reads:
+    """Reads records for the validator's cache misses, bounded, and counts them (`Stats`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        shards: Shards,
+        *,
+        unknown_rules: TokenRules,
+        max_loads: int,
+        require_marker: bool,
+    ) -> None:
+        self.store = store
+        self.shards = shards
+        self.require_marker = require_marker
+        self._unknown_rules = unknown_rules
+        # Distinct cold tokens each need a read; this bounds how many run at once, so a flood
+        # of random tokens queues here instead of piling onto Redis.
+        self._load_slots = asyncio.Semaphore(max_loads)
+        self._max_loads = max_loads
+        self.in_flight = 0  # fast reads started and not finished
+        # Fast reads waiting for one of the `max_loads` fast slots, started as others finish
+        # (`_finish`). Sending them down the general path instead cost its task, coroutine and
+        # semaphore to every read beyond the bound: with 100 concurrent cold checks, a third of
+        # them (benchmarks: miss).
+        self.queued: collections.deque[tuple[str, Shard, asyncio.Future[Outcome]]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop  # that of the fast reads in flight
+        # Statistics, read by `Validator.stats` (plain ints: the read path can afford those).
+        self.errors = 0
+        self.latency_sum = 0.0
+        self.latency_counts = [0] * (len(READ_LATENCY_BUCKETS) + 1)
+        # Hashes of tokens whose unreadable record was logged: once each, until read again.
+        self._unreadable_logged: set[str] = set()
+
+    def start(self, token_hash: str, shard: Shard) -> Awaitable[Outcome]:
+        """Start reading the record of `token_hash` on `shard`: the cache's `read`."""
+        # The common case, a sound shard whose invalidations arrive and whose breaker is closed,
+        # reads through a plain future chained to the multiplexed connection: no task, no
+        # coroutine (benchmarks: miss). Everything else takes the general path, `read`.
+        if self.in_flight >= self._max_loads and _fast_eligible(shard):
+            # Every fast slot taken: wait for one (bounded, as the general path's semaphore is).
+            # On the loop of the fast reads in flight (there are some): `asyncio.get_running_loop()`
+            # makes a getpid() call on 3.11, ~5% of a miss here.
+            result: asyncio.Future[Outcome] = self._loop.create_future()
+            self.queued.append((token_hash, shard, result))
+            return result
+        fast = self._fast(token_hash, shard)
+        return fast if fast is not None else self.read(token_hash, shard)
+
+    def _fast(
+        self,
+        token_hash: str,
+        shard: Shard,
+        result: asyncio.Future[Outcome] | None = None,
+    ) -> asyncio.Future[Outcome] | None:
+        """Start a fast read settling `result` (default: a new future, returned), or None if the
+        read cannot be fast (the shard is not sound, no slot, no connection): `read` then."""
+        if self.in_flight >= self._max_loads or not _fast_eligible(shard):
+            return None
+        try:
+            raw = self.store.read_now(token_hash)
+        except Exception as error:  # a transport closed under us: the general path reports it
+            log.debug("fast read not started: %r", error)
+            return None
+        if raw is None:
+            return None
+        self.in_flight += 1
+        # The reply's loop, not `asyncio.get_running_loop()`: a getpid() call on 3.11.
+        self._loop = raw.get_loop()
+        if result is None:
+            result = self._loop.create_future()
+        raw.add_done_callback(functools.partial(self._finish, token_hash, shard, result, time.monotonic()))
+        return result
+
+    def _start_queued(self) -> None:
+        """Start the oldest queued read, now that a fast slot is free (the general path if it
+        can no longer be fast)."""
+        token_hash, shard, result = self.queued.popleft()
+        if self._fast(token_hash, shard, result) is None:
+            fallback = asyncio.ensure_future(self.read(token_hash, shard))
+            fallback.add_done_callback(functools.partial(_copy_outcome, result))
+
+    def _finish(
+        self,
+        token_hash: str,
+        shard: Shard,
+        result: asyncio.Future[Outcome],
+        started: float,
+        raw: asyncio.Future[Any],
+    ) -> None:
+        self.in_flight -= 1
+        self._observe(started)
+        if self.queued:
+            self._start_queued()
+        if raw.cancelled():
+            # No answer and no trial taken (fast reads start only with the breaker closed):
+            # nothing to report to the breaker.
+            _settle(result, StoreUnavailable("restriction store read cancelled"))
+            return
+        error = raw.exception()
+        if error is not None and self.store.read_again(token_hash, error):
+            # A restarted Redis lost the script, or the cluster or the sentinels sent the
+            # read elsewhere: the general path loads the script again, or uses redis-py.
+            fallback = asyncio.ensure_future(self.read(token_hash, shard))
+            fallback.add_done_callback(functools.partial(_copy_outcome, result))
+            return
+        try:
+            if error is not None:
+                raise StoreUnavailable(f"restriction store unavailable: {error}") from error
+            outcome = self._outcome(token_hash, parse_read(raw.result()))
+        except Exception as failure:
+            _settle(result, self.failed(token_hash, shard, failure))
+        else:
+            shard.breaker.success()
+            _settle(result, outcome)
+
+    async def read(self, token_hash: str, shard: Shard) -> Outcome:
+        """The general path: bounded, through the breaker, the marker check and redis-py."""
+        async with self._load_slots:
+            if not shard.breaker.allow():
+                raise StoreUnavailable("restriction store failing: circuit open, not waiting for it")
+            started = time.monotonic()
+            # Every way out settles the breaker: a trial that reported nothing would leave it
+            # half-open, failing every uncached check closed until the process restarts.
+            try:
+                await self.shards.ensure_sound(shard)
+                outcome = self._outcome(token_hash, await self.store.read(token_hash))
+            except Exception as error:
+                failure = self.failed(token_hash, shard, error)
+                if failure is error:
+                    raise
+                raise failure from error
+            except BaseException as error:
+                current = asyncio.current_task()
+                if isinstance(error, asyncio.CancelledError) and current and not current.cancelling():
+                    # Cancelled inside the store client, not by our caller: a failed read.
+                    raise self.failed(token_hash, shard, error) from error
+                # Cancelled: no outcome. If this was the trial, the next read may be one at once.
+                shard.breaker.release()
+                raise
+            else:
+                shard.breaker.success()
+                return outcome
+            finally:
+                self._observe(started)
+
+    def _observe(self, started: float) -> None:
+        elapsed = time.monotonic() - started
+        self.latency_sum += elapsed
+        self.latency_counts[bisect.bisect_left(READ_LATENCY_BUCKETS, elapsed)] += 1
+
+    def _outcome(self, token_hash: str, restrictions: Restrictions | None) -> Outcome:
+        if restrictions is None:
+            return self._unknown_rules, False
+        try:
+            rules = compile_rules(restrictions)
+        except Exception as error:
+            # An entry edited by hand into something no admin command stores (`host:port` with
+            # a port that is not a number): the record cannot be enforced as meant.
+            raise UnreadableRecord(f"an entry does not parse: {error}", token_hash) from error
+        if self._unreadable_logged:
+            self._unreadable_logged.discard(token_hash)
+        return rules, True
+
+    def failed(self, token_hash: str, shard: Shard, error: BaseException) -> StoreUnavailable:
+        """Report a failed read to the shard's breaker; the error for the caller."""
+        if isinstance(error, StoreUnmarked):
+            # The store answered, so the circuit has nothing to open for: the marker check
+            # alone fails checks closed, and re-reads the marker until an `init` or a restore.
+            shard.breaker.success()
+            return error
+        self.errors += 1
+        if isinstance(error, UnreadableRecord) or wrong_type(error):
+            # One token's record, not the store: one bad record must not open the circuit for
+            # every token.
+            shard.breaker.success()
+            return self._unreadable(token_hash, error)
+        shard.breaker.failure()
+        if self.require_marker:
+            # The node may come back wiped (restarted without persistence): read its marker
+            # again before trusting its next answer.
+            self.shards.marker_changed(shard)
+        if isinstance(error, StoreUnavailable):
+            return error
+        log.error("unexpected error reading the restriction store", exc_info=error)
+        return StoreUnavailable(f"unexpected error reading the restriction store: {error!r}")
+
+    def _unreadable(self, token_hash: str, error: BaseException) -> UnreadableRecord:
+        reason = error.reason if isinstance(error, UnreadableRecord) else "a key of another type: WRONGTYPE"
+        if token_hash not in self._unreadable_logged:
+            if len(self._unreadable_logged) >= _UNREADABLE_LOG_MEMORY:
+                self._unreadable_logged.clear()
+            self._unreadable_logged.add(token_hash)
+            log.error(
+                "unreadable record of token %s in the restriction store (%s): its checks are "
+                "refused as on a store failure until the record is fixed, or deleted and stored again",
+                fingerprint(token_hash),
+                reason,
+            )
+        return UnreadableRecord(reason, token_hash)
+
+
+def _fast_eligible(shard: Shard) -> bool:
+    return shard.coherent and shard.sound is True and shard.breaker.state is BreakerState.CLOSED
+
+
+def _settle(target: asyncio.Future[Any], outcome: Any) -> None:
+    if target.done():
+        return
+    if isinstance(outcome, BaseException):
+        target.set_exception(outcome)
+    else:
+        target.set_result(outcome)
+
+
+def _copy_outcome(target: asyncio.Future[Any], source: asyncio.Future[Any]) -> None:
+    if source.cancelled():
+        _settle(target, StoreUnavailable("restriction store read cancelled"))
+    else:
+        _settle(target, source.exception() or source.result())
