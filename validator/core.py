@@ -125,6 +125,7 @@ class Validator:
         self._started = False
         self._closed = False
         self._eviction_check: asyncio.Future[None] | None = None
+        self._late_close: asyncio.Future[None] | None = None  # see the end of `close`
         # Hashes of tokens whose unreadable record was logged: once each, until read again.
         self._unreadable_logged: set[str] = set()
 
@@ -244,6 +245,24 @@ class Validator:
             log.debug("store connections did not close within %.1f s; leaving them", _CLOSE_WAIT)
         else:
             closing.result()
+        # A background task that outlived its bound (a read that ignored its cancellation) may
+        # open connections again after they were closed (redis-py's RedisCluster reconnects, and
+        # re-reads its slot map, on its next command): once the last of them ends, close again.
+        late: list[asyncio.Future[Any]] = [*background, *self.shards.tasks()]
+        if self.listener is not None:
+            late += self.listener.tasks()
+        if self.denial_log is not None:
+            late += self.denial_log.tasks()
+        late = [task for task in late if not task.done()]
+        if late:
+            log.debug("%d background tasks still ending after close(); closing again after them", len(late))
+            self._late_close = asyncio.ensure_future(self._close_after(late))
+
+    async def _close_after(self, tasks: list[asyncio.Future[Any]]) -> None:
+        await asyncio.wait(tasks)
+        if self._closed:  # not started again meanwhile (a new start uses the connections)
+            with contextlib.suppress(Exception):
+                await self.store.close()
 
     # ------------------------------------------------------------------ invalidation events
 

@@ -26,14 +26,6 @@ from tests.model.harness import World, secret_in_environment
 from tests.model.machine import Sequences, Stats
 from tests.model.run import run_machine
 
-# The Cluster profile's findings that issue 22 leaves open (see its closing note): these tests run
-# and report, without failing the suite, until they are fixed.
-CLUSTER_OPEN = (
-    "issue 22 (open): on a Cluster, a validator closed mid-connect with a primary dead may leave a "
-    "listener task and its RedisCluster client running; once, after a primary was flushed and init "
-    "ran, a decision differed from the model's (LIVENESS)"
-)
-
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
@@ -156,11 +148,6 @@ def cluster_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterW
     world.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=CLUSTER_OPEN,
-)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.promise("P-NEVER-WRONG-ALLOW")
@@ -200,19 +187,6 @@ def test_cluster_faults_written_out(cluster_world: ClusterWorld) -> None:
             machine.teardown()
 
 
-CLUSTER_CONNECTING_LEAK = pytest.mark.xfail(
-    strict=False,
-    reason="issue 22 item 3: on a Cluster, close() during connect() returns but leaves "
-    "InvalidationListener._node running past 2 s (scripts/soak --cluster: begin(); "
-    "close_in_state(seat=0, during='connecting'))",
-)
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason=CLUSTER_OPEN,
-)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 @pytest.mark.promise("P-CLOSE-PROMPT")
@@ -221,10 +195,10 @@ CLUSTER_CONNECTING_LEAK = pytest.mark.xfail(
     [
         ("ok", "idle"),
         ("ok", "mid-read"),
-        pytest.param("ok", "connecting", marks=CLUSTER_CONNECTING_LEAK),
+        ("ok", "connecting"),
         ("a primary dead", "idle"),
         ("a primary dead", "mid-read"),
-        pytest.param("a primary dead", "connecting", marks=CLUSTER_CONNECTING_LEAK),
+        ("a primary dead", "connecting"),
     ],
 )
 def test_cluster_close_is_prompt(cluster_world: ClusterWorld, cluster: str, during: str) -> None:
@@ -252,18 +226,10 @@ def test_cluster_close_is_prompt(cluster_world: ClusterWorld, cluster: str, duri
             cluster_world.ensure_up()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=CLUSTER_OPEN,
-)
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.promise("P-NEVER-WRONG-ALLOW")
 @pytest.mark.usefixtures("lenient_lifecycle")
-# Issue 22 (open): a validator closed mid-connect on a Cluster with a primary dead may leave a
-# listener task, and its RedisCluster client, past close() (test_cluster_close_is_prompt's xfail).
-# Their unclosed-client warnings would fail this test, whose promise is the wrong-allow count.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_cluster_sequences_keep_the_promises(cluster_world: ClusterWorld) -> None:
     """The Cluster machine's short profile: a few random sequences, at most 45 s of them."""
     cluster_world.ensure_up()
