@@ -126,6 +126,7 @@ class Validator:
         self._closed = False
         self._eviction_check: asyncio.Future[None] | None = None
         self._late_close: asyncio.Future[None] | None = None  # see the end of `close`
+        self._reads = 0  # `_read` calls under way
         # Hashes of tokens whose unreadable record was logged: once each, until read again.
         self._unreadable_logged: set[str] = set()
 
@@ -256,10 +257,18 @@ class Validator:
         late = [task for task in late if not task.done()]
         if late:
             log.debug("%d background tasks still ending after close(); closing again after them", len(late))
-            self._late_close = asyncio.ensure_future(self._close_after(late))
+            self._close_later(late)
+
+    def _close_later(self, tasks: list[asyncio.Future[Any]]) -> None:
+        """Close the store again once `tasks` (and the one closing it now, if any) ended."""
+        if self._late_close is not None and not self._late_close.done():
+            tasks = [*tasks, self._late_close]
+        self._late_close = asyncio.ensure_future(self._close_after(tasks))
+        self._late_close.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _close_after(self, tasks: list[asyncio.Future[Any]]) -> None:
-        await asyncio.wait(tasks)
+        if tasks:
+            await asyncio.wait(tasks)
         if self._closed:  # not started again meanwhile (a new start uses the connections)
             with contextlib.suppress(Exception):
                 await self.store.close()
@@ -578,6 +587,18 @@ class Validator:
             _settle(result, outcome)
 
     async def _read(self, token_hash: str, shard: Shard) -> tuple[TokenRules, bool]:
+        self._reads += 1
+        try:
+            return await self._read_counted(token_hash, shard)
+        finally:
+            self._reads -= 1
+            if not self._reads and self._closed:
+                # A read that outlived `close()` (redis-py's RedisCluster follows a dead node by
+                # re-reading the slot map and reconnecting, after the store was closed): close
+                # the connections it opened.
+                self._close_later([])
+
+    async def _read_counted(self, token_hash: str, shard: Shard) -> tuple[TokenRules, bool]:
         async with self._load_slots:
             if not shard.breaker.allow():
                 raise StoreUnavailable("restriction store failing: circuit open, not waiting for it")

@@ -93,6 +93,8 @@ _READ_TRANSACTION = (
 # `Store.write_retry`'s default, and the pause before a write's first retry and at most between two.
 WRITE_RETRY = 5.0
 _RETRY_FIRST = 0.02
+# How long closing waits for a Cluster slot-map read under way (`ClusterTopology.initialize`).
+_INITIALIZE_WAIT = 0.15
 _RETRY_MAX = 0.1
 
 # Error replies of a node that is no longer (or not yet) the one taking the write.
@@ -455,6 +457,21 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
     async def close(self) -> None:
         if self._wires is not None:
             self._wires.close()
+        if self._cluster is not None:
+            # A slot-map read under way would open connections after they were closed: its end
+            # first (bounded by the connect timeouts), and if it is not over by then, close
+            # again after it.
+            initializing = self._cluster.initializing()
+            if initializing:
+                _, late = await asyncio.wait(initializing, timeout=_INITIALIZE_WAIT)
+                if late:
+                    closing = asyncio.gather(*late, return_exceptions=True)
+                    closing.add_done_callback(lambda _: asyncio.ensure_future(self._close_client()))
+        await self._close_client()
+        if self.topology is not None:
+            await self.topology.aclose()
+
+    async def _close_client(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
             if isinstance(self.client, RedisCluster):
@@ -462,8 +479,6 @@ class Store(MarkerCommands, BulkCommands, DenialStreams):
                 # connection error), which would leave every node's connections open.
                 await self.client.nodes_manager.aclose()
                 await self.client.nodes_manager.aclose("startup_nodes")
-        if self.topology is not None:
-            await self.topology.aclose()
 
     # -------------------------------------------------------------------------- admin: history, bulk
 

@@ -160,7 +160,10 @@ class MarkerCommands:
         if isinstance(self.client, RedisCluster):
             with _store_errors():
                 try:
-                    await self.client.initialize()
+                    if self._cluster is not None:
+                        await self._cluster.initialize(self.client.initialize)
+                    else:
+                        await self.client.initialize()
                 except RedisClusterException as error:  # not a RedisError: no node answered
                     raise RedisConnectionError(str(error)) from error
             for node in self.client.get_primaries():
