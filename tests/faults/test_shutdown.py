@@ -98,9 +98,11 @@ def test_a_program_that_forgets_close_still_exits(deployment: Deployment, state:
         deployment.restore()
 
 
-# Where a close lands after `connect()` began: at once, while the first topology is read, while
-# the nodes are subscribed (the dead primary's refused, then backing off), once connect gave up.
-CONNECT_OFFSETS = (0.0, 0.005, 0.02, 0.05, 0.1, 0.3)
+# Where a close lands after `connect()` began: after so many turns of the event loop (through
+# every step of the first slot-map read and of the subscriptions), then at times (the dead
+# primary's subscription refused, then backing off; connect given up).
+CONNECT_TURNS = tuple(range(0, 40, 2))
+CONNECT_OFFSETS = (0.005, 0.02, 0.05, 0.1, 0.3)
 
 
 @pytest.mark.promise("P-CLOSE-PROMPT")
@@ -126,7 +128,8 @@ async def test_close_on_a_cluster_with_a_primary_dead(cluster: LocalCluster, dur
     )
     victim.kill()
     unclosed: list[str] = []
-    for offset in CONNECT_OFFSETS:
+    turns = CONNECT_TURNS if during == "connecting" else ()
+    for offset in [*(-turn for turn in turns), *CONNECT_OFFSETS]:  # negative: loop turns
         validator = Validator.from_url(
             cluster.url,
             secret=SECRET,
@@ -139,7 +142,9 @@ async def test_close_on_a_cluster_with_a_primary_dead(cluster: LocalCluster, dur
         connecting = asyncio.ensure_future(validator.connect(wait=2.0))
         in_flight: asyncio.Future[object] | None = None
         if during == "connecting":
-            await asyncio.sleep(offset)
+            for _ in range(int(-offset)):
+                await asyncio.sleep(0)
+            await asyncio.sleep(max(offset, 0.0))
         else:
             await connecting
             if during == "mid-read":
@@ -154,9 +159,10 @@ async def test_close_on_a_cluster_with_a_primary_dead(cluster: LocalCluster, dur
         if left:
             await asyncio.wait(left, timeout=CLOSE_BOUND)
         running = sorted(t.get_coro().__qualname__ for t in left if not t.done())  # type: ignore[union-attr]
-        print(f"cluster, a primary dead, {during} +{offset:.3f} s: close() {took:.3f} s")
-        assert took < CLOSE_BOUND, f"close() took {took:.2f} s ({during}, +{offset} s)"
-        assert not running, (during, offset, running)
+        at = f"after {int(-offset)} loop turns" if offset <= 0 else f"+{offset:.3f} s"
+        print(f"cluster, a primary dead, {during} {at}: close() {took:.3f} s")
+        assert took < CLOSE_BOUND, f"close() took {took:.2f} s ({during}, {at})"
+        assert not running, (during, at, running)
         assert connecting.done()
         if in_flight is not None:
             assert in_flight.done()
@@ -165,5 +171,5 @@ async def test_close_on_a_cluster_with_a_primary_dead(cluster: LocalCluster, dur
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResourceWarning)
             gc.collect()
-        unclosed += [f"+{offset} s: {w.message}" for w in caught if issubclass(w.category, ResourceWarning)]
+        unclosed += [f"{at}: {w.message}" for w in caught if issubclass(w.category, ResourceWarning)]
     assert not unclosed, unclosed
