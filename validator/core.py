@@ -256,6 +256,13 @@ class Validator:
             late += self.denial_log.tasks()
         late = [task for task in late if not task.done()]
         if late:
+            # Most end at once now that their connections are cut: close again before returning.
+            _, pending = await asyncio.wait(late, timeout=_CLOSE_WAIT)
+            if len(pending) < len(late):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self.store.close()), _CLOSE_WAIT)
+            late = list(pending)
+        if late:
             log.debug("%d background tasks still ending after close(); closing again after them", len(late))
             self._close_later(late)
 
