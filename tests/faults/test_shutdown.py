@@ -24,7 +24,7 @@ import pytest
 from tests.faults.outage import Deployment
 from tests.faults.shutdown_states import CLIENT_IP, SECRET, STATES, TOKEN, bring
 from tests.redis_cluster import LocalCluster
-from validator import Validator
+from validator import Decision, Validator
 from validator.store import Store
 from validator.store.layout import slot_of
 
@@ -140,7 +140,7 @@ async def test_close_on_a_cluster_with_a_primary_dead(cluster: LocalCluster, dur
         )
         before = asyncio.all_tasks()
         connecting = asyncio.ensure_future(validator.connect(wait=2.0))
-        in_flight: asyncio.Future[object] | None = None
+        in_flight: asyncio.Future[Decision] | None = None
         if during == "connecting":
             for _ in range(int(-offset)):
                 await asyncio.sleep(0)
@@ -148,8 +148,8 @@ async def test_close_on_a_cluster_with_a_primary_dead(cluster: LocalCluster, dur
         else:
             await connecting
             if during == "mid-read":
-                in_flight = asyncio.ensure_future(validator.check(cold, client_ip=CLIENT_IP))
-                in_flight.add_done_callback(lambda t: t.cancelled() or t.exception())
+                read = in_flight = asyncio.ensure_future(validator.check(cold, client_ip=CLIENT_IP))
+                read.add_done_callback(lambda t: t.cancelled() or t.exception())
             await asyncio.sleep(offset)
         started = time.monotonic()
         await asyncio.wait_for(validator.close(), 10)
