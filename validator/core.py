@@ -87,6 +87,7 @@ class Validator:
                 log_rate=s["denial_log_rate"],
             )
         self.lifecycle = Lifecycle(store, self.cache, self.shards, self.denial_log, s)
+        self.reads.after_reads = self.lifecycle.after_reads
 
     @property
     def listener(self) -> InvalidationListener | None:

@@ -211,6 +211,7 @@ class DenialLog:
         self._queue: collections.deque[_Queued] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[None] | None = None  # a writer `stop` left to end on its own
         self._closing = False
         self._stopping = asyncio.Event()  # set by `stop()`: ends the writer's backoff
         self._idle = asyncio.Event()  # set while nothing is queued or being written
@@ -405,11 +406,16 @@ class DenialLog:
             task.cancel()
             done, _ = await asyncio.wait({task}, timeout=cancel_timeout)
             if not done:
+                self._ending = task
                 log.debug(
                     "denial log writer did not stop within %.1f s; leaving it", flush_timeout + cancel_timeout
                 )
         if done and not task.cancelled() and task.exception() is not None:
             log.warning("denial log writer failed", exc_info=task.exception())
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The writer, if `stop` left it still ending."""
+        return [self._ending] if self._ending is not None and not self._ending.done() else []
 
     async def flush(self) -> None:
         """Wait until every denial queued so far is written (or given up on)."""

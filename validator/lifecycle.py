@@ -14,6 +14,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable
+from typing import Any
 
 from validator.cache import Cache
 from validator.denials import DenialLog
@@ -67,6 +68,7 @@ class Lifecycle:
         self.started = False
         self.closed = False
         self._eviction_check: asyncio.Future[None] | None = None
+        self._late_close: asyncio.Future[None] | None = None  # see the end of `close`
 
     def start(self) -> None:
         """See `Validator.start`."""
@@ -123,6 +125,46 @@ class Lifecycle:
             log.debug("store connections did not close within %.1f s; leaving them", _CLOSE_WAIT)
         else:
             closing.result()
+        # A background task that outlived its bound (a read that ignored its cancellation) may
+        # open connections again after they were closed (redis-py's RedisCluster reconnects, and
+        # re-reads its slot map, on its next command): once the last of them ends, close again.
+        late: list[asyncio.Future[Any]] = [*background, *self.shards.tasks()]
+        if self.listener is not None:
+            late += self.listener.tasks()
+        if self.denial_log is not None:
+            late += self.denial_log.tasks()
+        late = [task for task in late if not task.done()]
+        if late:
+            # Most end at once now that their connections are cut: close again before returning.
+            _, pending = await asyncio.wait(late, timeout=_CLOSE_WAIT)
+            if len(pending) < len(late):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(self.store.close()), _CLOSE_WAIT)
+            late = list(pending)
+        if late:
+            log.debug("%d background tasks still ending after close(); closing again after them", len(late))
+            self.close_later(late)
+
+    def close_later(self, tasks: list[asyncio.Future[Any]]) -> None:
+        """Close the store again once `tasks` (and the one closing it now, if any) ended."""
+        if self._late_close is not None and not self._late_close.done():
+            tasks = [*tasks, self._late_close]
+        self._late_close = asyncio.ensure_future(self._close_after(tasks))
+        self._late_close.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def after_reads(self) -> None:
+        """The last read under way ended (`Reads.read`): if it outlived `close()` (redis-py's
+        RedisCluster follows a dead node by re-reading the slot map and reconnecting, after the
+        store was closed), close the connections it opened."""
+        if self.closed:
+            self.close_later([])
+
+    async def _close_after(self, tasks: list[asyncio.Future[Any]]) -> None:
+        if tasks:
+            await asyncio.wait(tasks)
+        if self.closed:  # not started again meanwhile (a new start uses the connections)
+            with contextlib.suppress(Exception):
+                await self.store.close()
 
     # ------------------------------------------------------------------ invalidation events
 

@@ -16,7 +16,7 @@ import collections
 import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from validator.breaker import BreakerState
@@ -59,6 +59,9 @@ class Reads:
         self._load_slots = asyncio.Semaphore(max_loads)
         self._max_loads = max_loads
         self.in_flight = 0  # fast reads started and not finished
+        self.reading = 0  # general-path reads under way
+        # Called when the last general-path read ends (`Lifecycle.after_reads`).
+        self.after_reads: Callable[[], None] | None = None
         # Fast reads waiting for one of the `max_loads` fast slots, started as others finish
         # (`_finish`). Sending them down the general path instead cost its task, coroutine and
         # semaphore to every read beyond the bound: with 100 concurrent cold checks, a third of
@@ -156,6 +159,15 @@ class Reads:
 
     async def read(self, token_hash: str, shard: Shard) -> Outcome:
         """The general path: bounded, through the breaker, the marker check and redis-py."""
+        self.reading += 1
+        try:
+            return await self._read(token_hash, shard)
+        finally:
+            self.reading -= 1
+            if not self.reading and self.after_reads is not None:
+                self.after_reads()
+
+    async def _read(self, token_hash: str, shard: Shard) -> Outcome:
         async with self._load_slots:
             if not shard.breaker.allow():
                 raise StoreUnavailable("restriction store failing: circuit open, not waiting for it")

@@ -78,6 +78,7 @@ class Shards:
         self._expire = expire
         self.require_marker = require_marker
         self.marker_interval = marker_interval
+        self._ending: list[asyncio.Task[bool | None]] = []  # marker reads `close` left ending
         # Until a Cluster's layout is known (and always on one server or a Sentinel master), every
         # token is in the whole store.
         self.whole = Shard("*", None, make_breaker(), sound=None if require_marker else True)
@@ -262,3 +263,8 @@ class Shards:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=0.2)
+        self._ending = [task for task in tasks if not task.done()]
+
+    def tasks(self) -> list[asyncio.Task[bool | None]]:
+        """The marker reads `close` asked to end that are still running."""
+        return [task for task in self._ending if not task.done()]

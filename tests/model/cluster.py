@@ -7,8 +7,8 @@ Invariants, on top of those of `tests.model.lifecycle` (AVAILABILITY, SHUTDOWN):
 - SAFETY: never a wrong allow (the model's intent, or an older state within the stale window);
 - OUTSIDE: a decision cached before a fault, of a token outside the shard the fault hits, is
   served during it (the count of those that are not must stay 0);
-- LIVENESS: once the cluster is ok, marked and `sync()` returns, every validator decides exactly
-  as the model within a few breaker periods.
+- LIVENESS: once the cluster is ok, marked and `sync()` returns, and no older state is within its
+  stale window any more, every validator decides exactly as the model within a few breaker periods.
 
 Run by `scripts/soak --cluster` and, in a short profile, by tests/model/test_sequences.py.
 """
@@ -279,6 +279,17 @@ class ClusterSequences(Lifecycle):
                 f"no working invalidation link / sync() within {SETTLE_TIMEOUT} s of an ok cluster",
             )
         await self._pass(TIMING["breaker_reset"] + 0.01)
+        # An older state a validator may still serve (stale-if-error, when a read fails: a read
+        # timing out on a loaded machine) lets it answer other than the model until its window
+        # ends: e.g. the rules of a token read before its primary was flushed, for `ttl +
+        # max_stale` after that read, though `init` and `sync()` followed (issue 22: the one
+        # LIVENESS failure, an allow by the pre-flush entry). LIVENESS holds once none is left.
+        latest = max(
+            (until for seen in self.model.seats for states in seen.older.values() for _, until in states),
+            default=0.0,
+        )
+        if latest >= self.now():
+            await self._pass(latest - self.now() + 0.01)
         for index, seat in enumerate(self.seats):
             for token in [*CLUSTER_TOKENS, UNKNOWN]:
                 for front_name, client_ip in (

@@ -12,8 +12,10 @@ item 6), so that a defect of one promise fails the test named after it. The soak
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,14 +27,6 @@ from tests.model.cluster import CLUSTER_TOKENS, ClusterSequences, ClusterWorld
 from tests.model.harness import World, secret_in_environment
 from tests.model.machine import Sequences, Stats
 from tests.model.run import run_machine
-
-# The Cluster profile's findings that issue 22 leaves open (see its closing note): these tests run
-# and report, without failing the suite, until they are fixed.
-CLUSTER_OPEN = (
-    "issue 22 (open): on a Cluster, a validator closed mid-connect with a primary dead may leave a "
-    "listener task and its RedisCluster client running; once, after a primary was flushed and init "
-    "ran, a decision differed from the model's (LIVENESS)"
-)
 
 
 @pytest.fixture
@@ -149,18 +143,27 @@ def test_close_is_prompt_in_every_state(world: World, store: str, during: str) -
             machine.teardown()
 
 
+# Issue 22, left open: on a Cluster, a validator closed while a read or connect() is under way
+# sometimes leaves a RedisCluster client (created with the validator's store) whose connections
+# reopen after close() and are never closed: an unclosed-client warning when it is collected,
+# in whichever test the collection happens. Every task ends within the bound (asserted); only
+# that warning is ignored here, until its cause is found.
+CLUSTER_UNCLOSED_CLIENT = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
 @pytest.fixture(scope="module")
 def cluster_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterWorld]:
     world = ClusterWorld(tmp_path_factory.mktemp("cluster-model"))
     yield world
     world.close()
+    # The clients of CLUSTER_UNCLOSED_CLIENT still uncollected: collected here, under the same
+    # ignore, rather than in whichever later test (or pytest's own exit) collects them.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=CLUSTER_OPEN,
-)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@CLUSTER_UNCLOSED_CLIENT
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.promise("P-NEVER-WRONG-ALLOW")
@@ -200,19 +203,7 @@ def test_cluster_faults_written_out(cluster_world: ClusterWorld) -> None:
             machine.teardown()
 
 
-CLUSTER_CONNECTING_LEAK = pytest.mark.xfail(
-    strict=False,
-    reason="issue 22 item 3: on a Cluster, close() during connect() returns but leaves "
-    "InvalidationListener._node running past 2 s (scripts/soak --cluster: begin(); "
-    "close_in_state(seat=0, during='connecting'))",
-)
-
-
-@pytest.mark.xfail(
-    strict=False,
-    reason=CLUSTER_OPEN,
-)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@CLUSTER_UNCLOSED_CLIENT
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 @pytest.mark.promise("P-CLOSE-PROMPT")
@@ -221,10 +212,10 @@ CLUSTER_CONNECTING_LEAK = pytest.mark.xfail(
     [
         ("ok", "idle"),
         ("ok", "mid-read"),
-        pytest.param("ok", "connecting", marks=CLUSTER_CONNECTING_LEAK),
+        ("ok", "connecting"),
         ("a primary dead", "idle"),
         ("a primary dead", "mid-read"),
-        pytest.param("a primary dead", "connecting", marks=CLUSTER_CONNECTING_LEAK),
+        ("a primary dead", "connecting"),
     ],
 )
 def test_cluster_close_is_prompt(cluster_world: ClusterWorld, cluster: str, during: str) -> None:
@@ -252,18 +243,11 @@ def test_cluster_close_is_prompt(cluster_world: ClusterWorld, cluster: str, duri
             cluster_world.ensure_up()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=CLUSTER_OPEN,
-)
+@CLUSTER_UNCLOSED_CLIENT
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.promise("P-NEVER-WRONG-ALLOW")
 @pytest.mark.usefixtures("lenient_lifecycle")
-# Issue 22 (open): a validator closed mid-connect on a Cluster with a primary dead may leave a
-# listener task, and its RedisCluster client, past close() (test_cluster_close_is_prompt's xfail).
-# Their unclosed-client warnings would fail this test, whose promise is the wrong-allow count.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_cluster_sequences_keep_the_promises(cluster_world: ClusterWorld) -> None:
     """The Cluster machine's short profile: a few random sequences, at most 45 s of them."""
     cluster_world.ensure_up()

@@ -106,6 +106,8 @@ _READ_TRANSACTION = (
 
 # The pause before a write's first retry (`write_retry`), and at most between two.
 _RETRY_FIRST = 0.02
+# How long closing waits for a Cluster slot-map read under way (`ClusterTopology.initialize`).
+_INITIALIZE_WAIT = 0.15
 _RETRY_MAX = 0.1
 
 # Error replies of a node that is no longer (or not yet) the one taking the write.
@@ -290,11 +292,11 @@ class Store:
 
     async def eviction_risk(self) -> tuple[str | None, str | None]:
         """(problem, doubt) about Redis's eviction policy (see `marker.eviction_risk`)."""
-        return await _marker.eviction_risk(self.client, self.url)
+        return await _marker.eviction_risk(self.client, self.url, self._cluster)
 
     async def log_eviction_risk(self) -> None:
         """Log `eviction_risk`; never raises (see `marker.log_eviction_risk`)."""
-        await _marker.log_eviction_risk(self.client, self.url)
+        await _marker.log_eviction_risk(self.client, self.url, self._cluster)
 
     # -------------------------------------------------------------------------- commands
 
@@ -504,6 +506,21 @@ class Store:
     async def close(self) -> None:
         if self._wires is not None:
             self._wires.close()
+        if self._cluster is not None:
+            # A slot-map read under way would open connections after they were closed: its end
+            # first (bounded by the connect timeouts), and if it is not over by then, close
+            # again after it.
+            initializing = self._cluster.initializing()
+            if initializing:
+                _, late = await asyncio.wait(initializing, timeout=_INITIALIZE_WAIT)
+                if late:
+                    closing = asyncio.gather(*late, return_exceptions=True)
+                    closing.add_done_callback(lambda _: asyncio.ensure_future(self._close_client()))
+        await self._close_client()
+        if self.topology is not None:
+            await self.topology.aclose()
+
+    async def _close_client(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
             if isinstance(self.client, RedisCluster):
@@ -511,8 +528,6 @@ class Store:
                 # connection error), which would leave every node's connections open.
                 await self.client.nodes_manager.aclose()
                 await self.client.nodes_manager.aclose("startup_nodes")
-        if self.topology is not None:
-            await self.topology.aclose()
 
     # -------------------------------------------------------------------------- the denial log
 

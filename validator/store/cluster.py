@@ -8,10 +8,11 @@ uses keys whose hash tag is chosen to map to a slot of that primary.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import contextlib
 import functools
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -154,6 +155,7 @@ class ClusterTopology:
         # not even refuse the connection, only time out) does not delay every discovery.
         self._failed: set[str] = set()
         self.layout: Layout = {}
+        self._initializing: set[asyncio.Future[Any]] = set()  # see `initialize`
         # Called when a read was redirected (the listener then looks at the layout now).
         self.hint: Callable[[], None] = lambda: None
 
@@ -211,7 +213,21 @@ class ClusterTopology:
         the reads and writes that go through it (marker reads, admin writes, redirected reads).
         A refresh that fails leaves its current map, which its own error handling refreshes."""
         with contextlib.suppress(RedisError, OSError, RuntimeError, RedisClusterException):
-            await self._client.nodes_manager.initialize()
+            await self.initialize(self._client.nodes_manager.initialize)
+
+    def initialize(self, call: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+        """Run a slot-map read of redis-py's client (`call()`) to its end even if the caller is
+        cancelled: one cut short (a `close()` during `connect()`) leaves the connections it opened
+        to nobody, never closed ("Unclosed ClusterNode"). The store's close waits for them."""
+        task = asyncio.ensure_future(call())
+        self._initializing.add(task)
+        task.add_done_callback(self._initializing.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return asyncio.shield(task)
+
+    def initializing(self) -> set[asyncio.Future[Any]]:
+        """The slot-map reads `initialize` started that are still running."""
+        return {task for task in self._initializing if not task.done()}
 
     async def _forget_probes(self, keep: set[str]) -> None:
         # Nodes come and go over a cluster's life (replaced machines, resharding).

@@ -160,7 +160,11 @@ class InvalidationListener:
         self.layout: Mapping[str, Hashable] = {}  # the topology last discovered
         self.up: set[str] = set()  # the nodes subscribed to now
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False  # set by `stop`: no node is subscribed any more, no loop goes on
         self._nodes: dict[str, asyncio.Task[None]] = {}
+        # Every node task not ended yet, those `_nodes` no longer holds (being stopped) included:
+        # what `stop` must see end.
+        self._running: set[asyncio.Task[None]] = set()
         self._subscriptions: dict[str, _Subscription] = {}
         self._poke = asyncio.Event()
         topology.hint = self.poke
@@ -172,6 +176,7 @@ class InvalidationListener:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="validator-invalidation")
 
     def poke(self) -> None:
@@ -180,25 +185,39 @@ class InvalidationListener:
 
     async def stop(self, timeout: float = 0.2) -> None:
         """Stop listening; never waits more than about twice `timeout`, whatever Redis does
-        (docs/behaviour.md, "Lifecycle")."""
+        (docs/behaviour.md, "Lifecycle"). Every task the listener started is asked to end, not
+        only the main one: a main task that ignored its cancellation (or whose own stopping of
+        the nodes was cut short) must not leave a node's task, and its connection, running."""
         task, self._task = self._task, None
         if task is None:
             return
+        self._stopping = True
+        self._poke.set()  # a loop that swallowed its cancellation wakes up, and sees `_stopping`
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
-            # A read or a connect ignored the cancellation (redis-py issue 2551): cut every
-            # connection under them, and ask again.
+        await asyncio.wait({task}, timeout=timeout)
+        pending = {t for t in (task, *self._running) if not t.done()}
+        if pending:
+            # A read or a connect ignored the cancellation (redis-py issue 2551), or the main
+            # task's own stopping of the nodes is still under way: cut every connection under
+            # them, and ask every one of them again.
             self._abort_all()
-            task.cancel()
-            done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
+            for running in pending:
+                running.cancel()
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        if pending:
             log.warning("invalidation listener did not stop within %.1f s; leaving it", 2 * timeout)
+
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """The listener's tasks still running (none once `stop` returned, barring a hang)."""
+        running = {t for t in self._running if not t.done()}
+        if self._task is not None and not self._task.done():
+            running.add(self._task)
+        return running
 
     async def _run(self) -> None:
         delay = self.backoff_min
         try:
-            while True:
+            while not self._stopping:
                 end_if_cancelled()
                 self._poke.clear()
                 try:
@@ -236,8 +255,11 @@ class InvalidationListener:
         # Stopped tasks report their node down themselves (see `_node`).
         await self._stop_nodes([node for node in self._nodes if node not in layout])
         for node in layout:
-            if node not in self._nodes:
-                self._nodes[node] = asyncio.ensure_future(self._node(node))
+            # Never a new task once `stop` began (it would outlive the close).
+            if node not in self._nodes and not self._stopping:
+                task = self._nodes[node] = asyncio.ensure_future(self._node(node))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
         self._update_connected()
 
     async def _stop_nodes(self, nodes: list[str]) -> None:
@@ -260,7 +282,7 @@ class InvalidationListener:
     def _abort_all(self) -> None:
         for subscription in list(self._subscriptions.values()):
             subscription.abort()
-        for task in self._nodes.values():
+        for task in self._running:
             task.cancel()
 
     def _update_connected(self) -> None:
@@ -274,7 +296,7 @@ class InvalidationListener:
     async def _node(self, node: str) -> None:
         """Keep `node` subscribed until cancelled, reconnecting with backoff."""
         delay = self.backoff_min
-        while True:
+        while not self._stopping:
             end_if_cancelled()
             subscription = _Subscription(node, self._topology.subscriber(node))
             self._subscriptions[node] = subscription
@@ -304,9 +326,14 @@ class InvalidationListener:
                     self._on_down(node)
                 if self._subscriptions.get(node) is subscription:
                     del self._subscriptions[node]
-                # Cut first: closing politely waits for a server that may be frozen.
+                # Cut first: closing politely waits for a server that may be frozen. Shielded:
+                # a second cancellation (`stop` asks twice) must not leave the client half closed.
                 subscription.abort()
-                await subscription.close()
+                await asyncio.shield(subscription.close())
+            # A cancellation swallowed on the way ends the task here, not after a backoff.
+            end_if_cancelled()
+            if self._stopping:
+                return
             # The node may be gone for good (a failover): look at the topology now.
             self.poke()
             await asyncio.sleep(delay)

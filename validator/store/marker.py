@@ -158,10 +158,14 @@ class Marker:
         return any(created)
 
 
-async def eviction_policies(client: Any, url: str) -> dict[str, str | None]:
+async def eviction_policies(
+    client: Any, url: str, topology: ClusterTopology | None = None
+) -> dict[str, str | None]:
     """The `maxmemory-policy` of every server that holds tokens: {"": policy} for one server,
     {"host:port": policy} per primary of a Cluster; None where `CONFIG GET` is refused (a
     managed Redis, a renamed command, an ACL). Empty for `memory://`. Raises `StoreUnavailable`.
+    On a Cluster, the slot map is read through `topology` when there is one: to its end, so that
+    a `close()` meanwhile does not leave the connections it opened (`ClusterTopology.initialize`).
     """
     if urlsplit(url).scheme == "memory":
         return {}
@@ -169,7 +173,9 @@ async def eviction_policies(client: Any, url: str) -> dict[str, str | None]:
     if isinstance(client, RedisCluster):
         with _store_errors():
             try:
-                await client.initialize()
+                await (
+                    topology.initialize(client.initialize) if topology is not None else client.initialize()
+                )
             except RedisClusterException as error:  # not a RedisError: no node answered
                 raise RedisConnectionError(str(error)) from error
         for node in client.get_primaries():
@@ -188,12 +194,14 @@ async def eviction_policies(client: Any, url: str) -> dict[str, str | None]:
     }
 
 
-async def eviction_risk(client: Any, url: str) -> tuple[str | None, str | None]:
+async def eviction_risk(
+    client: Any, url: str, topology: ClusterTopology | None = None
+) -> tuple[str | None, str | None]:
     """(problem, doubt) about the eviction policy, each a sentence or None: the problem when
     Redis may evict keys without a TTL (`allkeys-*`), for an evicted record makes its token
     unrestricted; the doubt when `CONFIG GET` is refused so the policy is unknown.
     Raises `StoreUnavailable`."""
-    policies = await eviction_policies(client, url)
+    policies = await eviction_policies(client, url, topology)
     evicting = [
         f"{policy} on {node}" if node else policy
         for node, policy in policies.items()
@@ -216,11 +224,11 @@ async def eviction_risk(client: Any, url: str) -> tuple[str | None, str | None]:
     return problem, doubt
 
 
-async def log_eviction_risk(client: Any, url: str) -> None:
+async def log_eviction_risk(client: Any, url: str, topology: ClusterTopology | None = None) -> None:
     """Log `eviction_risk`: the problem as an error, the doubt as a warning. Never raises: an
     unreachable store is not this check's business (checks fail closed until it answers)."""
     try:
-        problem, doubt = await eviction_risk(client, url)
+        problem, doubt = await eviction_risk(client, url, topology)
     except StoreUnavailable as error:
         log.debug("eviction policy not checked: %s", error)
         return
