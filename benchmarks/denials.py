@@ -87,7 +87,7 @@ def _floods(store: Store, stored_hash: str, n: int, stored: int) -> dict[str, li
     # Stored tokens in random order, each denied from one of ~50 unlisted addresses: a stream, a
     # summary (`summary.lua`) and a PEXPIRE per token and batch.
     hashes = [store.token_hash(token(i)) for i in range(stored)]
-    many = [(rng.choice(hashes), back_end, None, rng.choice(addresses)) for _ in range(n)]
+    many: list[Denial] = [(rng.choice(hashes), back_end, None, rng.choice(addresses)) for _ in range(n)]
     return {
         "one token": [(stored_hash, back_end, None, "203.0.113.99")] * n,
         "distinct tokens": distinct,
