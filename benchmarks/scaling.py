@@ -128,7 +128,8 @@ async def _cached_size(url: str, prefix: str, n: int, runs: int) -> dict[str, li
         # What the requests hold beyond the token string (which the cache keeps): list slot,
         # tuple, Origin string; kept alive until both figures are taken, and subtracted.
         requests_bytes = sum(8 + sys.getsizeof(r) + sys.getsizeof(r[1]) for r in warm)
-        await drive(check, warm, 64)
+        # A million cold checks take minutes on a busy machine: drive's default bound is 300 s.
+        await drive(check, warm, 64, timeout=max(300.0, n / 200))
         ours = _rss() - before - requests_bytes
         before = _rss()
         table: FloorTable = {
