@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "outage": "benchmarks.outage",
     "denials": "benchmarks.denials",
     "gate": "benchmarks.gate",
+    "scaling": "benchmarks.scaling",
 }
 
 # The benchmarks that also run on a Redis Cluster or a Sentinel-managed master (`--store

@@ -1,17 +1,29 @@
-"""The alternatives our code is measured against: the hand-written floor of a cached check, and
-the per-request Redis checks a team would write (redis-py) or could write at best (raw client)."""
+"""The alternatives our code is measured against: the hand-written floor of a cached check, the
+per-request Redis checks a team would write (redis-py) or could write at best (raw client), and
+the afternoon implementation with a cache (`PeerCheck`: redis-py + hiredis + cachetools)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
+from cachetools import TTLCache
 from redis.asyncio.cluster import RedisCluster
 
 from benchmarks._targets import RawRouter, plain_client
 from validator import Store
 
-__all__ = ["FloorTable", "RawCheck", "RedisPyCheck", "decide", "floor_check", "floor_check_async", "host"]
+__all__ = [
+    "FloorTable",
+    "PeerCheck",
+    "PeerEntry",
+    "RawCheck",
+    "RedisPyCheck",
+    "decide",
+    "floor_check",
+    "floor_check_async",
+    "host",
+]
 
 # token -> (domain list, IP list), both restrictions on: the least a cache can hold.
 FloorTable = dict[str, tuple[frozenset[str], frozenset[str]]]
@@ -109,3 +121,49 @@ class RawCheck:
         )
         meta = dict(zip(flat[::2], flat[1::2], strict=True))
         return decide(meta, domains, ips, origin, client_ip)
+
+
+# A peer's cache entry: (domains on?, IPs on?, domains, IPs); None for an unknown token.
+PeerEntry = tuple[bool, bool, frozenset[str], frozenset[str]] | None
+
+
+class PeerCheck:
+    """The afternoon implementation a team would write instead of the library: plain
+    `redis.asyncio` (hiredis parser, connection pool) reading the library's own keys (HGETALL +
+    SMEMBERS x2 in one pipeline, as `RedisPyCheck`), each record kept decoded in a
+    `cachetools.TTLCache` (`maxsize` records, `ttl` seconds), the decision made on the cached
+    sets. No invalidation, no stale-if-error, no shared loads: what it lacks is not timed, only
+    what it does."""
+
+    def __init__(self, url: str, store: Store, *, maxsize: int, ttl: float) -> None:
+        self.client = plain_client(url)
+        self.store = store
+        self.cache: TTLCache[str, PeerEntry] = TTLCache(maxsize=maxsize, ttl=ttl)
+
+    async def load(self, token: str) -> PeerEntry:
+        meta_key, domains_key, ips_key = self.store.keys(self.store.token_hash(token))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(meta_key)
+        pipe.smembers(domains_key)
+        pipe.smembers(ips_key)
+        meta, domains, ips = await pipe.execute()
+        entry: PeerEntry = (
+            (meta.get("d") == "1", meta.get("i") == "1", frozenset(domains), frozenset(ips)) if meta else None
+        )
+        self.cache[token] = entry
+        return entry
+
+    async def check(self, token: str, origin: str | None, client_ip: str | None) -> bool:
+        try:
+            entry = self.cache[token]
+        except KeyError:
+            entry = await self.load(token)
+        if entry is None:
+            return True  # unknown token: unrestricted
+        domain_on, ip_on, domains, ips = entry
+        if origin is not None:
+            return host(origin) in domains if domain_on else not ip_on
+        return client_ip in ips if ip_on else not domain_on
+
+    async def close(self) -> None:
+        await self.client.aclose()

@@ -10,7 +10,10 @@ event loop is left to the writer until the next tick), 100,000 denials a run (10
 
 - one token: a stored token denied again and again (back end, one client address);
 - distinct tokens: each denial a different invented token (the unknown-token log), half front
-  end from ~50 Origins, half back end from ~50 client addresses (the realistic data set).
+  end from ~50 Origins, half back end from ~50 client addresses (the realistic data set);
+- distinct stored tokens: each denial one of 5,000 stored tokens (1,000 with --quick) drawn at
+  random, back end from ~50 unlisted addresses: per token and batch a stream entry, a PEXPIRE and
+  a call of the per-token summary that `validator-admin suggest` reads (`summary.lua`).
 
 Figure: process CPU time (`time.process_time_ns`) from the first tick until the writer has
 written everything (`flush()`), minus the CPU of the `record()` calls themselves (timed around
@@ -59,14 +62,15 @@ TICK = 0.005  # seconds: RATE * TICK = 500 record() calls a tick
 OURS = "DenialLog writer"
 BEFORE = "writer before (redis-py XADD pipeline)"
 CHECK = "the check itself: check_cached() of a denial"
-FLOODS = ("one token", "distinct tokens")
+FLOODS = ("one token", "distinct tokens", "distinct stored tokens")
+STORED = 5_000  # stored tokens of the "distinct stored tokens" flood (1,000 with --quick)
 
 # One denial as the request path queues it: (token hash, decision, Origin or Referer, client IP).
 Denial = tuple[str, Decision, str | None, str | None]
 _Queued = tuple[float, str, Decision, str | None, str | None]
 
 
-def _floods(store: Store, stored_hash: str, n: int) -> dict[str, list[Denial]]:
+def _floods(store: Store, stored_hash: str, n: int, stored: int) -> dict[str, list[Denial]]:
     rng = random.Random(14)
     back_end = decision(False, Reason.IP_NOT_LISTED, Source.BACK_END)
     unknown_front = decision(False, Reason.UNKNOWN_TOKEN, Source.FRONT_END)
@@ -80,7 +84,15 @@ def _floods(store: Store, stored_hash: str, n: int) -> dict[str, list[Denial]]:
             distinct.append((token_hash, unknown_front, rng.choice(origins), None))
         else:
             distinct.append((token_hash, unknown_back, None, rng.choice(addresses)))
-    return {"one token": [(stored_hash, back_end, None, "203.0.113.99")] * n, "distinct tokens": distinct}
+    # Stored tokens in random order, each denied from one of ~50 unlisted addresses: a stream, a
+    # summary (`summary.lua`) and a PEXPIRE per token and batch.
+    hashes = [store.token_hash(token(i)) for i in range(stored)]
+    many: list[Denial] = [(rng.choice(hashes), back_end, None, rng.choice(addresses)) for _ in range(n)]
+    return {
+        "one token": [(stored_hash, back_end, None, "203.0.113.99")] * n,
+        "distinct tokens": distinct,
+        "distinct stored tokens": many,
+    }
 
 
 class _WriterBefore:
@@ -208,12 +220,13 @@ async def _main(config: Config) -> list[Result]:
     logging.getLogger("validator").addHandler(logging.NullHandler())
     logging.getLogger("validator").propagate = False
     n = config.pick(100_000, 10_000)
+    stored_tokens = config.pick(STORED, 1_000)
     runs = config.runs_or(5, 1)
     samples: dict[str, list[float]] = {}
     with redis_server(config) as server:
         prefix = unique_prefix(NAME)
         admin = Admin.from_url(server.url, secret=SECRET, key_prefix=prefix)
-        await seed(admin, [0])
+        await seed(admin, range(stored_tokens))
         await admin.set_ips(token(0), ["203.0.113.7"])
         await admin.close()
         validator = Validator.from_url(server.url, secret=SECRET, key_prefix=prefix, unknown_token="deny")
@@ -223,7 +236,7 @@ async def _main(config: Config) -> list[Result]:
         async with connected(validator, NAME):
             assert not (await validator.check(token(0), client_ip="203.0.113.99")).allowed
             stored = validator.store.token_hash(token(0))
-            floods = _floods(validator.store, stored, n)
+            floods = _floods(validator.store, stored, n, stored_tokens)
             before.start()
             writers: dict[str, tuple[Any, Any, Callable[[], tuple[int, int]]]] = {
                 OURS: (log.record, log.flush, lambda: (log.recorded, log.dropped)),
@@ -232,6 +245,7 @@ async def _main(config: Config) -> list[Result]:
             # Warm up: connections, the unknown-token shards, code paths.
             for record, flush, counts in writers.values():
                 await _flood(record, flush, counts, floods["distinct tokens"][:2000])
+                await _flood(record, flush, counts, floods["distinct stored tokens"][:2000])
             for run in range(runs):
                 progress(NAME, f"run {run + 1}/{runs}")
                 for name in interleaved([OURS, BEFORE, CHECK], run):

@@ -15,8 +15,11 @@ each decision costs), timed beside a second validator that caches the same token
 without expiry ("no expiry"), interleaved in the same runs.
 
 Alternatives, interleaved run by run (ABAB): `check_cached()` (the synchronous fast path), `await
-check()`, and the floor: a hand-written function doing only the dict look-up, host cut and set
-membership (`benchmarks._baselines.floor_check`), called plainly and as a coroutine. Figures are
+check()`, the floor: a hand-written function doing only the dict look-up, host cut and set
+membership (`benchmarks._baselines.floor_check`), called plainly and as a coroutine, and the peer
+(distinct and realistic data): the afternoon implementation a team would write instead
+(`benchmarks._baselines.PeerCheck`: redis-py with hiredis reading the same keys, each record's
+sets kept in a `cachetools.TTLCache` of `tokens` entries), awaited, its cache filled the same way. Figures are
 ns per check including the loop over the requests, which every alternative pays alike.
 
 Both the validator's cache and the floor's table are filled in token order, with token strings
@@ -32,7 +35,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from benchmarks._baselines import FloorTable, floor_check, floor_check_async
+from benchmarks._baselines import FloorTable, PeerCheck, floor_check, floor_check_async
 from benchmarks._data import (
     SECRET,
     Request,
@@ -72,6 +75,7 @@ FLOOR = "floor (hand-written)"
 FLOOR_ASYNC = "floor, awaited"
 CACHED = "check_cached()"
 AWAITED = "await check()"
+PEER = "peer: redis-py + TTLCache, awaited"
 
 
 def _floor(table: FloorTable, requests: list[Request]) -> int:
@@ -103,6 +107,14 @@ async def _awaited(validator: Validator, requests: list[Request]) -> int:
     start = time.perf_counter_ns()
     for token_, origin, client_ip in requests:
         await check(token_, origin=origin, client_ip=client_ip)
+    return time.perf_counter_ns() - start
+
+
+async def _peer(peer: PeerCheck, requests: list[Request]) -> int:
+    check = peer.check
+    start = time.perf_counter_ns()
+    for token_, origin, client_ip in requests:
+        await check(token_, origin, client_ip)
     return time.perf_counter_ns() - start
 
 
@@ -195,6 +207,17 @@ async def _measure(config: Config, url: str, data_set: str, n: int, runs: int) -
         for case, (_, allow) in CASES.items():
             if not all(floor_check(table, *r) is allow for r in requests[case]):
                 raise RuntimeError(f"hotpath: the floor got {data_set} {case} wrong")
+        peer: PeerCheck | None = None
+        if not expiring:
+            # The afternoon implementation, filled in token order by its own reads as the validator's.
+            peer = PeerCheck(url, validator.store, maxsize=n, ttl=86_400.0)
+            stack.push_async_callback(peer.close)
+            progress(NAME, f"{data_set}: warming the peer's TTLCache with {n:,} cold checks")
+            await drive(peer.check, [allowed_request(i, True, kind, shared) for i in range(n)], 64)
+            for case, (_, allow) in CASES.items():
+                for r in requests[case]:
+                    if await peer.check(*r) is not allow:
+                        raise RuntimeError(f"hotpath: the peer got {data_set} {case} wrong")
         loads = [v.cache.loads_started for v in validators]
         sync: dict[str, Callable[[list[Request]], int]] = {
             FLOOR: lambda r: _floor(table, r),
@@ -206,7 +229,12 @@ async def _measure(config: Config, url: str, data_set: str, n: int, runs: int) -
             AWAITED: lambda r: _awaited(validator, r),
             AWAITED_PLAIN: lambda r: _awaited(plain, r),
         }
-        impls = [FLOOR, CACHED, FLOOR_ASYNC, AWAITED] + ([CACHED_PLAIN, AWAITED_PLAIN] if expiring else [])
+        if peer is not None:
+            peer_check = peer
+            awaited[PEER] = lambda r: _peer(peer_check, r)
+        impls = [FLOOR, CACHED, FLOOR_ASYNC, AWAITED] + (
+            [CACHED_PLAIN, AWAITED_PLAIN] if expiring else [PEER]
+        )
         for run in range(runs):
             progress(NAME, f"{data_set}: run {run + 1}/{runs}")
             for case in CASES:
@@ -234,9 +262,10 @@ async def _main(config: Config) -> list[Result]:
             name = f"{data_set}: {case}"
             rows: list[tuple[str, tuple[str, ...]]] = [
                 (FLOOR, ()),
-                (CACHED, (FLOOR,)),
                 (FLOOR_ASYNC, ()),
-                (AWAITED, (FLOOR_ASYNC, FLOOR)),
+                (PEER, (FLOOR_ASYNC,)),
+                (CACHED, (FLOOR, PEER)),
+                (AWAITED, (FLOOR_ASYNC, FLOOR, PEER)),
             ]
             if data_set in EXPIRING:
                 # The same tokens and entries without expiry, timed in the same runs.
@@ -262,7 +291,8 @@ async def _main(config: Config) -> list[Result]:
     results[0].note = (
         f"{n:,} cached tokens per data set, checked in shuffled order, each once per case and run; "
         "distinct: Origins and IPs differ per token; realistic: 50 Origins and 50 IPs in all; "
-        "expiring: realistic with every entry expiring a day later"
+        "expiring: realistic with every entry expiring a day later; peer: redis-py + hiredis + "
+        "cachetools.TTLCache holding the same records (distinct and realistic)"
     )
     return results
 

@@ -13,7 +13,10 @@ rotated per run:
 - plain `redis.asyncio` (redis-py with hiredis, default connection pool), per check what a team
   would write: HGETALL + SMEMBERS x2 of the same keys in one pipeline, then the decision;
 - the raw floor: the same three commands on one multiplexed connection (`benchmarks._rawclient`:
-  asyncio.Protocol + hiredis.Reader, writes of a loop turn sent together).
+  asyncio.Protocol + hiredis.Reader, writes of a loop turn sent together);
+- the peer, the afternoon implementation a team would write instead of the library
+  (`benchmarks._baselines.PeerCheck`): redis-py's pipeline as above, each record's sets then kept
+  in a `cachetools.TTLCache(100_000, ttl=5)` (cleared before each run, as the validator's cache).
 
 All hash the token with the same keyed hash (`Store.token_hash`) and decide on what they read.
 
@@ -29,7 +32,7 @@ places them.
 
 from __future__ import annotations
 
-from benchmarks._baselines import RawCheck, RedisPyCheck
+from benchmarks._baselines import PeerCheck, RawCheck, RedisPyCheck
 from benchmarks._data import SECRET, allowed_request, seed
 from benchmarks._drive import Check, drive
 from benchmarks._harness import (
@@ -50,11 +53,13 @@ NAME = "miss"
 OURS = "Validator.check()"
 REDIS_PY = "redis-py pipeline"
 RAW = "raw client (floor)"
+PEER = "peer: redis-py + TTLCache"
 CONCURRENCY = (1, 100)
 # The commands whose commandstats usec make up each alternative's reads (see the docstring).
 READ_COMMANDS = {
     OURS: ("multi", "exec", "evalsha"),
     REDIS_PY: ("hgetall", "smembers"),
+    PEER: ("hgetall", "smembers"),
     RAW: ("hgetall", "smembers"),
 }
 
@@ -85,11 +90,12 @@ async def _main(config: Config) -> list[Result]:
         validator = Validator.from_url(server.url, secret=SECRET, key_prefix=prefix)
         redis_py = RedisPyCheck(server.url, validator.store)
         raw = RawCheck(await RawRouter.connect(server.url), validator.store)
+        peer = PeerCheck(server.url, validator.store, maxsize=100_000, ttl=5.0)
 
         async def ours(token: str, origin: str | None, client_ip: str | None) -> bool:
             return (await validator.check(token, origin=origin, client_ip=client_ip)).allowed
 
-        checks: dict[str, Check] = {OURS: ours, REDIS_PY: redis_py.check, RAW: raw.check}
+        checks: dict[str, Check] = {OURS: ours, REDIS_PY: redis_py.check, RAW: raw.check, PEER: peer.check}
         async with connected(validator, NAME):
             # Connections, scripts and the store marker are set up before timing.
             for check in checks.values():
@@ -99,6 +105,7 @@ async def _main(config: Config) -> list[Result]:
                 for concurrency in CONCURRENCY:
                     for name in interleaved(list(checks), run):
                         validator.cache.clear()
+                        peer.cache.clear()
                         loads = validator.cache.loads_started
                         usec, cpu = _redis_cpu(server.url, READ_COMMANDS[name])
                         elapsed = await drive(checks[name], requests, concurrency)
@@ -112,6 +119,7 @@ async def _main(config: Config) -> list[Result]:
                             (cpu_after - cpu) / n * 1e6
                         )
         await redis_py.close()
+        await peer.close()
         raw.router.close()
     results: list[Result] = []
     for concurrency in CONCURRENCY:
@@ -119,7 +127,14 @@ async def _main(config: Config) -> list[Result]:
         results += [
             Result(NAME, label + REDIS_PY, "checks/s", samples[label + REDIS_PY]),
             Result(NAME, label + RAW, "checks/s", samples[label + RAW], vs=(label + REDIS_PY,)),
-            Result(NAME, label + OURS, "checks/s", samples[label + OURS], vs=(label + REDIS_PY, label + RAW)),
+            Result(NAME, label + PEER, "checks/s", samples[label + PEER], vs=(label + RAW,)),
+            Result(
+                NAME,
+                label + OURS,
+                "checks/s",
+                samples[label + OURS],
+                vs=(label + REDIS_PY, label + RAW, label + PEER),
+            ),
         ]
         for row, unit in (
             (": Redis commands", "µs commandstats/read"),

@@ -7,6 +7,7 @@ runs and reports does.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,32 @@ def test_gate_reports_the_gate_alone_and_behind_nginx(tmp_path: Path) -> None:
     # nginx is installed by scripts/install-system: the through-nginx figures are there too.
     assert cases["nginx -> gate -> upstream"]["ratios"]["nginx -> upstream"] > 0
     assert "p50 at 1 connection: added by the gate" in cases
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_scaling_reports_cached_checks_memory_and_misses_by_size(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "scaling", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        # The smallest size only: the smoke test shows it runs and reports, not how cost grows.
+        env={**os.environ, "BENCHMARKS_SCALING_MAX_TOKENS": "1000"},
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cases = {result["case"]: result for result in json.loads(out.read_text())["results"]}
+    assert not any(case.startswith("10,000 tokens") for case in cases)
+    cached = cases["1,000 tokens: back-end allow: check_cached()"]
+    assert cached["ratios"]["1,000 tokens: back-end allow: floor (hand-written)"] > 0
+    assert cases["RSS per token, 1,000 tokens: Validator cache"]["median"] > 0
+    for tasks in ("1", "10", "100", "1,000"):
+        ours = cases[f"misses, {tasks} task(s): Validator.check()"]
+        assert ours["ratios"][f"misses, {tasks} task(s): raw client (floor)"] > 0
+        assert cases[f"misses, {tasks} task(s): Validator.check(): client CPU"]["median"] > 0
 
 
 @pytest.mark.timeout(60)

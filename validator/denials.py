@@ -40,7 +40,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import operator
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -50,7 +49,7 @@ from validator.model import Decision, DeniedRequest, Entry, Reason, Source
 from validator.rules.request import MAX_URL_LENGTH, request_host, scheme_and_port
 from validator.store import Store, fingerprint
 from validator.store.denial_refs import DROPPED, LOGGED, request_tag
-from validator.store.denial_streams import DenialEntry, Description
+from validator.store.denial_streams import DenialEntry, Description, unknown_shard, unknown_shard_length
 from validator.store.tasks import end_if_cancelled
 
 __all__ = [
@@ -134,7 +133,8 @@ def _described(
     return DeniedRequest(int(at * 1000), token_hash, *_description(decision, url, client_ip))
 
 
-_last = operator.itemgetter(1)
+# The shards of the unknown-token log (`Store.unknown_denials_key`).
+_SHARDS = len(Store.UNKNOWN_SHARD_TAGS)
 
 # A batch this large means a flood: the writer then lets the next one gather for up to
 # FLOOD_WAIT seconds (`DenialLog._run`). Below it, each denial is written at once.
@@ -459,26 +459,7 @@ class DenialLog:
         if count < FLOOD_BATCH:
             groups = [[queued[0], queued[0], 1, queued] for queued in batch]
         else:
-            # Same request, same entry: (token hash, decision, url, client IP) -> its group.
-            # Decisions are shared constants: their id is their identity (and cheaper to hash
-            # than the Struct).
-            merged: dict[tuple[str, int, str | None, str | None], list[Any]] = {}
-            find = merged.get
-            for queued in batch:
-                at, token, decision, url, client_ip = queued
-                token_hash = token if isinstance(token, str) else token.token_hash
-                key = (token_hash, id(decision), url, client_ip)
-                group = find(key)
-                if group is None:
-                    merged[key] = [at, at, 1, queued]
-                else:
-                    group[1] = at
-                    group[2] += 1
-            groups = merged.values()
-            if len(merged) < count:
-                # Written in the order of their last denial, as they would have been one by one
-                # (a stream's newest entry is the most recent request: `check --replay` takes it).
-                groups = sorted(groups, key=_last)
+            groups = self._merged(batch)
         offset = _wall_offset()
         # One description per distinct request of the batch (a flood of many tokens comes from
         # few Origins and addresses), bounded by the batch; with the request's tag, which its
@@ -503,6 +484,50 @@ class DenialLog:
             entry: DenialEntry = (token_hash, last + offset, n, first + offset, description)
             (unknown if description[2] == _NOT_STORED else stored).append(entry)
         return stored, unknown, count
+
+    def _merged(self, batch: list[_Queued]) -> list[list[Any]]:
+        """A flood's batch with its repeats merged: one group per distinct request, in the order
+        of their last denial, as they would have been written one by one (a stream's newest entry
+        is the most recent request: `check --replay` takes it).
+
+        Newest first, so that an unknown token's group is made at its last denial, and only while
+        its shard of the unknown-token log has room: `Store.append_denials` writes no more than
+        the newest `unknown_shard_length` entries of a shard per batch (the older would be trimmed
+        by the same batch), so the others need no group, no description, no entry. In a flood of
+        invented tokens (batches of ~5,000, ~1,000 written) that is ~4/5 of them: an older denial
+        of a token already grouped still counts in its group (`count`, `first`)."""
+        # Same request, same entry: (token hash, decision, url, client IP) -> its group.
+        # Decisions are shared constants: their id is their identity (and cheaper to hash
+        # than the Struct).
+        merged: dict[tuple[str, int, str | None, str | None], list[Any]] = {}
+        find = merged.get
+        shard_length = unknown_shard_length(self.unknown_length)
+        left = [shard_length] * _SHARDS  # room left per shard of the unknown-token log
+        open_shards = _SHARDS
+        unknown = _UNKNOWN
+        shard_of = unknown_shard
+        for queued in reversed(batch):
+            at, token, decision, url, client_ip = queued
+            token_hash = token if isinstance(token, str) else token.token_hash
+            key = (token_hash, id(decision), url, client_ip)
+            group = find(key)
+            if group is not None:
+                group[0] = at  # an older denial of the same request: the group's first
+                group[2] += 1
+                continue
+            if decision.reason is unknown:
+                if not open_shards:
+                    continue  # every shard has its newest entries: this one would be trimmed
+                shard = shard_of(token_hash)
+                if not left[shard]:
+                    continue
+                left[shard] -= 1
+                if not left[shard]:
+                    open_shards -= 1
+            merged[key] = [at, at, 1, queued]
+        groups = list(merged.values())
+        groups.reverse()
+        return groups
 
     async def _write_batch(self) -> int:
         """Write one batch; returns how many denials it held."""

@@ -21,7 +21,7 @@ from validator.store import UnreadableRecord
 from validator.store import wire as wire_module
 from validator.store.cluster import ClusterWires
 from validator.store.layout import slot_of
-from validator.store.wire import Multiplexer, WireError, _transaction_outcome
+from validator.store.wire import Multiplexer, WireError, _transaction_outcome, pack_transaction
 
 TOKEN = "tok_wire"
 
@@ -90,6 +90,42 @@ async def test_many_concurrent_reads_share_one_connection(redis_url: str) -> Non
     finally:
         wire.close()
         await raw.aclose()
+
+
+async def test_a_transactions_callbacks_get_its_outcome_however_it_settles(redis_url: str) -> None:
+    """`transaction_now`'s future runs its done callbacks as its reply is parsed (issue 26): each
+    still gets the outcome once, a failed connection's error and a cancellation included, and
+    an awaiting task is woken as for any future."""
+    wire = Multiplexer(redis_url, timeout=2, connect_timeout=2)
+    await wire.execute("PING")
+    packed = pack_transaction(("ECHO", "a"), ("ECHO", "b"))
+    seen: list[object] = []
+    all_seen = asyncio.Event()
+
+    def outcome(future: asyncio.Future[Any]) -> None:
+        seen.append("cancelled" if future.cancelled() else future.exception() or future.result())
+        if len(seen) == 3:
+            all_seen.set()
+
+    replied = wire.transaction_now(packed, 2)
+    assert replied is not None
+    replied.add_done_callback(outcome)
+    assert await asyncio.wait_for(replied, 5) == ["a", "b"]
+    assert seen == [["a", "b"]]
+    cancelled = wire.transaction_now(packed, 2)
+    assert cancelled is not None
+    cancelled.add_done_callback(outcome)
+    cancelled.remove_done_callback(outcome)
+    cancelled.add_done_callback(outcome)
+    cancelled.cancel()
+    await wire.execute("PING")  # its reply comes after the cancelled one's: skipped, no callback again
+    failed = wire.transaction_now(packed, 2)
+    assert failed is not None
+    failed.add_done_callback(outcome)
+    wire.close()
+    await asyncio.wait_for(all_seen.wait(), 5)  # scheduled, as a plain future's callbacks are, on a close
+    assert seen[1:] == ["cancelled", seen[2]]
+    assert isinstance(seen[2], WireError) and seen[2].kind == "closed"
 
 
 async def test_error_replies_reach_only_their_request(redis_url: str) -> None:

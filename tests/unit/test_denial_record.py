@@ -12,6 +12,7 @@ import time
 from typing import cast
 
 import pytest
+from validator.store.denial_streams import unknown_shard, unknown_shard_length
 
 from validator.denials import DenialLog
 from validator.model import Reason, Source, decision
@@ -93,3 +94,44 @@ def test_queued_entries_are_written_under_their_token_hash() -> None:
     assert unknown == []
     assert [entry[0] for entry in stored] == [*hashes, hashes[0]]
     assert all(isinstance(entry[0], str) for entry in stored)
+
+
+@pytest.mark.timeout(10)
+def test_a_flood_batch_keeps_only_the_unknown_entries_the_store_would_write() -> None:
+    """A flood's batch is merged newest first: an unknown token's denial gets an entry only while
+    its shard of the unknown-token log has room (the store writes no more than the newest
+    `unknown_shard_length` per shard and batch); stored tokens' entries all stay, an older
+    repeat still counts in its request's entry, and entries come in the order of their last
+    denial."""
+    log = DenialLog(cast(Store, None), queue_size=10_000, unknown_length=160)
+    unknown = decision(False, Reason.UNKNOWN_TOKEN, Source.BACK_END)
+    repeated = f"{'r' * 63}0"
+    log.record(repeated, unknown, None, "198.51.100.9")  # the oldest denial of the batch
+    invented = [f"{n:064x}" for n in range(3000)]
+    stored_hashes = [f"{'s' * 60}{n:04d}" for n in range(10)]
+    for n, token_hash in enumerate(invented):
+        log.record(token_hash, unknown, None, "198.51.100.1")
+        if n % 300 == 0:
+            log.record(stored_hashes[n // 300], DENIED, None, "198.51.100.2")
+    log.record(repeated, unknown, None, "198.51.100.9")  # and the newest
+    stored, entries, count = log._take_batch()
+    assert count == 3000 + 10 + 2
+    assert [entry[0] for entry in stored] == stored_hashes
+    shard_length = unknown_shard_length(160)
+    by_shard: dict[int, list[str]] = {}
+    for entry in entries:
+        by_shard.setdefault(unknown_shard(entry[0]), []).append(entry[0])
+    assert all(len(kept) <= shard_length for kept in by_shard.values())
+    # Per shard, the newest of the invented tokens, as the store would have kept them.
+    newest: dict[int, list[str]] = {}
+    for token_hash in reversed([repeated, *invented, repeated]):
+        shard = newest.setdefault(unknown_shard(token_hash), [])
+        if len(shard) < shard_length and token_hash not in shard:
+            shard.append(token_hash)
+    assert {shard: sorted(kept) for shard, kept in by_shard.items()} == {
+        shard: sorted(kept) for shard, kept in newest.items()
+    }
+    last = entries[-1]
+    assert last[0] == repeated and last[2] == 2 and last[3] < last[1]  # count 2, first before at
+    times = [entry[1] for entry in entries]
+    assert times == sorted(times)

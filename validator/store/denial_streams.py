@@ -149,7 +149,7 @@ class DenialStreams:
         has no multiplexed connection (`memory://`, a cluster's slot map not known yet), and
         commands a cluster redirected, go through redis-py, which follows redirections.
         """
-        shard_length = -(-unknown_length // len(self.UNKNOWN_SHARD_TAGS))
+        shard_length = unknown_shard_length(unknown_length)
         streams: dict[str, _Stream] = {}
         # Per stream, only the newest `cap` entries of the batch are written: the older ones would
         # be trimmed by the same batch's XADDs (MAXLEN ~ cap) before anyone could read them, so
@@ -753,6 +753,18 @@ def _shard(token_hash: str, shards: int) -> int:
     if len(data) > 256:
         return sum(data) % shards
     return ((zlib.adler32(data) & 0xFFFF) - 1) % shards
+
+
+def unknown_shard(token_hash: str) -> int:
+    """The shard of the unknown-token log (`DenialStreams.unknown_denials_key`) that takes the
+    denials of `token_hash`, as an index into `DenialStreams.UNKNOWN_SHARD_TAGS`."""
+    return _shard(token_hash, len(DenialStreams.UNKNOWN_SHARD_TAGS))
+
+
+def unknown_shard_length(unknown_length: int) -> int:
+    """How many entries each shard of the unknown-token log keeps, for `unknown_length` in all:
+    of a batch, `append_denials` writes no more than the newest this many per shard."""
+    return -(-unknown_length // len(DenialStreams.UNKNOWN_SHARD_TAGS))
 
 
 def _quiet(reply: asyncio.Future[Any]) -> None:

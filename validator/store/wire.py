@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import select
 import ssl
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, Self, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -180,6 +181,65 @@ def pack_transaction(*commands: tuple[str | int, ...]) -> bytes:
     return b"".join((_MULTI, *map(_pack, commands), _EXEC))
 
 
+class _Reply(asyncio.Future[Any]):
+    """The future of a request whose done callbacks run as soon as `data_received` has parsed
+    its reply, in the same event-loop pass, instead of one pass later through `call_soon`:
+    a cache miss chains its read's future to the validator's and the cache's, and each link that
+    waits for the next pass is a pass more per miss than a hand-written client's one (issue 26).
+
+    Only callbacks added without a `context` run so (an awaiting task passes its own, and is
+    woken as usual); they run after the reply loop, never while it parses, each error reported
+    to the loop's exception handler as `call_soon` would. Settled any other way (the connection
+    failed or closed, cancelled), the callbacks are scheduled as usual.
+    """
+
+    __slots__ = ("_now",)
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._now: list[Callable[[Any], object]] = []
+
+    def add_done_callback(
+        self, fn: Callable[[Self], object], *, context: contextvars.Context | None = None
+    ) -> None:
+        if context is not None or self.done():
+            super().add_done_callback(fn, context=context)
+        else:
+            self._now.append(fn)
+
+    def remove_done_callback(self, fn: Callable[[Self], object]) -> int:
+        kept = [callback for callback in self._now if callback != fn]
+        removed = len(self._now) - len(kept)
+        self._now = kept
+        return removed + super().remove_done_callback(fn)
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self.schedule_callbacks()
+        return True
+
+    def schedule_callbacks(self) -> None:
+        """Schedule the callbacks held back, as a plain future's are (settled outside a reply)."""
+        callbacks, self._now = self._now, []
+        loop = self.get_loop()
+        for callback in callbacks:
+            loop.call_soon(callback, self)
+
+    def run_callbacks(self) -> None:
+        """Run the callbacks held back, now (its reply has just been parsed)."""
+        callbacks, self._now = self._now, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as error:
+                self.get_loop().call_exception_handler(
+                    {"message": f"Exception in callback {callback!r}", "exception": error, "future": self}
+                )
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: Multiplexer) -> None:
         self.owner = owner
@@ -200,6 +260,15 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.answered = True
+        settled: list[_Reply] = []
+        try:
+            self._replies(data, settled)
+        finally:
+            # After the reply loop: a callback may send more (a queued read), or fail the connection.
+            for reply in settled:
+                reply.run_callbacks()
+
+    def _replies(self, data: bytes, settled: list[_Reply]) -> None:
         reader = self.reader
         reader.feed(data)
         pending = self.owner._pending
@@ -244,6 +313,8 @@ class _Protocol(asyncio.Protocol):
                         future.set_exception(outcome)
                     else:
                         future.set_result(outcome)
+                    if future.__class__ is _Reply:
+                        settled.append(future)
                 continue
             pending.popleft()
             if future.done():
@@ -336,11 +407,13 @@ class Multiplexer:
         return await self._send(protocol, packed, commands + 2)
 
     def transaction_now(self, packed: bytes, commands: int) -> asyncio.Future[Any] | None:
-        """`transaction` if the connection is up: the future of EXEC's reply, else None."""
+        """`transaction` if the connection is up: the future of EXEC's reply, else None. Its
+        done callbacks (added without a context) run as soon as the reply is parsed, in the
+        same event-loop pass (see `_Reply`); an awaiting task is woken as usual."""
         protocol = self._protocol
         if protocol is None:
             return None
-        return self._send(protocol, packed, commands + 2)
+        return self._send(protocol, packed, commands + 2, _Reply(loop=protocol.loop))
 
     def send_packed(self, data: bytes, replies: int) -> asyncio.Future[list[Any]] | None:
         """Queue `replies` commands packed together in RESP (`data`, not a transaction) if the
@@ -359,9 +432,12 @@ class Multiplexer:
         # Pending entries count replies as negative numbers to tell them from a transaction's.
         return self._send(protocol, data, -replies)
 
-    def _send(self, protocol: _Protocol, packed: bytes, replies: int = 1) -> asyncio.Future[Any]:
+    def _send(
+        self, protocol: _Protocol, packed: bytes, replies: int = 1, future: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Any]:
         loop = protocol.loop
-        future: asyncio.Future[Any] = loop.create_future()
+        if future is None:
+            future = loop.create_future()
         self._pending.append((future, time.monotonic(), replies))
         self._outgoing.append(packed)
         if not self._flush_scheduled:
@@ -427,6 +503,8 @@ class Multiplexer:
         for future, _, _ in pending:
             if not future.done():
                 future.set_exception(error)
+                if future.__class__ is _Reply:
+                    future.schedule_callbacks()
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:
