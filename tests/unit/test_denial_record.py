@@ -12,12 +12,12 @@ import time
 from typing import cast
 
 import pytest
-from validator.store.denial_streams import unknown_shard, unknown_shard_length
 
 from validator.denials import DenialLog
 from validator.model import Reason, Source, decision
 from validator.rules.decide import TokenRules
 from validator.store import Store
+from validator.store.denial_streams import unknown_shard, unknown_shard_length
 
 pytestmark = [pytest.mark.promise("P-DENIAL-LOG-OFF-PATH")]
 
