@@ -103,20 +103,13 @@ def test_cached_decisions_are_served_through_an_outage(world: World, kind: str) 
             machine.teardown()
 
 
-LINK_CUT_SLOW = pytest.mark.xfail(
-    strict=False,
-    reason="issue 22 item 3: close() just after the invalidation link was cut can take 4 s "
-    "(InvalidationListener._run/_node still running; seen 1 run in 3)",
-)
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.promise("P-CLOSE-PROMPT")
 @pytest.mark.parametrize(
     ("store", "during"),
     [
         *[("up", d) for d in ("idle", "mid-read", "connecting")],
-        pytest.param("up", "link-cut", marks=LINK_CUT_SLOW),
+        ("up", "link-cut"),
         *[(s, d) for s in ("dead", "hanging") for d in ("idle", "mid-read", "connecting")],
     ],
 )
