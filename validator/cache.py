@@ -51,7 +51,17 @@ Start = Callable[[str, A, Callable[[Outcome[E]], None]], asyncio.AbstractEventLo
 
 
 class _Load(Generic[E]):
-    __slots__ = ("cache", "expired", "invalidated", "loop", "outcome", "settled", "token", "token_hash", "waiters")
+    __slots__ = (
+        "cache",
+        "expired",
+        "invalidated",
+        "loop",
+        "outcome",
+        "settled",
+        "token",
+        "token_hash",
+        "waiters",
+    )
 
     def __init__(self, cache: Cache[E], token: str, token_hash: str) -> None:
         self.cache = cache
@@ -71,9 +81,22 @@ class _Load(Generic[E]):
         self.loop: asyncio.AbstractEventLoop  # that of the read, set once it is started
 
     def settle(self, outcome: Outcome[E]) -> None:
-        """The read is over: store its value and wake every caller (`Cache._finish`)."""
-        if not self.settled:
-            self.cache._finish(self, outcome)
+        """The read is over: store its value (unless invalidated), wake every caller."""
+        if self.settled:
+            return
+        cache = self.cache
+        cache._forget(self)
+        if outcome.__class__ is tuple:
+            value, known = outcome
+            if not self.invalidated:
+                cache._put(self.token, self.token_hash, value, known, fresh=not self.expired)
+            result: E | BaseException | None = value
+        else:
+            result = cast(BaseException | None, outcome)
+        self.outcome = result
+        for waiter in self.waiters:
+            if not waiter.done():  # done: its caller was cancelled
+                _wake(waiter, result)
 
 
 class Cache(Generic[E]):
@@ -189,20 +212,6 @@ class Cache(Generic[E]):
         load.settled = True
         del self._loads[load.token]
         del self._loads_by_hash[load.token_hash]
-
-    def _finish(self, load: _Load[E], outcome: Outcome[E]) -> None:
-        self._forget(load)
-        if outcome is not None and outcome.__class__ is tuple:
-            value, known = outcome
-            if not load.invalidated:
-                self._put(load.token, load.token_hash, value, known, fresh=not load.expired)
-            result: E | BaseException | None = value
-        else:
-            result = cast(BaseException | None, outcome)
-        load.outcome = result
-        for waiter in load.waiters:
-            if not waiter.done():  # done: its caller was cancelled
-                _wake(waiter, result)
 
     def _put(self, token: str, token_hash: str, entry: E, known: bool, *, fresh: bool = True) -> None:
         now = self._clock()

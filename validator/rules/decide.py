@@ -272,10 +272,9 @@ def plain_rules(
     list of text gives None too.
 
     A miss's read compiled without the `Restrictions` in between: the reply's lists straight to
-    the joined string (benchmarks: miss)."""
+    the joined string (benchmarks: miss), in the order given (`compile_rules` joins them sorted:
+    each entry stands between its separators, so the order decides nothing)."""
     try:
-        domains = sorted(domains)
-        ips = sorted(ips)
         lists = _plain_lists(domains, ips)
     except TypeError:  # an entry that is not text
         return None

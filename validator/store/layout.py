@@ -188,7 +188,7 @@ def common_record(reply: Any) -> tuple[bool, bool, bool, list[Any], list[Any]] |
     if meta.__class__ is not list or domains.__class__ is not list or ips.__class__ is not list:
         return None
     try:
-        fields = dict(zip(meta[::2], meta[1::2]))
+        fields = dict(zip(meta[::2], meta[1::2], strict=False))  # odd: the length check below
         if len(fields) * 2 != len(meta):
             return None
         mode = fields.pop("r", _ENFORCE) if len(fields) == 4 else _ENFORCE
