@@ -91,9 +91,13 @@ def test_any_reply_the_fast_form_accepts_reads_the_same_in_full(meta: Any, domai
         _same(fast, _full(reply))
 
 
+@pytest.mark.parametrize("order", ["dia", "vid"])
 @pytest.mark.parametrize("mode", [None, "enforce", "report"])
-def test_the_common_record_takes_the_fast_form(mode: str | None) -> None:
-    meta = ["v", "3", "i", "1", "d", "1"] + (["r", mode] if mode else [])
+def test_the_common_record_takes_the_fast_form(mode: str | None, order: str) -> None:
+    # As `write.lua` writes the fields (d, i, v, then r), and in another order.
+    meta = (["d", "1", "i", "1", "v", "3"] if order == "dia" else ["v", "3", "i", "1", "d", "1"]) + (
+        ["r", mode] if mode else []
+    )
     reply = [meta, ["b.example.com", "a.example.com"], ["11.0.0.2", "11.0.0.1"]]
     fast = _fast(reply)
     assert fast is not None
@@ -116,6 +120,10 @@ def test_the_common_record_takes_the_fast_form(mode: str | None) -> None:
         [["d", "1", "i", "1", "v", "3"], [], ["010.0.0.1"]],
         [["d", "1", "i", "1", "v", "3"], [b"a.io"], []],
         [["d", "1", "i", "1", "v"], [], []],
+        [["d", "1", "i", "2", "v", "3"], [], []],
+        [["d", "1", "i", "1", "v", ["3"]], [], []],
+        [["d", ["1"], "i", "1", "v", "3"], [], []],
+        [["d", "1", "d", "1", "v", "3"], [], []],
     ],
 )
 def test_anything_else_is_left_to_the_full_path(reply: Any) -> None:

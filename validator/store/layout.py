@@ -187,18 +187,27 @@ def common_record(reply: Any) -> tuple[bool, bool, bool, list[Any], list[Any]] |
     meta, domains, ips = reply
     if meta.__class__ is not list or domains.__class__ is not list or ips.__class__ is not list:
         return None
-    try:
-        fields = dict(zip(meta[::2], meta[1::2], strict=False))  # odd: the length check below
+    if len(meta) == 6 and meta[0] == "d" and meta[2] == "i" and meta[4] == "v":
+        # The order `write.lua` writes them in, which a small hash keeps: no dict to build.
+        domain_switch, ip_switch, version, mode = meta[1], meta[3], meta[5], _ENFORCE
+    else:
+        try:
+            fields = dict(zip(meta[::2], meta[1::2], strict=False))  # odd: the length check below
+        except TypeError:  # an item that is not text (a nested list): parse_read says what
+            return None
         if len(fields) * 2 != len(meta):
             return None
         mode = fields.pop("r", _ENFORCE) if len(fields) == 4 else _ENFORCE
-        if fields.keys() != _COMMON_META or (mode != _ENFORCE and mode != "report"):  # noqa: PLR1714
+        if fields.keys() != _COMMON_META:
             return None
-        domain_enabled = _SWITCHES.get(fields["d"])
-        ip_enabled = _SWITCHES.get(fields["i"])
-    except TypeError:  # an item that is not text (a nested list): parse_read says what
+        domain_switch, ip_switch, version = fields["d"], fields["i"], fields["v"]
+    try:
+        domain_enabled = _SWITCHES.get(domain_switch)
+        ip_enabled = _SWITCHES.get(ip_switch)
+    except TypeError:  # a value that is not text (a nested list)
         return None
-    version = fields["v"]
+    if mode != _ENFORCE and mode != "report":  # noqa: PLR1714
+        return None
     if (
         domain_enabled is None
         or ip_enabled is None
