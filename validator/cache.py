@@ -13,7 +13,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar, cast
 
 from validator import model
 from validator.errors import ConfigurationError
@@ -22,6 +22,7 @@ from validator.model import Entry
 __all__ = ["Boxed", "Cache", "Entry"]
 
 V = TypeVar("V")
+A = TypeVar("A")
 
 
 class Boxed(Entry, Generic[V]):
@@ -40,12 +41,32 @@ class Boxed(Entry, Generic[V]):
 E = TypeVar("E", bound=Entry)
 
 
-class _Load(Generic[E]):
-    __slots__ = ("expired", "invalidated", "read", "token_hash", "waiters")
+# What a read gives a load: the value and whether the token is known, the error it failed
+# with, or None when it was cancelled (then so are the callers).
+Outcome = tuple[E, bool] | BaseException | None
+# Starts the read of one token for `Cache.start_load`: called with the token's hash, the caller's
+# argument and the `settle` to call with the read's `Outcome`; returns the event loop it runs on.
+# (Its type variables in the order they appear: `Start[A, E]`.)
+Start = Callable[[str, A, Callable[[Outcome[E]], None]], asyncio.AbstractEventLoop]
 
-    def __init__(self, token_hash: str, read: asyncio.Future[tuple[E, bool]]) -> None:
+
+class _Load(Generic[E]):
+    __slots__ = (
+        "cache",
+        "expired",
+        "invalidated",
+        "loop",
+        "outcome",
+        "settled",
+        "token",
+        "token_hash",
+        "waiters",
+    )
+
+    def __init__(self, cache: Cache[E], token: str, token_hash: str) -> None:
+        self.cache = cache
+        self.token = token
         self.token_hash = token_hash
-        self.read = read
         # The token changed while it was read: the result may predate the change, so it is not
         # cached at all (not even as the stale-if-error fallback).
         self.invalidated = False
@@ -55,6 +76,27 @@ class _Load(Generic[E]):
         # One future per caller waiting for the read: a caller's cancellation cancels its own
         # future only, never the read the others share.
         self.waiters: list[asyncio.Future[E]] = []
+        self.settled = False
+        self.outcome: E | BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop  # that of the read, set once it is started
+
+    def settle(self, outcome: Outcome[E]) -> None:
+        """The read is over: store its value (unless invalidated), wake every caller."""
+        if self.settled:
+            return
+        cache = self.cache
+        cache._forget(self)
+        if outcome.__class__ is tuple:
+            value, known = outcome
+            if not self.invalidated:
+                cache._put(self.token, self.token_hash, value, known, fresh=not self.expired)
+            result: E | BaseException | None = value
+        else:
+            result = cast(BaseException | None, outcome)
+        self.outcome = result
+        for waiter in self.waiters:
+            if not waiter.done():  # done: its caller was cancelled
+                _wake(waiter, result)
 
 
 class Cache(Generic[E]):
@@ -129,49 +171,47 @@ class Cache(Generic[E]):
         read: Callable[[], Awaitable[tuple[E, bool]]],
     ) -> E:
         """Load through `read` (returning the value and whether the token is known), sharing
-        one read among concurrent callers for the same token. An invalidation of the token
-        while the read is in flight keeps its result out of the cache."""
+        one read among concurrent callers for the same token (`start_load`)."""
+        return await self.start_load(token, token_hash, _start_awaitable, read)
+
+    def start_load(self, token: str, token_hash: str, start: Start[A, E], arg: A) -> asyncio.Future[E]:
+        """The future of `token`'s value: of the read in flight for it, or of a new one started
+        by `start(token_hash, arg, settle)`, which calls `settle` once with the read's `Outcome`
+        (see `Start`). One read is shared among concurrent callers; an invalidation of the token
+        while it is in flight keeps its result out of the cache.
+
+        The read settles the load itself: a read whose outcome is known inside `data_received`
+        (the validator's fast read) stores the entry and wakes the callers there, one event-loop
+        pass from the reply to the waiting task, as a hand-written client (benchmarks: miss; a
+        future per link of read -> load -> caller cost a pass each)."""
         load = self._loads.get(token)
         if load is None:
-            source = read()
-            # A future (the validator's fast read) is watched as it is: no task around it.
-            load = _Load(
-                token_hash, source if isinstance(source, asyncio.Future) else asyncio.ensure_future(source)
-            )
+            load = _Load(self, token, token_hash)
             self._loads[token] = load
             self._loads_by_hash[token_hash] = load
             self.loads_started += 1
-            load.read.add_done_callback(functools.partial(self._finish, token, load))
-        # Each caller awaits a future of its own, settled by `_finish` once the entry is stored:
-        # `asyncio.shield` around the shared read cost an outer future, two callbacks and an
-        # event-loop pass more per miss (benchmarks: miss). The read's loop, not
-        # `asyncio.get_running_loop()`: a getpid() call on 3.11.
-        waiter: asyncio.Future[E] = load.read.get_loop().create_future()
+            try:
+                loop = start(token_hash, arg, load.settle)
+            except BaseException:
+                self._forget(load)
+                raise
+            load.loop = loop
+            waiter: asyncio.Future[E] = loop.create_future()
+            if load.settled:  # settled inside `start`: no caller was waiting yet
+                _wake(waiter, load.outcome)
+            else:
+                load.waiters.append(waiter)
+            return waiter
+        # Each caller awaits a future of its own: `asyncio.shield` around the shared read cost
+        # an outer future, two callbacks and an event-loop pass more per miss (benchmarks: miss).
+        waiter = load.loop.create_future()
         load.waiters.append(waiter)
-        return await waiter
+        return waiter
 
-    def _finish(self, token: str, load: _Load[E], read: asyncio.Future[tuple[E, bool]]) -> None:
-        del self._loads[token]
+    def _forget(self, load: _Load[E]) -> None:
+        load.settled = True
+        del self._loads[load.token]
         del self._loads_by_hash[load.token_hash]
-        outcome: E | BaseException | None = None  # None: the read was cancelled, so are the callers
-        if not read.cancelled():
-            error = read.exception()  # retrieved here: no "never retrieved" log if nobody waits
-            if error is not None:
-                outcome = error
-            else:
-                value, known = read.result()
-                if not load.invalidated:
-                    self._put(token, load.token_hash, value, known, fresh=not load.expired)
-                outcome = value
-        for waiter in load.waiters:
-            if waiter.done():  # its caller was cancelled
-                continue
-            if outcome is None:
-                waiter.cancel()
-            elif isinstance(outcome, BaseException):
-                waiter.set_exception(outcome)
-            else:
-                waiter.set_result(outcome)
 
     def _put(self, token: str, token_hash: str, entry: E, known: bool, *, fresh: bool = True) -> None:
         now = self._clock()
@@ -247,3 +287,30 @@ class Cache(Generic[E]):
         self._token_of.clear()
         for load in self._loads.values():
             load.invalidated = True
+
+
+def _wake(waiter: asyncio.Future[Any], outcome: object) -> None:
+    """Settle one caller's future with a load's outcome (None: the read was cancelled)."""
+    if outcome is None:
+        waiter.cancel()
+    elif isinstance(outcome, BaseException):
+        waiter.set_exception(outcome)
+    else:
+        waiter.set_result(outcome)
+
+
+def _start_awaitable(
+    token_hash: str, read: Callable[[], Awaitable[Any]], settle: Callable[[Any], None]
+) -> asyncio.AbstractEventLoop:
+    """`Start` for `Cache.load`: `read()` in a task (a future is watched as it is)."""
+    source = asyncio.ensure_future(read())
+    source.add_done_callback(functools.partial(_settle_from, settle))
+    return source.get_loop()
+
+
+def _settle_from(settle: Callable[[Any], None], source: asyncio.Future[Any]) -> None:
+    if source.cancelled():
+        settle(None)
+        return
+    error = source.exception()  # retrieved here: no "never retrieved" log if nobody waits
+    settle(error if error is not None else source.result())

@@ -9,7 +9,6 @@ reads (`validator.reads`), what runs beside the checks and how it starts and sto
 
 from __future__ import annotations
 
-import functools
 import math
 from types import TracebackType
 from typing import Unpack, cast
@@ -293,11 +292,9 @@ class Validator:
             shard = shards.of(token_hash)
             if not shard.breaker.blocked():
                 try:
-                    # A partial, not a lambda: a closure made `self`, `token_hash` and `shard`
-                    # cells of this coroutine, built on every call.
-                    rules = await self.cache.load(
-                        token, token_hash, functools.partial(self.reads.start, token_hash, shard)
-                    )
+                    # The read settles the cache's load itself, in the pass that parsed its reply
+                    # (`Cache.start_load`, `Reads.start`): no partial, no coroutine in between.
+                    rules = await self.cache.start_load(token, token_hash, self.reads.start, shard)
                 except StoreUnavailable as failure:
                     error = failure
                 else:

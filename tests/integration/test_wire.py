@@ -432,9 +432,9 @@ async def test_cold_checks_beyond_the_load_bound_queue_for_a_fast_read(redis_url
         widest = 0
         start_read = validator.reads.start
 
-        def watched(token_hash: str, shard: Any) -> Any:
+        def watched(token_hash: str, shard: Any, settle: Any) -> Any:
             nonlocal widest
-            read = start_read(token_hash, shard)
+            read = start_read(token_hash, shard, settle)
             widest = max(widest, validator.reads.in_flight)
             return read
 

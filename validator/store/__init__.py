@@ -19,7 +19,7 @@ on the one node that holds the token's slot.
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
@@ -69,6 +69,7 @@ from validator.store.layout import (
     _restrictions,
     _script,
     _store_errors,
+    common_record,
     fingerprint,
     parse_read,
     put_args,
@@ -88,6 +89,7 @@ __all__ = [
     "Store",
     "StoreOptions",
     "UnreadableRecord",
+    "common_record",
     "fingerprint",
     "parse_read",
     "wrong_type",
@@ -146,6 +148,20 @@ def _secret_bytes(secret: str | bytes | None, url_scheme: str) -> bytes:
     return secret.encode() if isinstance(secret, str) else secret
 
 
+# `Store.token_hash`: base64 to base64url.
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_b2a = binascii.b2a_base64
+
+
+def _hmac_pads(secret: bytes) -> tuple[Any, Any]:
+    """The SHA-256 states after the inner and the outer padded key of HMAC (RFC 2104, as the
+    `hmac` module pads): an HMAC is then two copies, two updates and two digests."""
+    block = hashlib.sha256().block_size
+    key = hashlib.sha256(secret).digest() if len(secret) > block else secret
+    key = key.ljust(block, b"\0")
+    return hashlib.sha256(key.translate(hmac.trans_36)), hashlib.sha256(key.translate(hmac.trans_5C))
+
+
 class Store:
     """Restrictions in Redis (or the in-process `memory://` store), chosen by URL."""
 
@@ -179,6 +195,7 @@ class Store:
         # comes 1-3 s after Redis notices the failure (cluster-node-timeout, down-after).
         self.write_retry = write_retry
         self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
+        self._inner, self._outer = _hmac_pads(secret)
         # The Redis nodes whose invalidations keep caches coherent (None: nothing to listen to).
         self.topology = topology
         self._cluster = topology if isinstance(topology, _cluster.ClusterTopology) else None
@@ -244,10 +261,18 @@ class Store:
     # -------------------------------------------------------------------------- keys
 
     def token_hash(self, token: str) -> str:
-        """The keyed hash that names a token's keys."""
-        mac = self._hmac.copy()
-        mac.update(token.encode("utf-8", "surrogatepass"))
-        return base64.urlsafe_b64encode(mac.digest()[:16]).rstrip(b"=").decode("ascii")
+        """The keyed hash that names a token's keys: HMAC-SHA256 of the token, its first 128 bits
+        in unpadded base64url.
+
+        Computed from the two padded-key SHA-256 states (`_hmac_pads`), the HMAC of RFC 2104 as
+        `hmac` computes it, without its Python object per call: ~1.2 µs where `hmac.copy()`,
+        `base64.urlsafe_b64encode` and `rstrip` took ~2, every miss (benchmarks: miss)."""
+        inner = self._inner.copy()
+        inner.update(token.encode("utf-8", "surrogatepass"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        # 16 bytes are 24 base64 characters, the last two padding.
+        return _b2a(outer.digest()[:16], newline=False)[:22].translate(_URLSAFE).decode("ascii")
 
     def keys(self, token_hash: str) -> tuple[str, str, str]:
         """The meta, domain and IP keys of one token, sharing the hash tag `{token_hash}`."""

@@ -169,6 +169,56 @@ def parse_read(reply: Any) -> Restrictions | None:
     return _restrictions(meta, domains, ips)
 
 
+# The fields of a common record's meta hash: switches and version, and the mode if not enforce.
+_COMMON_META = frozenset(("d", "i", "v"))
+
+
+def common_record(reply: Any) -> tuple[bool, bool, bool, list[Any], list[Any]] | None:
+    """The switches, whether the mode is report, and the domain and IP lists of a read's reply
+    when it is the common record: a meta hash of the two switches, the version and at most the
+    mode, no expiring entry; None for anything else, `parse_read` decides then. What it accepts,
+    `parse_read` accepts and reads the same; the lists are as stored, not checked (the caller
+    compiles them in the same pass: `validator.rules.decide.plain_rules`).
+
+    Every miss reads one record: this is `parse_read`'s work for the record most tokens have,
+    without the `Restrictions` in between (benchmarks: miss)."""
+    if reply.__class__ is not list or len(reply) != 3:
+        return None
+    meta, domains, ips = reply
+    if meta.__class__ is not list or domains.__class__ is not list or ips.__class__ is not list:
+        return None
+    if len(meta) == 6 and meta[0] == "d" and meta[2] == "i" and meta[4] == "v":
+        # The order `write.lua` writes them in, which a small hash keeps: no dict to build.
+        domain_switch, ip_switch, version, mode = meta[1], meta[3], meta[5], _ENFORCE
+    else:
+        try:
+            fields = dict(zip(meta[::2], meta[1::2], strict=False))  # odd: the length check below
+        except TypeError:  # an item that is not text (a nested list): parse_read says what
+            return None
+        if len(fields) * 2 != len(meta):
+            return None
+        mode = fields.pop("r", _ENFORCE) if len(fields) == 4 else _ENFORCE
+        if fields.keys() != _COMMON_META:
+            return None
+        domain_switch, ip_switch, version = fields["d"], fields["i"], fields["v"]
+    try:
+        domain_enabled = _SWITCHES.get(domain_switch)
+        ip_enabled = _SWITCHES.get(ip_switch)
+    except TypeError:  # a value that is not text (a nested list)
+        return None
+    if mode != _ENFORCE and mode != "report":  # noqa: PLR1714
+        return None
+    if (
+        domain_enabled is None
+        or ip_enabled is None
+        or version.__class__ is not str
+        or not version.isascii()
+        or not version.isdigit()
+    ):
+        return None
+    return domain_enabled, ip_enabled, mode != _ENFORCE, domains, ips
+
+
 def _texts(part: object) -> bool:
     # Everything `write.lua` stores is ASCII (domains in IDNA form): anything else was not
     # written by an admin command. Joined, because `str.join` refuses anything but text (bytes,
