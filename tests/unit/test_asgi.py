@@ -270,6 +270,7 @@ TOKEN_PLACES = [
     pytest.param([(b"authorization", b"Basic dTpw"), (b"x-api-key", b"i")], b"", id="basic auth is skipped"),
     pytest.param([(b"authorization", b"Bearer "), (b"x-api-key", b"i")], b"", id="empty bearer is skipped"),
     pytest.param([(b"x-api-key", b"  ")], b"api_key=i", id="blank header is skipped"),
+    pytest.param([(b"x-api-key", b" \ti  ")], b"", id="header alone, stripped"),
 ]
 
 
@@ -286,6 +287,7 @@ NO_TOKEN = [
     pytest.param([(b"authorization", b"Basic dTpw")], b"", id="basic auth only"),
     pytest.param([(b"authorization", b"Bearer")], b"", id="bearer without token"),
     pytest.param([(b"x-api-key", b"")], b"", id="empty header"),
+    pytest.param([(b"x-api-key", b" \t ")], b"", id="blank header alone"),
     pytest.param([], b"api_key=", id="empty query value"),
     pytest.param([], b"api_keyx=i&xapi_key=i", id="similar query names"),
     pytest.param([(b"api-key", b"i")], b"", id="other header name"),

@@ -270,13 +270,9 @@ class TokenAccessMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        screened = self.validator.screen_cached(
-            token,
-            origin=origin_text,
-            referer=referer_text,
-            sec_fetch=sec_fetch,
-            client_ip=client_ip,
-            report_only=self.report_only,
+        # `screen_cached` by position (`Validator.screen_hit`): a call by keyword cost ~150 ns.
+        screened = self.validator.screen_hit(
+            token, origin_text, referer_text, sec_fetch, client_ip, self.report_only
         )
         if screened is None:
             try:
@@ -380,7 +376,23 @@ class TokenAccessMiddleware:
                 preflight = True
         if malformed:
             return _MALFORMED, origin, None, None, sec_fetch, None
-        token = self._token(scope, authorization, token_header)
+        token: str | _Verdict | None
+        if (
+            authorization is None
+            and token_header is not None
+            and not (self._read_query and scope.get("query_string"))
+        ):
+            # `_token` for the common request, the token header alone and no query, without the
+            # call (~70 ns of ~1.7 us, benchmarks: middleware, in process).
+            found = token_header.strip()
+            if not found:
+                token = None
+            elif len(found) > self.max_token_length:
+                token = _MALFORMED
+            else:
+                token = found.decode("latin-1")
+        else:
+            token = self._token(scope, authorization, token_header)
         if token is _MALFORMED:
             return _MALFORMED, origin, None, None, sec_fetch, None
         if token is None:
