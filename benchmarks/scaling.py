@@ -38,7 +38,7 @@ import sys
 import time
 
 from benchmarks._baselines import FloorTable, RawCheck, floor_check
-from benchmarks._data import SECRET, Request, allowed_request, domains, ips, seed, token
+from benchmarks._data import SECRET, allowed_request, domains, ips, seed, token
 from benchmarks._drive import Check, drive
 from benchmarks._harness import (
     ROOT,
@@ -53,6 +53,7 @@ from benchmarks._harness import (
     unique_prefix,
 )
 from benchmarks._targets import RawRouter, _sync_primaries
+from benchmarks.hotpath import timed_check_cached, timed_floor
 from validator import Admin, Validator
 
 NAME = "scaling"
@@ -89,22 +90,6 @@ def _rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("scaling: no VmRSS in /proc/self/status")
-
-
-def _floor(table: FloorTable, requests: list[Request]) -> int:
-    check = floor_check
-    start = time.perf_counter_ns()
-    for token_, origin, client_ip in requests:
-        check(table, token_, origin, client_ip)
-    return time.perf_counter_ns() - start
-
-
-def _cached(validator: Validator, requests: list[Request]) -> int:
-    check = validator.check_cached
-    start = time.perf_counter_ns()
-    for token_, origin, client_ip in requests:
-        check(token_, origin=origin, client_ip=client_ip)
-    return time.perf_counter_ns() - start
 
 
 async def _cached_size(url: str, prefix: str, n: int, runs: int) -> dict[str, list[float]]:
@@ -157,7 +142,9 @@ async def _cached_size(url: str, prefix: str, n: int, runs: int) -> dict[str, li
             for case in CASES:
                 for impl in interleaved([FLOOR, CACHED], run):
                     elapsed = (
-                        _floor(table, requests[case]) if impl == FLOOR else _cached(validator, requests[case])
+                        timed_floor(table, requests[case])
+                        if impl == FLOOR
+                        else timed_check_cached(validator, requests[case])
                     )
                     samples.setdefault(f"{n:,} tokens: {case}: {impl}", []).append(elapsed / n)
         if validator.cache.loads_started != loads:
